@@ -1,0 +1,129 @@
+"""Epoch loops: the seed's DataLoader loop and a fast device-resident loop.
+
+Both train every row once per epoch in a fresh random order, keep the last
+partial batch, and return the epoch's training accuracy and mean loss.
+
+- `DataLoaderLoop` ("dataloader"): TensorDataset + DataLoader(shuffle=True), as
+  the seed does it. The faithful reference and the benchmark baseline.
+- `FastLoop` ("fast", the default): the split lives on the trial's device as
+  tensors; one permutation (a single gather) per epoch, batches are contiguous
+  slices, loss and hit counts accumulate on the device, one host sync per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+EVAL_CHUNK_ROWS = 16384  # rows per forward pass in `evaluate`
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Accuracy in [0, 1] and mean cross-entropy loss over `rows` rows."""
+
+    acc: float
+    loss: float
+    rows: int
+
+    @property
+    def diverged(self) -> bool:
+        """A non-finite loss: training must end at once."""
+        return not math.isfinite(self.loss)
+
+
+class EpochLoop(Protocol):
+    generator: torch.Generator
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats: ...
+
+
+class FastLoop:
+    """Device-resident tensors, one permutation per epoch, slicing, one sync per epoch."""
+
+    def __init__(self, x, y, batch_size: int, device: torch.device, seed: int) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32).to(device)
+        self.y = torch.as_tensor(y, dtype=torch.int64).to(device)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats:
+        model.train()
+        n = self.x.shape[0]
+        perm = torch.randperm(n, device=self.device, generator=self.generator)
+        x, y = self.x[perm], self.y[perm]
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, n, self.batch_size):
+            xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
+            logits = model(xb)
+            loss = self.loss_fn(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * yb.shape[0]
+                hits += (logits.argmax(dim=1) == yb).sum()
+        loss_total, hit_total = torch.stack([loss_sum, hits.to(loss_sum.dtype)]).tolist()
+        return EpochStats(acc=hit_total / n, loss=loss_total / n, rows=n)
+
+
+class DataLoaderLoop:
+    """The seed's loop: TensorDataset + shuffled DataLoader, batches moved to the device."""
+
+    def __init__(self, x, y, batch_size: int, device: torch.device, seed: int) -> None:
+        dataset = TensorDataset(
+            torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=self.generator)
+        self.device = device
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats:
+        model.train()
+        loss_sum, hits, rows = 0.0, 0, 0
+        for xb, yb in self.loader:
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            optimizer.zero_grad()
+            logits = model(xb)
+            loss = self.loss_fn(logits, yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(yb)
+            hits += (logits.argmax(dim=1) == yb).sum().item()
+            rows += len(yb)
+        return EpochStats(acc=hits / rows, loss=loss_sum / rows, rows=rows)
+
+
+LOOPS = {"fast": FastLoop, "dataloader": DataLoaderLoop}
+
+
+def make_loop(loader: str, x, y, batch_size: int, device: torch.device, seed: int) -> EpochLoop:
+    """The epoch loop named by TrainConfig.loader."""
+    if loader not in LOOPS:
+        raise ValueError(f"loader must be one of {sorted(LOOPS)}, got {loader!r}")
+    return LOOPS[loader](x, y, batch_size, device, seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EpochStats:
+    """Accuracy and mean loss of `model` on tensors already on the model's device."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    hits = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, x.shape[0], EVAL_CHUNK_ROWS):
+        xb, yb = x[start : start + EVAL_CHUNK_ROWS], y[start : start + EVAL_CHUNK_ROWS]
+        logits = model(xb)
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+        hits += (logits.argmax(dim=1) == yb).sum()
+    n = max(int(x.shape[0]), 1)
+    loss_total, hit_total = torch.stack([loss_sum, hits.double()]).tolist()
+    return EpochStats(acc=hit_total / n, loss=loss_total / n, rows=int(x.shape[0]))

@@ -1,0 +1,55 @@
+"""The `instrument-sweep` command line.
+
+    instrument-sweep run                      # the default sweep on the built-in dataset
+    instrument-sweep data info DIR            # what a dataset holds
+    instrument-sweep --help                   # every command
+
+Each command lives in the module named for what it does and registers itself
+here; this file only wires arguments to functions and turns bad input into
+`error: WHERE: PROBLEM` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from trainables.errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tune_jobs import cli_data, cli_sweep
+
+    parser = argparse.ArgumentParser(
+        prog="instrument-sweep",
+        description="Sweep learning rate and batch size of an instrument classifier on Ray Tune; "
+        "report time and energy to a target accuracy per trial.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_sweep.register(commands)
+    cli_data.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc.where}: {exc.problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
