@@ -1,0 +1,132 @@
+"""Training core: standardization, loops, train_to_accuracy, divergence, checkpoint state."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import StopRule, TrainConfig
+from trainables.errors import InputError
+from trainables.loops import evaluate, make_loop
+from trainables.model import InstrumentNet, make_optimizer
+from trainables.prepare import prepare_splits, split_validation, standardize
+from trainables.train import TrainingRun, train_to_accuracy
+
+from conftest import blobs
+
+
+def test_standardize_uses_training_statistics_only():
+    train = np.array([[0.0, 5.0], [2.0, 5.0], [4.0, 5.0]], dtype=np.float32)
+    test = np.array([[100.0, 7.0]], dtype=np.float32)
+    tr, te = standardize(train, test)
+    assert np.allclose(tr.mean(axis=0), 0.0, atol=1e-6)
+    # Test rows are scaled with train's mean 2 and std sqrt(8/3); they do not change train's stats.
+    assert te[0, 0] == pytest.approx((100.0 - 2.0) / np.sqrt(8 / 3), rel=1e-5)
+    # Zero-variance feature: centred, not divided by zero.
+    assert np.all(np.isfinite(te)) and te[0, 1] == pytest.approx(2.0)
+
+
+def test_validation_split_is_stratified_seeded_and_shuffled():
+    y = np.repeat(np.arange(5), 100)  # class-ordered, like the UIowa training rows
+    x = np.arange(500, dtype=np.float32)[:, None]
+    tr_x, tr_y, va_x, va_y = split_validation(x, y, 0.2, seed=3)
+    assert len(va_y) == 100 and len(tr_y) == 400
+    assert np.bincount(va_y).tolist() == [20] * 5
+    assert sorted(np.concatenate([tr_x, va_x])[:, 0].tolist()) == list(range(500))  # disjoint, complete
+    assert not np.all(np.diff(tr_y) >= 0)  # no longer ordered by class
+    again = split_validation(x, y, 0.2, seed=3)
+    assert np.array_equal(again[0], tr_x) and np.array_equal(again[2], va_x)
+
+
+@pytest.mark.parametrize("batch_size", [32, 100, 2048])
+def test_both_loops_see_every_row_once_and_learn_alike(small_splits, batch_size):
+    s = small_splits
+    accs = {}
+    for loader in ("fast", "dataloader"):
+        torch.manual_seed(0)
+        model = InstrumentNet(s.n_features, 32, s.n_classes)
+        opt = make_optimizer("adam", model.parameters(), 1e-2)
+        loop = make_loop(loader, s.train_x, s.train_y, batch_size, torch.device("cpu"), seed=0)
+        for _ in range(8):
+            stats = loop.train_epoch(model, opt)
+            assert stats.rows == len(s.train_y)  # last partial batch kept
+            assert 0.0 <= stats.acc <= 1.0 and math.isfinite(stats.loss)
+        accs[loader] = evaluate(model, torch.as_tensor(s.val_x), torch.as_tensor(s.val_y)).acc
+    assert accs["fast"] > 0.9 and accs["dataloader"] > 0.9
+    assert abs(accs["fast"] - accs["dataloader"]) < 0.05
+
+
+def test_train_to_accuracy_reaches_target_and_tests_once(small_splits):
+    rule = StopRule(threshold=0.95, patience=3, max_epochs=50)
+    result = train_to_accuracy(small_splits, TrainConfig(lr=1e-2, batch_size=64), rule)
+    assert result.status == "reached_target" and result.reached_target
+    assert rule.patience <= result.epochs <= rule.max_epochs
+    assert [r.hits_in_a_row for r in result.history][-3:] == [1, 2, 3]
+    assert all(r.val_acc >= 0.95 for r in result.history[-3:])
+    assert result.test_acc > 0.9 and math.isfinite(result.test_loss)
+    assert all(math.isnan(r.test_acc) for r in result.history[:-1])  # tested once, at the stop
+    # Cumulative time is the sum of the contiguous per-epoch windows.
+    assert result.time_s == pytest.approx(sum(r.epoch_time_s for r in result.history))
+    assert all(r.epoch_time_s > 0 for r in result.history)
+
+
+def test_max_epochs_caps_a_run_that_never_reaches(small_splits):
+    rule = StopRule(threshold=1.0, patience=3, max_epochs=4)
+    result = train_to_accuracy(small_splits, TrainConfig(lr=1e-5), rule)
+    assert (result.status, result.epochs) == ("max_epochs", 4)
+    assert not result.reached_target and math.isfinite(result.test_acc)
+
+
+def test_fixed_epochs_returns_per_epoch_train_and_test_history(small_splits):
+    result = train_to_accuracy(small_splits, TrainConfig(lr=1e-2), StopRule(threshold=None, max_epochs=5))
+    assert result.epochs == 5 and len(result.history) == 5
+    assert all(math.isfinite(r.test_acc) and math.isfinite(r.test_loss) for r in result.history)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_divergence_is_flagged_not_raised():
+    x, y = blobs(600, seed=0)
+    splits = prepare_splits(x, y, x[:100], y[:100], 0.2, 0)
+    config = TrainConfig(lr=1e6, optimizer="sgd", activation="relu", batch_size=32)
+    result = train_to_accuracy(splits, config, StopRule(threshold=0.98, max_epochs=20))
+    assert result.status == "diverged" and result.diverged
+    assert result.epochs < 20
+    assert math.isnan(result.history[-1].train_loss)
+
+
+def test_checkpoint_state_resumes_counters_and_matches_uninterrupted_run(small_splits):
+    config, rule = TrainConfig(lr=1e-3, batch_size=64), StopRule(threshold=None, max_epochs=4)
+    straight = train_to_accuracy(small_splits, config, rule)
+
+    first = TrainingRun(small_splits, config, rule)
+    first.run_epoch(), first.run_epoch()
+    state = first.state_dict()
+    first.close()
+    resumed = TrainingRun(small_splits, config, rule)
+    resumed.load_state_dict(state)
+    records = [resumed.run_epoch(), resumed.run_epoch()]
+    assert [r.epoch for r in records] == [3, 4]
+    assert records[-1].time_s > state["time_s"]  # cumulative time continues
+    assert records[-1].train_loss == pytest.approx(straight.history[-1].train_loss, rel=1e-5)
+    assert records[-1].test_acc == pytest.approx(straight.history[-1].test_acc)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"lr": 0}, "lr"),
+        ({"lr": -1e-3}, "lr"),
+        ({"lr": float("inf")}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 12.0}, "batch_size"),
+        ({"loader": "turbo"}, "loader"),
+        ({"activation": "gelu"}, "activation"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"cpus": 0}, "cpus"),
+    ],
+)
+def test_bad_train_config_names_the_field(kwargs, field):
+    with pytest.raises(InputError) as err:
+        TrainConfig(**kwargs)
+    assert err.value.where == field

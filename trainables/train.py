@@ -1,0 +1,239 @@
+"""Train to a target accuracy, one epoch at a time, with time and energy per epoch.
+
+    from trainables.train import train_to_accuracy
+    result = train_to_accuracy(splits, TrainConfig(lr=1e-3, batch_size=128), StopRule())
+    result.epochs, result.test_acc, result.time_s, result.energy_j
+
+`TrainingRun` is the seed's loop cut at epoch boundaries so a Ray Tune trial can
+report and checkpoint between epochs: each `run_epoch()` trains one epoch,
+evaluates on validation (and, on the epoch the stop rule ends, on test), all
+inside one contiguous energy window. `train_to_accuracy` just loops it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from trainables import stop_rule
+from trainables.config import StopRule, TrainConfig
+from trainables.device import select_device
+from trainables.energy import NAN, EnergyMeter, EnergyWindow
+from trainables.loops import EpochStats, evaluate, make_loop
+from trainables.model import InstrumentNet, make_optimizer
+from trainables.prepare import Splits
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch reports. Times in seconds, energies in joules (NaN: not measured).
+
+    `time_s` and `energy_j` are cumulative since the trial began: at the last
+    epoch they are the time and energy to accuracy. `test_acc`/`test_loss` are
+    NaN except where test was evaluated (the stopping epoch; every epoch in
+    fixed-epochs mode).
+    """
+
+    epoch: int
+    train_acc: float
+    train_loss: float
+    val_acc: float
+    val_loss: float
+    hits_in_a_row: int
+    epoch_time_s: float
+    time_s: float
+    epoch_energy_j: float
+    energy_j: float
+    gpu_energy_j: float
+    cpu_energy_j: float
+    energy_window_s: float
+    energy_below_resolution: bool
+    energy_source: str
+    status: str
+    test_acc: float = NAN
+    test_loss: float = NAN
+
+    @property
+    def done(self) -> bool:
+        return self.status != stop_rule.RUNNING
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of `train_to_accuracy`: the seed's (test_acc, test_loss, epochs) and more."""
+
+    status: str  # reached_target, max_epochs or diverged
+    epochs: int
+    test_acc: float
+    test_loss: float
+    time_s: float
+    energy_j: float
+    energy_source: str
+    history: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def reached_target(self) -> bool:
+        return self.status == stop_rule.REACHED_TARGET
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == stop_rule.DIVERGED
+
+
+class TrainingRun:
+    """One trial's model, optimizer, data on device and counters; advanced by `run_epoch`."""
+
+    def __init__(
+        self,
+        splits: Splits,
+        config: TrainConfig,
+        rule: StopRule,
+        device: torch.device | None = None,
+        meter: EnergyMeter | None = None,
+    ) -> None:
+        self.config, self.rule = config, rule
+        self.device = device or select_device(config.cpus)
+        torch.manual_seed(config.seed)
+        self.model = InstrumentNet(
+            splits.n_features, config.n_hidden, splits.n_classes, config.activation
+        ).to(self.device)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.loop = make_loop(
+            config.loader, splits.train_x, splits.train_y, config.batch_size, self.device, config.seed
+        )
+        as_x = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        as_y = lambda a: torch.as_tensor(a, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.val = (as_x(splits.val_x), as_y(splits.val_y))
+        self.test = (as_x(splits.test_x), as_y(splits.test_y))
+        self.meter = meter if meter is not None else EnergyMeter()
+        self.epoch = 0
+        self.hits_in_a_row = 0
+        self.time_s = 0.0
+        self.gpu_energy_j = 0.0 if "gpu" in self.meter.source else NAN
+        self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
+        self.status = stop_rule.RUNNING
+        self._window_open = False
+
+    @property
+    def energy_j(self) -> float:
+        parts = [j for j in (self.gpu_energy_j, self.cpu_energy_j) if not math.isnan(j)]
+        return sum(parts) if parts else NAN
+
+    @property
+    def done(self) -> bool:
+        return self.status != stop_rule.RUNNING
+
+    def run_epoch(self) -> EpochRecord:
+        """Train one epoch, validate (and test when this epoch ends the run); measure it all."""
+        if self.done:
+            raise RuntimeError(f"training already ended ({self.status})")
+        if not self._window_open:
+            self.meter.start()
+            self._window_open = True
+        self.epoch += 1
+        train = self.loop.train_epoch(self.model, self.optimizer)
+        val = evaluate(self.model, *self.val) if not train.diverged else EpochStats(NAN, NAN, 0)
+        self.hits_in_a_row = stop_rule.next_hits(self.hits_in_a_row, val.acc, self.rule.threshold)
+        self.status = stop_rule.stop_status(self.epoch, self.hits_in_a_row, self.rule, train.diverged)
+        test = None
+        if not train.diverged and (self.done or self.rule.fixed_epochs):
+            test = evaluate(self.model, *self.test)
+        window = self.meter.stop() if self.done else self.meter.lap()
+        self._window_open = not self.done
+        return self._record(train, val, test, window)
+
+    def _record(
+        self, train: EpochStats, val: EpochStats, test: EpochStats | None, window: EnergyWindow
+    ) -> EpochRecord:
+        self.time_s += window.time_s
+        self.gpu_energy_j += window.gpu_j  # NaN (not measured) stays NaN, never 0
+        self.cpu_energy_j += window.cpu_j
+        return EpochRecord(
+            epoch=self.epoch,
+            train_acc=train.acc,
+            train_loss=train.loss,
+            val_acc=val.acc,
+            val_loss=val.loss,
+            hits_in_a_row=self.hits_in_a_row,
+            epoch_time_s=window.time_s,
+            time_s=self.time_s,
+            epoch_energy_j=window.energy_j,
+            energy_j=self.energy_j,
+            gpu_energy_j=self.gpu_energy_j,
+            cpu_energy_j=self.cpu_energy_j,
+            energy_window_s=window.time_s,
+            energy_below_resolution=window.below_resolution,
+            energy_source=window.source,
+            status=self.status,
+            test_acc=test.acc if test else NAN,
+            test_loss=test.loss if test else NAN,
+        )
+
+    def close(self) -> None:
+        """Discard a window left open (a run abandoned before it ended)."""
+        if self._window_open:
+            self.meter.close()
+            self._window_open = False
+
+    # -- checkpointing: everything needed to continue exactly where the run was.
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle_rng": self.loop.generator.get_state(),
+            "epoch": self.epoch,
+            "hits_in_a_row": self.hits_in_a_row,
+            "time_s": self.time_s,
+            "gpu_energy_j": self.gpu_energy_j,
+            "cpu_energy_j": self.cpu_energy_j,
+            "status": self.status,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loop.generator.set_state(state["shuffle_rng"].cpu())
+        self.epoch = int(state["epoch"])
+        self.hits_in_a_row = int(state["hits_in_a_row"])
+        self.time_s = float(state["time_s"])
+        # Energy measured before the retry continues the sums where the meter still measures.
+        self.gpu_energy_j = float(state["gpu_energy_j"]) if "gpu" in self.meter.source else NAN
+        self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
+        self.status = str(state["status"])
+
+
+def train_to_accuracy(
+    splits: Splits,
+    config: TrainConfig,
+    rule: StopRule,
+    device: torch.device | None = None,
+    meter: EnergyMeter | None = None,
+) -> TrainResult:
+    """The seed's experiment: train until `rule` stops it, then report test accuracy.
+
+    With `rule.threshold` set: stop when validation accuracy has been >= threshold
+    for `patience` epochs in a row, or at `max_epochs`. With `threshold=None`
+    (fixed-epochs mode): train `max_epochs` epochs, testing after each one; the
+    history then holds per-epoch train/test accuracy and loss. A non-finite loss
+    ends training at once with status "diverged" (never an exception).
+    """
+    run = TrainingRun(splits, config, rule, device=device, meter=meter)
+    history = []
+    while not run.done:
+        history.append(run.run_epoch())
+    last = history[-1]
+    return TrainResult(
+        status=last.status,
+        epochs=last.epoch,
+        test_acc=last.test_acc,
+        test_loss=last.test_loss,
+        time_s=last.time_s,
+        energy_j=last.energy_j,
+        energy_source=last.energy_source,
+        history=history,
+    )
