@@ -1,9 +1,194 @@
-"""Sweep commands: `run`, `resume`, `submit`, `status`, `logs`, `train`."""
+"""Sweep commands: `run` and `resume`.
+
+    instrument-sweep run                                  # seed preset, built-in data, local Ray
+    instrument-sweep run --preset smoke                   # seconds
+    instrument-sweep run my_sweep.yaml --data ~/uiowa --set repeats=3 --storage s3://bucket/sweeps
+    instrument-sweep run --dry-run                        # list the trials, start nothing
+    instrument-sweep resume seed-20261125-200102          # finish an interrupted sweep
+
+Everything the user gives is validated before Ray starts: a bad spec, dataset,
+storage path or cluster address exits 2 with the key or file named, and
+nothing is written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from trainables.errors import InputError
+from tune_jobs import storage
+from tune_jobs.spec import DEFAULT_PRESET, SweepSpec, load_spec, preset_names, spec_from_dict
+
+EXIT_TRIALS_FAILED = 1
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the sweep commands to the `instrument-sweep` parser."""
+    """Add `run` and `resume` to the `instrument-sweep` parser."""
+    run = commands.add_parser("run", help="run a sweep (default: the seed preset on the built-in dataset)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("spec", nargs="?", help="sweep YAML file or preset name (default: seed)")
+    run.add_argument("--preset", help=f"preset name: {', '.join(preset_names())}")
+    run.add_argument("--spec-json", help=argparse.SUPPRESS)  # how `submit` hands a validated spec over
+    run.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
+    add_place_arguments(run)
+    run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
+    run.add_argument("--dry-run", action="store_true", help="print the trials and exit without starting Ray")
+    run.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
+    run.set_defaults(func=cmd_run)
+
+    resume = commands.add_parser("resume", help="continue an interrupted sweep; finished trials are kept")
+    resume.add_argument("experiment", help="experiment name under --storage, or its path inside --storage")
+    add_place_arguments(resume)
+    resume.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
+    resume.set_defaults(func=cmd_resume)
+
+
+def add_place_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=storage.DEFAULT_STORAGE,
+                        help="results root: a directory, or s3://... / gs://... (shared by all nodes) "
+                             f"(default: {storage.DEFAULT_STORAGE})")
+    parser.add_argument("--address", help="Ray cluster to join: HOST:6379, ray://HOST:10001 or auto "
+                                          "(default: start a local Ray)")
+    parser.add_argument("--verbose", action="store_true", help="show the trials' own logs")
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    if args.spec_json:
+        return spec_from_dict(json.loads(args.spec_json))
+    if args.spec and args.preset:
+        raise InputError("--preset", "give either a spec file/preset or --preset, not both")
+    spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, args.overrides)
+    return replace(spec, data=args.data) if args.data else spec
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    print_spec(spec)
+    if args.dry_run:
+        return 0
+    dataset = load_data(spec)
+    if spec.data != "synthetic":
+        spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))
+    root = storage.resolve_storage(args.storage)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name in ("", ".", ".."):
+        raise InputError("--name", f"must be a plain name without '/', got {name!r}")
+    experiment = storage.join(root, name)
+    if storage.exists(experiment):
+        raise InputError("--name", f"{experiment} already exists; continue it with "
+                                   f"`instrument-sweep resume {name}` or choose another --name")
+    cluster = connect_and_describe(args.address, args.verbose)
+    from tune_jobs.launch import start_sweep
+
+    print(f"results: {experiment}", flush=True)
+    grid = start_sweep(spec, dataset, root, name, cluster)
+    return finish(experiment, grid, analyze=not args.no_analyze)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tune_jobs.launch import read_spec, resume_sweep
+
+    root = storage.resolve_storage(args.storage, create=False)
+    experiment = experiment_under(root, args.experiment)
+    spec = read_spec(experiment)
+    print_spec(spec, trials=False)
+    dataset = load_data(spec)
+    cluster = connect_and_describe(args.address, args.verbose)
+    print(f"resuming: {experiment}", flush=True)
+    grid = resume_sweep(experiment, spec, dataset, cluster)
+    return finish(experiment, grid, analyze=not args.no_analyze)
+
+
+def experiment_under(root: str, name_or_path: str) -> str:
+    """The experiment's location, which must lie under `root`: restoring unpickles Tune's state."""
+    if storage.is_uri(root) or storage.is_uri(name_or_path):
+        location = name_or_path if storage.is_uri(name_or_path) else storage.join(root, name_or_path)
+        inside = location.startswith(root.rstrip("/") + "/")
+    else:
+        candidate = Path(name_or_path).expanduser()
+        path = (candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)).resolve()
+        inside = Path(root).resolve() in path.parents
+        location = str(path)
+    if not inside:
+        raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
+                                       "restores trusted experiments under --storage (Tune's state is pickled)")
+    from tune_jobs.launch import SPEC_FILE
+
+    if not storage.exists(storage.join(location, SPEC_FILE)):
+        raise InputError("experiment", f"{location} is not an instrument-sweep experiment (no {SPEC_FILE})")
+    return location
+
+
+def load_data(spec: SweepSpec):
+    from trainables.dataset import resolve_dataset
+
+    try:
+        dataset = resolve_dataset(spec.data)
+    except InputError as exc:
+        raise InputError(exc.where if exc.where != "data" else "--data", exc.problem) from None
+    spec.check_batch_sizes(dataset.n_train)
+    print(f"data: {spec.data}: {dataset.n_train} train rows, {dataset.n_test} test rows, "
+          f"{dataset.n_features} features, {dataset.n_classes} classes", flush=True)
+    return dataset
+
+
+def connect_and_describe(address: str | None, verbose: bool):
+    from tune_jobs.cluster import connect
+
+    cluster = connect(address, log_to_driver=verbose)
+    where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
+    print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)
+    if cluster.dashboard_url:
+        print(f"dashboard: {cluster.dashboard_url}", flush=True)
+    return cluster
+
+
+def print_spec(spec: SweepSpec, trials: bool = True) -> None:
+    rule = spec.stop
+    goal = (f"{rule.metric} >= {rule.threshold:g} for {rule.patience} epochs in a row (max {rule.max_epochs})"
+            if not rule.fixed_epochs else f"{rule.max_epochs} fixed epochs")
+    t = spec.train
+    print(f"sweep: {spec.name} -- {spec.description}".rstrip(" -"))
+    print(f"train: {t.n_hidden} {t.activation} units, {t.optimizer}, loader {t.loader}, "
+          f"validation {t.val_fraction:g}; stop: {goal}")
+    if trials:
+        listed = spec.trials()
+        print(f"trials: {len(listed)} ({spec.repeats} seed(s) per point; views: "
+              f"{', '.join(v.name for v in spec.views)})")
+        for trial in listed:
+            print(trial.describe())
+    print(flush=True)
+
+
+def finish(experiment: str, grid, analyze: bool) -> int:
+    """Summary table, then tables/plots/report unless told not to; exit 1 if trials failed."""
+    import analysis
+
+    trials = analysis.load_trials(experiment)
+    print_summary(trials)
+    if analyze:
+        from analysis.report import write_report
+
+        out = write_report(experiment)
+        print(f"report: {out}")
+    failed = trials[trials.status == "error"]
+    if len(failed) or grid.errors:
+        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `instrument-sweep resume "
+              f"{experiment}` retries them")
+        return EXIT_TRIALS_FAILED
+    return 0
+
+
+def print_summary(trials) -> None:
+    from tune_jobs.progress import fmt_energy
+
+    print("\ntrial  lr         batch  seed  status          epochs  test_acc  time_s   energy")
+    for row in trials.itertuples():
+        print(f"{row.trial_number!s:>5}  {row.lr:<9g}  {row.batch_size!s:>5}  {row.seed!s:>4}  "
+              f"{row.status:<14}  {row.epochs:>6}  {row.test_acc:8.4f}  {row.time_s:7.2f}  {fmt_energy(row.energy_j)}")

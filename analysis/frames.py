@@ -1,0 +1,127 @@
+"""Experiment directory -> pandas DataFrames: one row per trial, one row per trial and epoch.
+
+    from analysis import load_trials, load_epochs
+    trials = load_trials("sweeps/seed-20261125-2000")      # or "s3://bucket/sweeps/seed-..."
+    epochs = load_epochs("sweeps/seed-20261125-2000")
+
+Reads Ray Tune's files directly (each trial's params.json and result.json), so a
+running, interrupted, resumed or cloud-stored experiment loads the same way.
+After a retry a trial may report an epoch twice; the last report of an epoch wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from tune_jobs import storage
+
+TRIAL_COLUMNS = [
+    "trial_id", "trial_number", "sweep", "lr", "batch_size", "seed", "status", "reached_target",
+    "epochs", "time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "energy_source",
+    "energy_below_resolution", "test_acc", "test_loss", "val_acc", "device", "node", "error",
+]
+TERMINAL = ("reached_target", "max_epochs", "diverged")
+
+
+def _trial_dirs(fs, root: str) -> list[str]:
+    """Trial directories: those holding Tune's params.json."""
+    import pyarrow.fs
+
+    dirs = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+            if i.type == pyarrow.fs.FileType.Directory]
+    return sorted(d for d in dirs if _read(fs, f"{d}/params.json") is not None)
+
+
+def _read(fs, path: str) -> str | None:
+    """A file's text, or None where it does not exist (yet)."""
+    try:
+        with fs.open_input_stream(path) as src:
+            return src.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _results(text: str | None) -> list[dict]:
+    """result.json lines, deduplicated by epoch (a retried epoch's last report wins)."""
+    by_epoch: dict[int, dict] = {}
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+        if "epoch" in row:
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _load(experiment: str) -> list[tuple[str, dict, list[dict], str | None]]:
+    """(trial_id, trial config, per-epoch results, error text) for every trial that started."""
+    fs, root = storage.filesystem(experiment)
+    trials = []
+    for path in _trial_dirs(fs, root):
+        config = json.loads(_read(fs, f"{path}/params.json") or "{}").get("trial", {})
+        results = _results(_read(fs, f"{path}/result.json"))
+        trial_id = (results[-1].get("trial_id") if results else None) or path.rsplit("/", 1)[-1]
+        trials.append((trial_id, config, results, _read(fs, f"{path}/error.txt")))
+    return sorted(trials, key=lambda t: (t[1].get("number", math.inf), t[0]))
+
+
+def _status(results: list[dict], error: str | None) -> str:
+    last = results[-1].get("status") if results else None
+    if last in TERMINAL:
+        return last
+    return "error" if error else "running"
+
+
+def load_trials(experiment: str) -> pd.DataFrame:
+    """One row per trial (columns TRIAL_COLUMNS); `sweep` lists the views it belongs to."""
+    rows = []
+    for trial_id, config, results, error in _load(experiment):
+        last = results[-1] if results else {}
+        status = _status(results, error)
+        rows.append({
+            "trial_id": trial_id,
+            "trial_number": config.get("number"),
+            "sweep": ",".join(config.get("views", [])),
+            "lr": config.get("lr"),
+            "batch_size": config.get("batch_size"),
+            "seed": config.get("seed"),
+            "status": status,
+            "reached_target": status == "reached_target",
+            "epochs": int(last.get("epoch", 0)),
+            "time_s": last.get("time_s", math.nan),
+            "energy_j": last.get("energy_j", math.nan),
+            "gpu_energy_j": last.get("gpu_energy_j", math.nan),
+            "cpu_energy_j": last.get("cpu_energy_j", math.nan),
+            "energy_source": last.get("energy_source", "none"),
+            "energy_below_resolution": bool(any(r.get("energy_below_resolution") for r in results)),
+            "test_acc": last.get("test_acc", math.nan),
+            "test_loss": last.get("test_loss", math.nan),
+            "val_acc": last.get("val_acc", math.nan),
+            "device": last.get("device", ""),
+            "node": last.get("node", ""),
+            "error": (error or "").strip().splitlines()[-1] if error and status == "error" else "",
+        })
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    for column in ("time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    return frame
+
+
+def load_epochs(experiment: str) -> pd.DataFrame:
+    """One row per trial and epoch with every reported metric, plus the trial's labels."""
+    rows = []
+    for trial_id, config, results, _ in _load(experiment):
+        for result in results:
+            rows.append({**result, "trial_id": trial_id, "trial_number": config.get("number"),
+                         "sweep": ",".join(config.get("views", []))})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["trial_id", "trial_number", "sweep", "epoch"])
+    return frame.sort_values(["trial_number", "epoch"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,66 @@
+"""The Ray Tune trial: the training core, reporting and checkpointing every epoch.
+
+    tune.Tuner(tune.with_parameters(sweep_trial, dataset=ds), param_space={"trial": ...})
+
+Reads like the seed's loop: build the run, continue from a checkpoint if Tune
+retried the trial, then per epoch train + validate (+ test at the stop) inside
+one energy window, report the metrics and save a checkpoint (model, optimizer,
+RNG, counters, cumulative time and energy) so a retry continues the sums.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import torch
+from ray import tune
+
+from trainables.config import StopRule, TrainConfig
+from trainables.device import device_name
+from trainables.prepare import prepare_splits
+from trainables.train import TrainingRun
+
+STATE_FILE = "state.pt"
+RESULT_FILE = "result.json"
+
+if TYPE_CHECKING:
+    from trainables.dataset import Dataset
+
+
+def sweep_trial(config: dict, dataset: "Dataset") -> None:
+    """One sweep trial. `config["trial"]` holds number, lr, batch_size, seed, views, train, stop."""
+    trial = config["trial"]
+    train_config, rule = TrainConfig(**trial["train"]), StopRule(**trial["stop"])
+    splits = prepare_splits(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y,
+                            train_config.val_fraction, train_config.seed)
+    run = TrainingRun(splits, train_config, rule)
+    labels = {
+        "trial_number": trial["number"],
+        "lr": train_config.lr,
+        "batch_size": train_config.batch_size,
+        "seed": train_config.seed,
+        "views": ",".join(trial["views"]),
+        "device": device_name(run.device),
+        "node": socket.gethostname(),
+    }
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as path:
+            run.load_state_dict(torch.load(Path(path) / STATE_FILE, weights_only=True))
+            if run.done:  # finished, but the final result may not have reached Tune
+                tune.report(json.loads((Path(path) / RESULT_FILE).read_text()))
+                return
+    try:
+        while not run.done:
+            result = {**run.run_epoch().to_dict(), **labels}
+            with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
+                torch.save(run.state_dict(), Path(path) / STATE_FILE)
+                (Path(path) / RESULT_FILE).write_text(json.dumps(result))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
+    finally:
+        run.close()

@@ -1,0 +1,93 @@
+"""Build, start and resume the Ray Tune experiment of a sweep.
+
+    grid = start_sweep(spec, dataset, storage="/abs/sweeps", name="seed-20261125-2000", cluster=info)
+    grid = resume_sweep("/abs/sweeps/seed-20261125-2000", spec, dataset, cluster=info)
+
+The driver loads the dataset once; `tune.with_parameters` puts it in Ray's
+object store, so every trial on a node shares one copy and worker nodes need no
+files. Every trial is one point of the spec; the union of the views runs once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+# Our progress lines replace Tune's tables; Tune's snapshot warning fires on every checkpoint.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from ray import tune  # noqa: E402
+
+from trainables.stopper import ThresholdPatienceStopper
+from trainables.trainable import sweep_trial
+from tune_jobs import storage
+from tune_jobs.cluster import ClusterInfo
+from tune_jobs.progress import SweepProgress
+from tune_jobs.spec import SweepSpec, spec_from_dict
+
+SPEC_FILE = "sweep.yaml"  # the resolved spec, written beside Tune's own state
+
+
+def param_space(spec: SweepSpec) -> dict:
+    """One grid-search entry per trial, carrying all the trial needs (and analysis reads)."""
+    trials = [
+        {
+            "number": t.number,
+            "lr": t.lr,
+            "batch_size": t.batch_size,
+            "seed": t.seed,
+            "views": list(t.views),
+            "train": asdict(spec.train_config(t)),
+            "stop": asdict(spec.stop),
+        }
+        for t in spec.trials()
+    ]
+    return {"trial": tune.grid_search(trials)}
+
+
+def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
+    return tune.with_resources(
+        tune.with_parameters(sweep_trial, dataset=dataset), spec.ray_resources(cluster.gpus)
+    )
+
+
+def stopper(spec: SweepSpec) -> ThresholdPatienceStopper:
+    rule = spec.stop
+    return ThresholdPatienceStopper(rule.metric, rule.threshold, rule.patience, rule.max_epochs)
+
+
+def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
+                progress: bool = True) -> tune.ResultGrid:
+    """Write the spec beside the experiment, then run every trial to its stop."""
+    import yaml
+
+    storage.write_text(storage.join(storage_root, name, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    tuner = tune.Tuner(
+        trainable(spec, dataset, cluster),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_root,
+            stop=stopper(spec),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[SweepProgress(len(spec.trials()))] if progress else [],
+            verbose=0,
+        ),
+    )
+    return tuner.fit()
+
+
+def read_spec(experiment: str) -> SweepSpec:
+    """The spec a sweep was started with (its sweep.yaml)."""
+    import yaml
+
+    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
+
+
+def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo) -> tune.ResultGrid:
+    """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue."""
+    tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
+    return tuner.fit()

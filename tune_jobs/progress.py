@@ -1,0 +1,75 @@
+"""Live progress of a sweep: a line when a trial starts, ends or fails, and a periodic heartbeat."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray import tune
+
+HEARTBEAT_S = 10.0
+
+
+def fmt_energy(joules: float | None) -> str:
+    if joules is None or not math.isfinite(joules):
+        return "energy n/a"
+    return f"{joules:.1f} J" if joules < 1e4 else f"{joules / 1e3:.1f} kJ"
+
+
+def trial_label(config: dict) -> str:
+    t = config.get("trial", {})
+    return f"#{t.get('number', '?')} lr={t.get('lr', float('nan')):g} batch={t.get('batch_size', '?')}" + (
+        f" seed={t['seed']}" if t.get("seed") else "")
+
+
+def result_line(result: dict) -> str:
+    """epoch, validation accuracy, hits, time and energy so far."""
+    return (f"epoch {result.get('epoch', '?'):>3}  val_acc {result.get('val_acc', float('nan')):.4f}  "
+            f"hits {result.get('hits_in_a_row', 0)}  {result.get('time_s', float('nan')):.1f} s  "
+            f"{fmt_energy(result.get('energy_j'))}")
+
+
+class SweepProgress(tune.Callback):
+    """Prints to stdout; picklable so that a resumed sweep keeps reporting."""
+
+    def __init__(self, n_trials: int, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.n_trials = n_trials
+        self.heartbeat_s = heartbeat_s
+        self._last_beat = time.monotonic()
+        self._done: set[str] = set()
+        self._last: dict[str, dict] = {}
+
+    def _print(self, line: str) -> None:
+        print(f"[{len(self._done)}/{self.n_trials} done] {line}", flush=True, file=sys.stdout)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._print(f"start  {trial_label(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last[trial.trial_id] = result
+        if time.monotonic() - self._last_beat >= self.heartbeat_s:
+            self._last_beat = time.monotonic()
+            for t in trials:
+                if t.status == "RUNNING" and t.trial_id in self._last:
+                    self._print(f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done.add(trial.trial_id)
+        result = trial.last_result or {}
+        test = result.get("test_acc", float("nan"))
+        self._print(f"done   {trial_label(trial.config)}  {result.get('status', '?')}  {result_line(result)}"
+                    + (f"  test_acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._done.add(trial.trial_id)
+        self._print(f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"retry  {trial_label(trial.config)} from its last checkpoint")
+
+    def __getstate__(self) -> dict:
+        return {"n_trials": self.n_trials, "heartbeat_s": self.heartbeat_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)

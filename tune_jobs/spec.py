@@ -1,0 +1,302 @@
+"""Sweep specs: YAML in, a validated `SweepSpec` out, expanded into trials.
+
+    spec = load_spec("seed")                      # a preset from tune_jobs/sweeps/
+    spec = load_spec("my_sweep.yaml", overrides=["stop.threshold=0.95", "repeats=3"])
+    for trial in spec.trials(): print(trial.describe())
+
+A sweep has named views. Each view is a small grid over `lr` and `batch_size`
+(a list sweeps that axis, a scalar fixes it). The union of all views' points
+runs once, and each trial remembers every view it belongs to; `repeats: N`
+runs every point with seeds train.seed, train.seed+1, ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import StopRule, TrainConfig
+from trainables.errors import InputError
+
+PRESETS_DIR = Path(__file__).with_name("sweeps")
+DEFAULT_PRESET = "seed"
+AXES = ("lr", "batch_size")
+TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks Ray for, and how often a failed trial is retried."""
+
+    cpus_per_trial: float = 1.0  # CPU cores per trial; also torch's threads on CPU
+    gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0
+    max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.cpus_per_trial) or not self.cpus_per_trial > 0:
+            raise InputError("resources.cpus_per_trial", f"must be a number > 0, got {self.cpus_per_trial!r}")
+        if self.gpus_per_trial != "auto" and not (_is_number(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise InputError("resources.gpus_per_trial", f"must be 'auto' or a number >= 0, got {self.gpus_per_trial!r}")
+        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise InputError("resources.max_failures", f"must be an integer >= 0, got {self.max_failures!r}")
+
+
+@dataclass(frozen=True)
+class View:
+    """One question the sweep answers, e.g. "how does lr matter at batch 128?"."""
+
+    name: str
+    grid: dict[str, tuple]  # axis ("lr" or "batch_size") -> values; one value fixes the axis
+
+    @property
+    def swept(self) -> tuple[str, ...]:
+        """The axes this view varies (its plots' x-axis)."""
+        return tuple(axis for axis, values in self.grid.items() if len(values) > 1)
+
+    def points(self, defaults: TrainConfig) -> list[tuple[float, int]]:
+        """(lr, batch_size) of every point of the view, in the order written."""
+        lrs = self.grid.get("lr", (defaults.lr,))
+        batches = self.grid.get("batch_size", (defaults.batch_size,))
+        return [(float(lr), int(b)) for lr, b in itertools.product(lrs, batches)]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial of the sweep: a point, a seed, and the views it belongs to."""
+
+    number: int  # 1-based, in expansion order
+    lr: float
+    batch_size: int
+    seed: int
+    views: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.number:>3}  lr={self.lr:<8g} batch_size={self.batch_size:<5d} seed={self.seed:<3d} views: {', '.join(self.views)}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: what to train, when to stop, which points, on what resources."""
+
+    name: str
+    views: tuple[View, ...]
+    description: str = ""
+    data: str = "synthetic"  # dataset directory, or "synthetic" for the built-in one
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stop: StopRule = field(default_factory=StopRule)
+    repeats: int = 1
+    resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise InputError("views", "must name at least one view, e.g. views: {lr: {lr: [0.001, 0.01]}}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise InputError("repeats", f"must be an integer >= 1, got {self.repeats!r}")
+
+    @property
+    def fixed_epochs(self) -> bool:
+        return self.stop.fixed_epochs
+
+    def trials(self) -> list[TrialSpec]:
+        """The union of all views' points, each once per repeat, numbered from 1."""
+        views_of: dict[tuple[float, int], list[str]] = {}
+        for view in self.views:
+            for point in view.points(self.train):
+                names = views_of.setdefault(point, [])
+                if view.name not in names:
+                    names.append(view.name)
+        trials = []
+        for (lr, batch_size), names in views_of.items():
+            for repeat in range(self.repeats):
+                trials.append(TrialSpec(len(trials) + 1, lr, batch_size, self.train.seed + repeat, tuple(names)))
+        return trials
+
+    def train_config(self, trial: TrialSpec) -> TrainConfig:
+        cpus = max(1, int(self.resources.cpus_per_trial))
+        return replace(self.train, lr=trial.lr, batch_size=trial.batch_size, seed=trial.seed, cpus=cpus)
+
+    def ray_resources(self, cluster_gpus: float) -> dict[str, float]:
+        """What one trial asks Ray for on a cluster that shows `cluster_gpus` GPUs."""
+        gpus = self.resources.gpus_per_trial
+        if gpus == "auto":
+            gpus = 1.0 if cluster_gpus > 0 else 0.0
+        return {"cpu": float(self.resources.cpus_per_trial), "gpu": float(gpus)}
+
+    def check_batch_sizes(self, n_train_rows: int) -> None:
+        """Every batch size must fit in the training split (after validation is held out)."""
+        n_fit = n_train_rows - int(round(n_train_rows * self.train.val_fraction))
+        for view in self.views:
+            for b in view.grid.get("batch_size", (self.train.batch_size,)):
+                if b > n_fit:
+                    where = f"views.{view.name}.batch_size" if "batch_size" in view.grid else "train.batch_size"
+                    raise InputError(where, f"{b} is larger than the training split ({n_fit} rows after "
+                                            f"holding out {self.train.val_fraction:g} for validation)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that `spec_from_dict` reads back (what sweep.yaml records)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": self.data,
+            "train": {k: v for k, v in asdict(self.train).items() if k != "cpus"},
+            "stop": asdict(self.stop),
+            "views": {v.name: {axis: list(values) for axis, values in v.grid.items()} for v in self.views},
+            "repeats": self.repeats,
+            "resources": asdict(self.resources),
+        }
+
+
+# -- reading specs -----------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """A preset name or a YAML path (default: the `seed` preset), with `key=value` overrides."""
+    path = _spec_path(source)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(str(path), f"is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise InputError(str(path), "must be a YAML mapping with keys " + ", ".join(TOP_KEYS))
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        _apply_override(raw, override)
+    return spec_from_dict(raw)
+
+
+def _spec_path(source: str | Path | None) -> Path:
+    if source is None:
+        source = DEFAULT_PRESET
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError(str(path), "no such sweep file")
+        return path
+    preset = PRESETS_DIR / f"{source}.yaml"
+    if not preset.is_file():
+        raise InputError("preset", f"unknown preset {str(source)!r}; presets: {', '.join(preset_names())} "
+                                   "(or give a path to a .yaml sweep file)")
+    return preset
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    """`--set stop.threshold=0.95`: the value is parsed as YAML (numbers, lists, strings)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise InputError("--set", f"expects KEY=VALUE (e.g. stop.threshold=0.95), got {override!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {key}", f"{part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def spec_from_dict(raw: dict) -> SweepSpec:
+    """Validate plain data (parsed YAML) into a SweepSpec; errors name the key."""
+    _check_keys("", raw, TOP_KEYS)
+    train = _dataclass_from("train", TrainConfig, raw.get("train") or {}, exclude=("cpus",))
+    stop = _dataclass_from("stop", StopRule, raw.get("stop") or {})
+    resources = _dataclass_from("resources", Resources, raw.get("resources") or {})
+    views = _views_from(raw.get("views"))
+    data = raw.get("data", "synthetic")
+    if not isinstance(data, str) or not data:
+        raise InputError("data", f"must be a dataset directory or 'synthetic', got {data!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise InputError("name", f"must be a non-empty string without '/', got {name!r}")
+    return SweepSpec(
+        name=name,
+        description=str(raw.get("description") or ""),
+        data=data,
+        train=train,
+        stop=stop,
+        views=views,
+        repeats=raw.get("repeats", 1),
+        resources=resources,
+    )
+
+
+def _views_from(raw: Any) -> tuple[View, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise InputError("views", "must map view names to grids, e.g. views: {lr: {lr: [0.001, 0.01], batch_size: 128}}")
+    views = []
+    for name, grid in raw.items():
+        where = f"views.{name}"
+        if not isinstance(grid, dict) or not grid:
+            raise InputError(where, f"must map {' and/or '.join(AXES)} to a value or a list of values")
+        _check_keys(where, grid, AXES)
+        parsed = {}
+        for axis, values in grid.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise InputError(f"{where}.{axis}", "is an empty list; give at least one value")
+            parsed[axis] = tuple(_axis_value(f"{where}.{axis}", axis, v) for v in values)
+        views.append(View(str(name), parsed))
+    return tuple(views)
+
+
+def _axis_value(where: str, axis: str, value: Any) -> float | int:
+    if axis == "lr":
+        number = _as_number(where, value)
+        if not number > 0 or not math.isfinite(number):
+            raise InputError(where, f"learning rates must be finite numbers > 0, got {value!r}")
+        return float(number)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(where, f"batch sizes must be integers >= 1, got {value!r}")
+    return value
+
+
+def _dataclass_from(section: str, cls: type, raw: Any, exclude: tuple[str, ...] = ()) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(section, f"must be a mapping, got {raw!r}")
+    allowed = tuple(f.name for f in fields(cls) if f.name not in exclude)
+    _check_keys(section, raw, allowed)
+    floats = {f.name for f in fields(cls) if f.type in ("float", "float | None")}
+    values = {k: (_as_number(f"{section}.{k}", v) if k in floats and v is not None else v) for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except InputError as exc:
+        raise InputError(f"{section}.{exc.where.split('.')[-1]}", exc.problem) from None
+
+
+def _check_keys(section: str, raw: dict, allowed: tuple[str, ...]) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{section}.{key}" if section else str(key)
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+            raise InputError(where, f"unknown key; {did_you_mean}allowed: {', '.join(allowed)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_number(where: str, value: Any) -> float | int:
+    """Numbers, and numeric strings: YAML 1.1 reads `1e-5` (no dot) as a string."""
+    if _is_number(value):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise InputError(where, f"must be a number, got {value!r}")
