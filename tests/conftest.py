@@ -36,3 +36,55 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def blob_dataset(n_train: int = 1200, n_test: int = 300, n_features: int = 16, n_classes: int = 4):
+    """A real `Dataset` of Gaussian blobs, for sweeps that must run in seconds."""
+    from trainables.dataset import Dataset
+
+    train_x, train_y = blobs(n_train, n_features, n_classes, seed=0)
+    test_x, test_y = blobs(n_test, n_features, n_classes, seed=1)
+    classes = tuple(f"class{i}" for i in range(n_classes))
+    return Dataset(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=classes,
+                   metadata={"source": "tests: gaussian blobs"}, path="<blobs>")
+
+
+TINY_SWEEP = {
+    "name": "tiny",
+    "description": "a real sweep over blobs: two views, one trial that misses the target",
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 5},
+    "views": {
+        "lr": {"lr": [0.05, 0.005, 1.0e-5], "batch_size": 64},
+        "batch_size": {"batch_size": [32, 256], "lr": 0.005},
+    },
+}
+TINY_FIXED_SWEEP = {
+    "name": "tiny-fixed",
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": None, "max_epochs": 4},
+    "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
+}
+
+
+def run_tiny_sweep(raw_spec: dict, storage_root, name: str):
+    """Run a real sweep on the in-process Ray; return its experiment directory."""
+    from tune_jobs.cluster import describe
+    from tune_jobs.launch import start_sweep
+    from tune_jobs.spec import spec_from_dict
+
+    spec = spec_from_dict(raw_spec)
+    start_sweep(spec, blob_dataset(), str(storage_root), name, describe(), progress=False)
+    return str(storage_root / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(ray_local, tmp_path_factory) -> str:
+    """A finished threshold sweep: 5 trials, 2 views, one that ends at max_epochs."""
+    return run_tiny_sweep(TINY_SWEEP, tmp_path_factory.mktemp("sweeps"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_fixed_experiment(ray_local, tmp_path_factory) -> str:
+    """A finished fixed-epochs sweep (test metrics every epoch)."""
+    return run_tiny_sweep(TINY_FIXED_SWEEP, tmp_path_factory.mktemp("sweeps"), "tiny-fixed")

@@ -78,13 +78,20 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
             context = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise InputError("--address", f"could not join a Ray cluster at {address!r}: {exc}") from None
-    resources = ray.cluster_resources()
     dashboard = getattr(context, "dashboard_url", "") or ""
+    return describe(address or "local", dashboard, started_here=address is None)
+
+
+def describe(address: str = "local", dashboard: str = "", started_here: bool = True) -> ClusterInfo:
+    """What the Ray this process is connected to offers."""
+    import ray
+
+    resources = ray.cluster_resources()
     return ClusterInfo(
-        address=address or "local",
+        address=address,
         dashboard_url=f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard,
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
         nodes=len([n for n in ray.nodes() if n.get("Alive")]),
-        started_here=address is None,
+        started_here=started_here,
     )

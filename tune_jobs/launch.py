@@ -46,6 +46,12 @@ def param_space(spec: SweepSpec) -> dict:
     return {"trial": tune.grid_search(trials)}
 
 
+def trial_dirname(trial) -> str:
+    """Short, readable trial directories: trial-003-lr0.001-bs128-s0-<id>."""
+    t = trial.config["trial"]
+    return f"trial-{t['number']:03d}-lr{t['lr']:g}-bs{t['batch_size']}-s{t['seed']}-{trial.trial_id}"
+
+
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
     return tune.with_resources(
         tune.with_parameters(sweep_trial, dataset=dataset), spec.ray_resources(cluster.gpus)
@@ -66,7 +72,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     tuner = tune.Tuner(
         trainable(spec, dataset, cluster),
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_root,
