@@ -77,7 +77,7 @@ class TrialSpec:
     views: tuple[str, ...]
 
     def describe(self) -> str:
-        return f"{self.number:>3}  lr={self.lr:<8g} batch_size={self.batch_size:<5d} seed={self.seed:<3d} views: {', '.join(self.views)}"
+        return f"{self.number:<4d} lr={self.lr:<8g} batch_size={self.batch_size:<5d} seed={self.seed:<3d} views: {', '.join(self.views)}"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from trainables.errors import InputError
 
 URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
-DEFAULT_STORAGE = "./sweeps"
+STORAGE_ENV = "INSTRUMENT_SWEEP_STORAGE"  # the default root where set (cluster.yaml sets it)
+DEFAULT_STORAGE = os.environ.get(STORAGE_ENV, "./sweeps")
 
 
 def is_uri(location: str) -> bool:

@@ -1,0 +1,52 @@
+"""Ray Jobs commands: `submit`, `status`, `logs` (see tune_jobs/jobs.py)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from tune_jobs import jobs
+from tune_jobs.spec import load_spec, preset_names
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    submit = commands.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job")
+    submit.add_argument("spec", nargs="?", default="seed", help=f"sweep YAML or preset ({', '.join(preset_names())})")
+    submit.add_argument("--address", help=f"Ray Jobs API, http://HOST:8265 (default: {jobs.DEFAULT_JOBS_ADDRESS})")
+    submit.add_argument("--data", help="dataset directory on the cluster, or 'synthetic'")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--storage", help="results root as the cluster sees it: s3://..., gs://... or NFS "
+                                           "(default: the head's $INSTRUMENT_SWEEP_STORAGE, else ~/instrument-sweep/sweeps)")
+    submit.add_argument("--name", help="experiment name (default: SPEC-DATE-TIME)")
+    submit.set_defaults(func=cmd_submit)
+
+    for verb, text in (("status", "a submitted sweep's job status"), ("logs", "a submitted sweep's output")):
+        sub = commands.add_parser(verb, help=text)
+        sub.add_argument("job_id", metavar="JOB_ID")
+        sub.add_argument("--address", help=f"Ray Jobs API (default: {jobs.DEFAULT_JOBS_ADDRESS})")
+        if verb == "logs":
+            sub.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        sub.set_defaults(func=cmd_status if verb == "status" else cmd_logs)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    if args.data:
+        spec = replace(spec, data=args.data)
+    job_id = jobs.submit(spec, args.address, args.storage, args.name)
+    address = jobs.jobs_address(args.address)
+    print(f"submitted: {job_id}")
+    print(f"dashboard: {address}/#/jobs/{job_id}")
+    print(f"follow:    instrument-sweep logs {job_id} --address {address} --follow")
+    print(f"status:    instrument-sweep status {job_id} --address {address}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(jobs.status(args.job_id, args.address))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    jobs.logs(args.job_id, args.address, follow=args.follow)
+    return 0
