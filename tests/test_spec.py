@@ -1,0 +1,90 @@
+"""Sweep specs: shipped presets validate, the union of views runs once, overrides and dry runs."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from trainables.errors import InputError
+from tune_jobs.spec import PRESETS_DIR, load_spec, preset_names, spec_from_dict
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_shipped_preset_validates_and_round_trips(preset):
+    spec = load_spec(preset)
+    assert spec.trials(), preset
+    assert spec_from_dict(spec.to_dict()) == spec  # what sweep.yaml records reads back the same
+
+
+def test_presets_ship_the_seed_studies():
+    assert {"seed", "seed-lr-curves", "seed-fixed", "smoke"} <= set(preset_names())
+    lr_curves = load_spec("seed-lr-curves")
+    assert lr_curves.fixed_epochs and lr_curves.stop.max_epochs == 20
+    assert sorted(t.lr for t in lr_curves.trials()) == [0.0001, 0.001, 0.01, 0.1]
+    fixed = load_spec("seed-fixed")
+    assert fixed.stop.max_epochs == 10 and [(t.lr, t.batch_size) for t in fixed.trials()] == [(1e-3, 128)]
+
+
+def test_seed_preset_runs_the_union_of_its_views_once():
+    spec = load_spec("seed")
+    trials = spec.trials()
+    assert len(trials) == 9  # 6 lrs + 4 batch sizes, with (1e-3, 128) shared
+    assert [t.number for t in trials] == list(range(1, 10))
+    points = {(t.lr, t.batch_size): t.views for t in trials}
+    assert points[(1e-3, 128)] == ("lr", "batch_size")
+    assert sorted(lr for (lr, b), v in points.items() if "lr" in v) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert sorted(b for (lr, b), v in points.items() if "batch_size" in v) == [32, 128, 512, 2048]
+    assert (spec.stop.threshold, spec.stop.patience, spec.stop.max_epochs) == (0.98, 3, 100)
+    assert spec.train.val_fraction == 0.2
+
+
+def test_repeats_run_every_point_with_consecutive_seeds():
+    spec = load_spec("seed", ["repeats=3"])
+    trials = spec.trials()
+    assert len(trials) == 27
+    assert sorted({t.seed for t in trials}) == [0, 1, 2]
+    assert len({(t.lr, t.batch_size, t.seed) for t in trials}) == 27
+
+
+def test_overrides_set_any_field():
+    spec = load_spec("seed", ["stop.threshold=0.9", "train.loader=dataloader", "views.lr.lr=[0.1, 0.01]",
+                              "resources.cpus_per_trial=2"])
+    assert spec.stop.threshold == 0.9 and spec.train.loader == "dataloader"
+    assert spec.resources.cpus_per_trial == 2
+    assert {t.lr for t in spec.trials() if "lr" in t.views} == {0.1, 0.01}
+    assert all(spec.train_config(t).cpus == 2 for t in spec.trials())
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads 1e-5 as a string; a spec writer should not have to know that."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"views": {"lr": {"lr": ["1e-5", "1e-3"], "batch_size": 64}}})
+                    .replace("'", ""))
+    assert [t.lr for t in load_spec(str(path)).trials()] == [1e-5, 1e-3]
+
+
+def test_gpus_per_trial_auto_follows_the_cluster():
+    spec = load_spec("seed")
+    assert spec.ray_resources(cluster_gpus=0) == {"cpu": 1.0, "gpu": 0.0}
+    assert spec.ray_resources(cluster_gpus=4) == {"cpu": 1.0, "gpu": 1.0}
+    pinned = load_spec("seed", ["resources.gpus_per_trial=0.5"])
+    assert pinned.ray_resources(cluster_gpus=0)["gpu"] == 0.5
+
+
+def test_batch_larger_than_training_split_is_refused():
+    spec = load_spec("seed")
+    with pytest.raises(InputError) as err:
+        spec.check_batch_sizes(n_train_rows=2000)  # 1600 rows after validation < 2048
+    assert err.value.where == "views.batch_size.batch_size"
+    spec.check_batch_sizes(n_train_rows=3000)
+
+
+def test_dry_run_lists_trials_and_views_without_ray():
+    out = subprocess.run([sys.executable, "-m", "tune_jobs", "run", "--dry-run"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line[:1].isdigit()]
+    assert [int(line.split()[0]) for line in lines] == list(range(1, 10))
+    assert "views: lr, batch_size" in lines[2]
+    assert "ray" not in out.stderr.lower()
