@@ -1,0 +1,65 @@
+"""A real sweep on a real local Ray: every trial ends by the rule, reports and checkpoints per epoch."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import analysis
+from conftest import TINY_SWEEP
+from tune_jobs.launch import read_spec
+
+
+def test_every_trial_of_the_union_runs_once(tiny_experiment):
+    trials = analysis.load_trials(tiny_experiment)
+    assert len(trials) == 5  # 3 lrs + 2 batch sizes, (0.005, 64) is not shared: 3 + 2
+    assert sorted(trials.trial_number) == [1, 2, 3, 4, 5]
+    assert set(trials.sweep) == {"lr", "batch_size"}
+    assert read_spec(tiny_experiment).name == TINY_SWEEP["name"]
+
+
+def test_trials_stop_by_the_rule(tiny_experiment):
+    trials = analysis.load_trials(tiny_experiment).set_index("lr", drop=False)
+    epochs = analysis.load_epochs(tiny_experiment)
+    assert set(trials.status) <= {"reached_target", "max_epochs"}
+    slow = trials[trials.lr == 1e-5].iloc[0]
+    assert (slow.status, slow.epochs) == ("max_epochs", 5)
+    for trial in trials[trials.reached_target].itertuples():
+        mine = epochs[epochs.trial_id == trial.trial_id]
+        assert 2 <= trial.epochs <= 5 and mine.hits_in_a_row.iloc[-1] == 2
+        assert (mine.val_acc.iloc[-2:] >= 0.9).all()
+    # Test metrics come once, on the stopping epoch, as the seed measures them.
+    for trial_id, mine in epochs.groupby("trial_id"):
+        assert mine.test_acc.iloc[:-1].isna().all() and math.isfinite(mine.test_acc.iloc[-1])
+
+
+def test_per_epoch_reports_carry_time_energy_and_labels(tiny_experiment):
+    epochs = analysis.load_epochs(tiny_experiment)
+    for column in ("epoch", "train_acc", "train_loss", "val_acc", "val_loss", "hits_in_a_row", "epoch_time_s",
+                   "time_s", "epoch_energy_j", "energy_j", "energy_window_s", "energy_below_resolution",
+                   "energy_source", "status", "test_acc", "test_loss", "lr", "batch_size", "device", "node"):
+        assert column in epochs.columns, column
+    for _, mine in epochs.groupby("trial_id"):
+        assert list(mine.epoch) == list(range(1, len(mine) + 1))
+        assert mine.time_s.iloc[-1] == pytest.approx(mine.epoch_time_s.sum())
+        assert (mine.epoch_time_s > 0).all()
+    # This machine has no GPU and no RAPL: energy is missing, never zero.
+    assert set(epochs.energy_source) == {"none"} and epochs.energy_j.isna().all()
+    assert set(epochs.device) == {"cpu"}
+
+
+def test_each_trial_keeps_its_last_checkpoint(tiny_experiment):
+    trials = analysis.load_trials(tiny_experiment)
+    for trial_dir in Path(tiny_experiment).glob("trial-*"):
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        assert len(checkpoints) == 1 and (checkpoints[0] / "state.pt").is_file()
+    assert len(list(Path(tiny_experiment).glob("trial-*"))) == len(trials)
+
+
+def test_fixed_epochs_sweep_reports_test_every_epoch(tiny_fixed_experiment):
+    epochs = analysis.load_epochs(tiny_fixed_experiment)
+    trials = analysis.load_trials(tiny_fixed_experiment)
+    assert set(trials.status) == {"max_epochs"} and set(trials.epochs) == {4}
+    assert epochs.test_acc.notna().all() and epochs.test_loss.notna().all()
+    assert isinstance(epochs, pd.DataFrame) and len(epochs) == 8
