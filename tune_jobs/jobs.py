@@ -37,12 +37,27 @@ def jobs_address(address: str | None) -> str:
     return address or os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_JOBS_ADDRESS
 
 
+def use_token_if_available() -> None:
+    """Send the cluster token (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) when one exists.
+
+    Ray only attaches it with RAY_AUTH_MODE=token; a user with a token should not need to know.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray version: RAY_AUTH_MODE=token then works as documented
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     address = jobs_address(address)
     host, port = parse_address(address, "--address", schemes=("http",))
     check_reachable(host, port)
+    use_token_if_available()
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection, auth, version: all are the user's setup

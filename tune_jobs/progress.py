@@ -37,14 +37,15 @@ class SweepProgress(tune.Callback):
         self.n_trials = n_trials
         self.heartbeat_s = heartbeat_s
         self._last_beat = time.monotonic()
-        self._done: set[str] = set()
         self._last: dict[str, dict] = {}
 
-    def _print(self, line: str) -> None:
-        print(f"[{len(self._done)}/{self.n_trials} done] {line}", flush=True, file=sys.stdout)
+    def _print(self, trials: list, line: str, ending=None) -> None:
+        """`ending`: the trial being completed now (Tune updates its status after the callback)."""
+        done = sum(t.status in ("TERMINATED", "ERROR") or t is ending for t in trials)  # restored ones too
+        print(f"[{done}/{self.n_trials} done] {line}", flush=True, file=sys.stdout)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._print(f"start  {trial_label(trial.config)}")
+        self._print(trials, f"start  {trial_label(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = result
@@ -52,21 +53,19 @@ class SweepProgress(tune.Callback):
             self._last_beat = time.monotonic()
             for t in trials:
                 if t.status == "RUNNING" and t.trial_id in self._last:
-                    self._print(f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
+                    self._print(trials, f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._done.add(trial.trial_id)
         result = trial.last_result or {}
         test = result.get("test_acc", float("nan"))
-        self._print(f"done   {trial_label(trial.config)}  {result.get('status', '?')}  {result_line(result)}"
-                    + (f"  test_acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""))
+        self._print(trials, f"done   {trial_label(trial.config)}  {result.get('status', '?')}  {result_line(result)}"
+                    + (f"  test_acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""), trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._done.add(trial.trial_id)
-        self._print(f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})")
+        self._print(trials, f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})", trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(f"retry  {trial_label(trial.config)} from its last checkpoint")
+        self._print(trials, f"retry  {trial_label(trial.config)} from its last checkpoint")
 
     def __getstate__(self) -> dict:
         return {"n_trials": self.n_trials, "heartbeat_s": self.heartbeat_s}
