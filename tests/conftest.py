@@ -88,3 +88,28 @@ def tiny_experiment(ray_local, tmp_path_factory) -> str:
 def tiny_fixed_experiment(ray_local, tmp_path_factory) -> str:
     """A finished fixed-epochs sweep (test metrics every epoch)."""
     return run_tiny_sweep(TINY_FIXED_SWEEP, tmp_path_factory.mktemp("sweeps"), "tiny-fixed")
+
+
+def write_dataset_dir(directory, dataset) -> str:
+    """Write `dataset` in the dataset directory format (no prefix)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for part, array in (("train_data", dataset.train_x), ("train_labels", dataset.train_y),
+                        ("test_data", dataset.test_x), ("test_labels", dataset.test_y)):
+        np.save(directory / f"{part}.npy", array)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def blob_dataset_dir(tmp_path_factory) -> str:
+    """The blobs dataset on disk, for CLI runs that must take seconds."""
+    return write_dataset_dir(tmp_path_factory.mktemp("blobs"), blob_dataset())
+
+
+@pytest.fixture
+def process_tag():
+    """A tag for the processes a test starts; all of them are killed afterwards."""
+    from processes import kill_tagged, new_tag
+
+    tag = new_tag()
+    yield tag
+    kill_tagged(tag)

@@ -1,0 +1,81 @@
+"""Run the CLI and Ray heads as real processes in tests, and clean up everything they start.
+
+Every process gets an environment tag; Ray's own processes inherit it, so teardown
+can find and end them all (a SIGKILLed driver leaves Ray's agents behind).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+TAG = "INSTRUMENT_SWEEP_TEST_TAG"
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex
+
+
+def tagged_env(tag: str, **extra: str) -> dict:
+    return {**os.environ, TAG: tag, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def cli(*args: str, tag: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`instrument-sweep ARGS` to completion; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "tune_jobs", *args], capture_output=True, text=True,
+                          timeout=timeout, env=tagged_env(tag, **env))
+
+
+def spawn_cli(*args: str, tag: str, log: Path) -> subprocess.Popen:
+    """`instrument-sweep ARGS` in the background, in its own session, output to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=tagged_env(tag), start_new_session=True)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    pids = []
+    needle = f"{TAG}={tag}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process carrying `tag` (the CLI, its Ray, Ray's workers and agents)."""
+    for _ in range(3):
+        pids = tagged_pids(tag)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
