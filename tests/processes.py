@@ -79,3 +79,34 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
             return value
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,
+                   num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None) -> subprocess.Popen:
+    """`ray start --block` for a head or a worker node on this machine, token auth on."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats"]
+    if head:
+        args += ["--head", f"--port={head_port}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]
+    else:
+        args += [f"--address=127.0.0.1:{head_port}"]
+    out = log.open("w") if log else subprocess.DEVNULL
+    env = tagged_env(tag, RAY_AUTH_MODE="token",
+                     PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def http_status(url: str, token: str | None = None) -> int:
+    """HTTP status of GET url (0 when nothing answers)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0

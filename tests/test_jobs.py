@@ -1,0 +1,61 @@
+"""Submitting a sweep as a Ray Job to a real Ray head started with token auth, as cluster.yaml does."""
+
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import analysis
+from processes import cli, free_port, http_status, kill_tagged, new_tag, start_ray_node, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head node (2 CPUs, dashboard and Jobs API on 127.0.0.1) in its own processes."""
+    tag = new_tag()
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dashboard_port = free_port()
+    start_ray_node(tag, temp_dir, free_port(), head=True, dashboard_port=dashboard_port,
+                   log=Path(temp_dir) / "head.log")
+    url = f"http://127.0.0.1:{dashboard_port}"
+    wait_until(lambda: http_status(f"{url}/api/jobs/") in (200, 401), 120, "the Jobs API")
+    yield url, tag
+    kill_tagged(tag)
+
+
+def test_unauthenticated_jobs_request_is_refused(ray_head):
+    url, _ = ray_head
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert http_status(f"{url}/api/jobs/") == 401
+    assert http_status(f"{url}/api/jobs/", token="not-the-token") in (401, 403)
+    assert http_status(f"{url}/api/jobs/", token=token) == 200
+
+
+def test_submit_runs_the_sweep_as_a_job_until_succeeded(ray_head, tmp_path, blob_dataset_dir):
+    url, tag = ray_head
+    out = cli("submit", "smoke", "--address", url, "--data", blob_dataset_dir, "--storage", str(tmp_path),
+              "--name", "job", tag=tag)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = re.search(r"submitted: (\S+)", out.stdout).group(1)
+    assert f"{url}/#/jobs/{job_id}" in out.stdout and "instrument-sweep logs" in out.stdout
+
+    def finished():
+        status = cli("status", job_id, "--address", url, tag=tag).stdout.strip()
+        return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    assert wait_until(finished, 240, "the job to finish", interval_s=2) == "SUCCEEDED", \
+        cli("logs", job_id, "--address", url, tag=tag).stdout[-3000:]
+    logs = cli("logs", job_id, "--address", url, tag=tag).stdout
+    assert "[2/2 done]" in logs
+    assert len(analysis.load_trials(str(tmp_path / "job"))) == 2
+
+
+def test_jobs_commands_refuse_bad_addresses(tmp_path):
+    tag = new_tag()
+    unreachable = cli("submit", "smoke", "--address", f"http://127.0.0.1:{free_port()}", tag=tag, timeout=30)
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+    wrong_scheme = cli("status", "raysubmit_x", "--address", "ray://127.0.0.1:10001", tag=tag, timeout=30)
+    assert wrong_scheme.returncode == 2 and "--address" in wrong_scheme.stderr
