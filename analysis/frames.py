@@ -125,3 +125,9 @@ def load_epochs(experiment: str) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=["trial_id", "trial_number", "sweep", "epoch"])
     return frame.sort_values(["trial_number", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def trial_paths(experiment: str) -> list[str]:
+    """The experiment's trial directories (those holding Tune's params.json); [] for none."""
+    fs, root = storage.filesystem(experiment)
+    return _trial_dirs(fs, root)

@@ -1,0 +1,434 @@
+"""Experiment -> analysis folder: tables (CSV, parquet), PNG figures and report.md.
+
+    instrument-sweep analyze sweeps/seed-20261125-2000          # writes sweeps/seed-20261125-2000/analysis/
+    instrument-sweep analyze s3://bucket/sweeps/seed-1 --out ./seed-1-analysis
+
+    from analysis.report import write_report
+    path = write_report("sweeps/seed-20261125-2000")           # ".../analysis/report.md"
+
+Works on a running, finished, resumed or cloud-stored experiment: it reads the
+trials' files as they are now (a partial experiment is labelled partial). The
+spec (views, swept axes, stop rule) comes from the experiment's sweep.yaml; without
+one it is rebuilt from the trials' own configs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis import plots, summary
+from analysis.frames import load_epochs, load_trials, trial_paths
+from trainables.errors import InputError
+from tune_jobs import storage
+from tune_jobs.spec import SweepSpec, spec_from_dict
+
+SPEC_FILE = "sweep.yaml"  # tune_jobs.launch.SPEC_FILE; not imported from there, which loads Ray (~5 s)
+REPORT = "report.md"
+TABLES = ("trials.csv", "trials.parquet", "epochs.parquet", "summary.csv")
+DPI = 120
+NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """What the analysis needs from the sweep's spec."""
+
+    name: str
+    description: str
+    threshold: float | None  # target of `metric`; None: fixed-epochs sweep (no target)
+    patience: int
+    max_epochs: int
+    metric: str
+    views: tuple[tuple[str, tuple[str, ...]], ...]  # (view name, swept axes) in spec order
+    repeats: int
+    from_spec: bool  # False: rebuilt from the trials' configs (no readable sweep.yaml)
+
+    @property
+    def fixed_epochs(self) -> bool:
+        return self.threshold is None
+
+    @property
+    def target(self) -> str:
+        if self.fixed_epochs:
+            return f"{self.max_epochs} fixed epochs (no target)"
+        return f"{self.metric} >= {self.threshold:g} for {self.patience} epochs in a row (max {self.max_epochs} epochs)"
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def write_report(experiment: str, out: str | None = None) -> str:
+    """Write tables, figures and report.md for `experiment`; return report.md's path.
+
+    `out` defaults to `<experiment>/analysis/` for a local experiment and to
+    `./analysis-<name>` for a cloud URI (s3://, gs://).
+    """
+    check_experiment(experiment)
+    folder = output_dir(experiment, out)
+    trials, epochs = load_trials(experiment), load_epochs(experiment)
+    info = experiment_info(experiment, trials, epochs)
+    write_tables(trials, epochs, info, folder)
+    figures = write_figures(trials, epochs, info, folder)
+    path = folder / REPORT
+    path.write_text(render_report(trials, info, figures, experiment))
+    return str(path)
+
+
+def check_experiment(experiment: str) -> None:
+    """Raise InputError("PATH", ...) unless `experiment` holds a sweep.yaml or trial directories."""
+    if not storage.is_uri(experiment):
+        path = Path(experiment)
+        if not path.exists():
+            raise InputError("PATH", f"{experiment} does not exist")
+        if not path.is_dir():
+            raise InputError("PATH", f"{experiment} is a file; give an experiment directory (it holds {SPEC_FILE})")
+    elif not storage.exists(experiment):
+        raise InputError("PATH", f"{experiment} does not exist")
+    if storage.exists(storage.join(experiment, SPEC_FILE)) or trial_paths(experiment):
+        return
+    hint = ""
+    if not storage.is_uri(experiment):
+        inside = sorted(p.parent.name for p in Path(experiment).glob(f"*/{SPEC_FILE}"))
+        if inside:
+            hint = f"; experiments under it: {', '.join(inside[:8])}{' ...' if len(inside) > 8 else ''}"
+    raise InputError("PATH", f"{experiment} is not an instrument-sweep experiment "
+                             f"(no {SPEC_FILE} and no trial directories){hint}")
+
+
+def output_dir(experiment: str, out: str | None) -> Path:
+    """The local folder to write into (created); InputError("--out", ...) where it cannot be."""
+    if out is not None and storage.is_uri(out):
+        raise InputError("--out", f"must be a local directory, got {out}; copy the folder to the cloud afterwards")
+    if out is None:
+        name = experiment.rstrip("/").rsplit("/", 1)[-1]
+        folder = Path(f"analysis-{name}") if storage.is_uri(experiment) else Path(experiment, "analysis")
+    else:
+        folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError("--out", f"{folder} is a file; give a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError("--out", f"cannot create {folder}: {exc.strerror}") from None
+    return folder.absolute()
+
+
+# -- the spec -------------------------------------------------------------------------------
+
+
+def experiment_info(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> ExperimentInfo:
+    """Views, axes and stop rule from sweep.yaml; rebuilt from the trials where it is unreadable."""
+    try:
+        spec = read_spec(experiment)
+    except (InputError, OSError, ValueError, TypeError, AttributeError):
+        spec = None
+    if spec is not None:
+        return ExperimentInfo(spec.name, spec.description, spec.stop.threshold, spec.stop.patience,
+                              spec.stop.max_epochs, spec.stop.metric,
+                              tuple((v.name, v.swept) for v in spec.views), spec.repeats, True)
+    stop = _stop_from_trials(epochs)
+    views = tuple((v, summary.swept_axes(summary.in_view(trials, v))) for v in summary.views_of(trials))
+    repeats = int(trials.groupby(list(summary.POINT)).size().max()) if len(trials) else 1
+    return ExperimentInfo(experiment.rstrip("/").rsplit("/", 1)[-1], "", stop.get("threshold"),
+                          int(stop.get("patience", 1)), int(stop.get("max_epochs", 0)),
+                          str(stop.get("metric", "val_acc")), views, repeats, False)
+
+
+def read_spec(experiment: str) -> SweepSpec:
+    """The spec the sweep was started with: tune_jobs.launch.read_spec without importing Ray."""
+    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
+
+
+def _stop_from_trials(epochs: pd.DataFrame) -> dict:
+    """The stop rule each trial carries in its config (Tune stores it with every result)."""
+    for config in epochs.get("config", pd.Series(dtype=object)).dropna():
+        if isinstance(config, dict) and isinstance(config.get("trial", {}).get("stop"), dict):
+            return config["trial"]["stop"]
+    return {}
+
+
+def views_with_trials(trials: pd.DataFrame, info: ExperimentInfo) -> list[tuple[str, tuple[str, ...]]]:
+    """The spec's views that have trials, then any view only the trials name; "all" for trials
+    in no view."""
+    named = [(name, axes) for name, axes in info.views if len(summary.in_view(trials, name))]
+    known = {name for name, _ in info.views}
+    for name in summary.views_of(trials):
+        if name not in known:
+            named.append((name, summary.swept_axes(summary.in_view(trials, name))))
+    if len(trials) and (trials["sweep"].fillna("") == "").any():
+        named.append(("all", summary.swept_axes(trials)))
+    return named
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def write_tables(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path) -> None:
+    """trials.csv, trials.parquet, epochs.parquet and summary.csv (one row per view and configuration)."""
+    trials.to_csv(folder / "trials.csv", index=False)
+    trials.to_parquet(folder / "trials.parquet", index=False)
+    parquet_ready(epochs).to_parquet(folder / "epochs.parquet", index=False)
+    views_summary(trials, info).to_csv(folder / "summary.csv", index=False)
+
+
+def parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nested values (Tune's `config` dict) as JSON text, so every column has one parquet type."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, (dict, list))).any():
+            frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+    return frame
+
+
+def views_summary(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:
+    """Every view's table (summary.view_table) stacked, with the view's name first."""
+    tables = [summary.view_table(trials, name, axes).assign(view=name)
+              for name, axes in views_with_trials(trials, info)]
+    if not tables:
+        return summary.aggregate(trials.iloc[:0]).assign(view=pd.Series(dtype=str))
+    stacked = pd.concat(tables, ignore_index=True)
+    return stacked[["view", *[c for c in stacked.columns if c != "view"]]]
+
+
+def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path) -> dict[str, str]:
+    """Save the PNGs; return {file name: caption} in report order."""
+    figures: dict[str, str] = {}
+    if trials.empty or epochs.empty:
+        return figures
+    views = views_with_trials(trials, info)
+    if not info.fixed_epochs:
+        for name, axes in views:
+            file = f"view-{_safe(name)}.png"
+            _save(plots.plot_view(trials, name, axes, info.target), folder / file)
+            figures[file] = f"view `{name}`: time, energy, test accuracy and epochs to the target"
+        _save(plots.plot_pareto(trials), folder / "pareto.png")
+        figures["pareto.png"] = ("time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
+                                 else "time to accuracy per configuration (energy not measured)")
+    _save(plots.plot_loss_curves(epochs, views), folder / "loss.png")
+    figures["loss.png"] = "training" + (" and test" if info.fixed_epochs else "") + " loss per epoch (log scale)"
+    _save(plots.plot_accuracy_curves(epochs, views, info.threshold, info.patience if not info.fixed_epochs else None),
+          folder / "accuracy.png")
+    figures["accuracy.png"] = "validation accuracy per epoch" + ("" if info.fixed_epochs else " with the target line")
+    return figures
+
+
+def _save(figure, path: Path) -> None:
+    figure.savefig(path, dpi=DPI)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "view"
+
+
+# -- report.md ------------------------------------------------------------------------------
+
+
+def render_report(trials: pd.DataFrame, info: ExperimentInfo, figures: dict[str, str], experiment: str) -> str:
+    """report.md's text: overview, recommendation, per-view tables and figures, all trials."""
+    lines = [f"# Sweep report: {info.name}", ""]
+    if info.description:
+        lines += [info.description, ""]
+    lines += _overview(trials, info, experiment)
+    if trials.empty:
+        return "\n".join([*lines, "No trial has started yet: nothing to analyze.", ""])
+    lines += ["## Recommendation", "", *recommendation_text(trials, info), ""]
+    if "pareto.png" in figures:
+        lines += ["## Time vs energy", "", f"![{figures['pareto.png']}](pareto.png)", ""]
+        lines += _front_table(trials)
+    for name, axes in views_with_trials(trials, info):
+        x = summary.axes_title(axes) if axes else "one configuration"
+        lines += [f"## View `{name}` (x: {x})", "", *_view_table(summary.view_table(trials, name, axes), axes, info), ""]
+        file = f"view-{_safe(name)}.png"
+        if file in figures:
+            lines += [f"![{figures[file]}]({file})", ""]
+    lines += ["## Per-epoch curves", ""]
+    lines += [f"![{caption}]({file})" + "\n" for file, caption in figures.items() if file in ("loss.png", "accuracy.png")]
+    lines += ["## All trials", "", *_trials_table(trials), ""]
+    errors = trials[trials["status"] == "error"]
+    if len(errors):
+        lines += ["## Errors", ""] + [f"- trial {_num(r.trial_number)} (`{r.trial_id}`): {r.error or 'see error.txt'}"
+                                       for r in errors.itertuples()] + [""]
+    lines += ["## Files", "", "- `trials.csv`, `trials.parquet`: one row per trial",
+              "- `epochs.parquet`: one row per trial and epoch, every reported metric",
+              "- `summary.csv`: one row per view and configuration: mean, std and 95% CI per metric", ""]
+    return "\n".join(lines)
+
+
+def _overview(trials: pd.DataFrame, info: ExperimentInfo, experiment: str) -> list[str]:
+    counts = trials["status"].value_counts()
+    statuses = ", ".join(f"{s} {n}" for s, n in counts.items())
+    lines = [f"- experiment: `{experiment}`", f"- stop rule: {info.target}",
+             f"- trials: {len(trials)}" + (f" ({statuses})" if statuses else "")
+             + (f"; {info.repeats} seeds per configuration" if info.repeats > 1 else ""),
+             f"- devices: {_devices(trials)}", f"- energy: {_energy_line(trials)}",
+             f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+    if not info.from_spec:
+        lines.append("- note: no readable sweep.yaml; views and stop rule were rebuilt from the trials' configs")
+    running = int(counts.get("running", 0))
+    if running:
+        lines += ["", f"**Partial results:** {running} trial(s) still running (or interrupted; "
+                      "`instrument-sweep resume` continues them). Run `analyze` again when they finish."]
+    return [*lines, ""]
+
+
+def _devices(trials: pd.DataFrame) -> str:
+    if trials.empty:
+        return "none yet"
+    groups = trials.assign(device=trials["device"].replace("", "unknown")).groupby("device")["node"]
+    return "; ".join(f"{device} ({n} trials on {groups.get_group(device).nunique()} node(s))"
+                     for device, n in groups.size().items())
+
+
+def _energy_line(trials: pd.DataFrame) -> str:
+    if not summary.energy_measured(trials):
+        return (f"{NOT_MEASURED} (energy_source none: no GPU energy counter and no readable RAPL); "
+                "time is measured, energy columns are empty, not zero")
+    sources = ", ".join(sorted(set(trials["energy_source"].astype(str)) - {"none"}))
+    line = f"joules from Zeus ({sources}); energy to accuracy covers training and validation of every epoch plus the final test"
+    low = int(trials["energy_below_resolution"].sum())
+    if low:
+        line += (f". {low} trial(s) include energy windows under 1 s, below NVML's ~100 ms update resolution: "
+                 "their joules are shown hatched and marked †, and are not reliable")
+    missing = int((trials["energy_source"] == "none").sum())
+    if missing:
+        line += f". {missing} trial(s) ran without an energy counter: {NOT_MEASURED}"
+    return line
+
+
+def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]:
+    """Markdown bullets: the fastest and the least-energy configuration that reached the target."""
+    if info.fixed_epochs:
+        final = summary.aggregate(trials)
+        final = final[final["test_acc_mean"].notna()]
+        if final.empty:
+            return ["Fixed-epochs sweep (no target): no trial has finished yet."]
+        best = final.loc[final["test_acc_mean"].idxmax()]
+        return [f"Fixed-epochs sweep ({info.max_epochs} epochs, no target): no time or energy to accuracy. "
+                f"Highest final test accuracy: {_config(best)}: {best['test_acc_mean']:.4f}"
+                f"{_runs(best)}, {best['time_s_mean']:.3g} s for {best['epochs_mean']:.3g} epochs, "
+                f"energy {_joules(best['energy_j_mean'], best['energy_below_resolution'])}."]
+    picks = summary.recommend(trials)
+    repeats = int(summary.aggregate(trials)["runs"].max()) if len(trials) else 1
+    scope = ("Among configurations whose every run reached the target"
+             + (f"; figures are means over up to {repeats} seeds" if repeats > 1 else "") + ":")
+    if "fastest" not in picks.index:
+        return ["No configuration reached the target "
+                + ("in all of its runs " if repeats > 1 else "") + f"({info.target}); see the tables below."]
+    fastest = picks.loc["fastest"]
+    lines = [scope, "", f"- **Fastest to the target:** {_pick(fastest)}"]
+    if "least_energy" in picks.index:
+        least = picks.loc["least_energy"]
+        same = (least["lr"], least["batch_size"]) == (fastest["lr"], fastest["batch_size"])
+        lines.append(f"- **Least energy to the target:** {_pick(least)}" + (" (the same configuration)" if same else ""))
+        if bool(least["energy_below_resolution"]):
+            lines.append("  - † its energy includes windows under 1 s (below NVML resolution): treat the joules "
+                         "as indicative only; longer epochs or more data give reliable figures.")
+    else:
+        lines.append(f"- **Least energy to the target:** {NOT_MEASURED} on this run (no GPU energy counter or "
+                     "readable RAPL), so no least-energy pick; run on NVIDIA GPUs to measure it.")
+    return lines
+
+
+def _pick(row: pd.Series) -> str:
+    return (f"{_config(row)}: {row['time_s']:.3g} s{_spread(row, 'time_s_std', 's')}, "
+            f"{_joules(row['energy_j'], row['energy_below_resolution'])}"
+            f"{_spread(row, 'energy_j_std', 'J') if pd.notna(row['energy_j']) else ''}, "
+            f"{row['epochs']:.3g} epochs, test accuracy {row['test_acc']:.4f}" + _runs(row))
+
+
+def _config(row: pd.Series) -> str:
+    return f"lr {row['lr']:g}, batch size {int(row['batch_size'])}"
+
+
+def _spread(row: pd.Series, column: str, unit: str) -> str:
+    return f" (± {row[column]:.2g} {unit} std)" if int(row["runs"]) > 1 and pd.notna(row[column]) else ""
+
+
+def _runs(row: pd.Series) -> str:
+    return f" (mean of {int(row['runs'])} seeds)" if int(row["runs"]) > 1 else ""
+
+
+def _joules(value: float, below_resolution: bool) -> str:
+    if pd.isna(value):
+        return f"energy {NOT_MEASURED}"
+    return f"{value:.4g} J" + (" †" if below_resolution else "")
+
+
+# -- markdown tables ------------------------------------------------------------------------
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A GitHub-flavoured markdown table (no dependency on tabulate)."""
+    clean = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(clean(c) for c in row) + " |" for row in rows)]
+
+
+def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
+    """"0.316" for one run; "0.316 ± 0.018 [0.157, 0.474]" (mean ± std [95% CI]) for several."""
+    mean = row[f"{metric}_mean"]
+    if pd.isna(mean):
+        return NOT_MEASURED if metric == "energy_j" else "–"
+    text = format(mean, digits)
+    if row[f"{metric}_n"] > 1:
+        text += (f" ± {format(row[f'{metric}_std'], '.2g')} "
+                 f"[{format(row[f'{metric}_ci95_lo'], digits)}, {format(row[f'{metric}_ci95_hi'], digits)}]")
+    if metric == "energy_j" and row["energy_below_resolution"]:
+        text += " †"
+    return text
+
+
+def _view_table(table: pd.DataFrame, axes: tuple[str, ...], info: ExperimentInfo) -> list[str]:
+    fixed = info.fixed_epochs
+    headers = ["lr", "batch size", "runs", "status", "epochs",
+               "time (s)" if fixed else "time to accuracy (s)",
+               "energy (J)" if fixed else "energy to accuracy (J)", "test accuracy"]
+    rows = [[f"{r['lr']:g}", str(int(r["batch_size"])), str(int(r["runs"])), r["statuses"],
+             _stat(r, "epochs"), _stat(r, "time_s"), _stat(r, "energy_j"), _stat(r, "test_acc", ".4f")]
+            for _, r in table.iterrows()]
+    note = []
+    if len(table) and int(table["runs"].max()) > 1:
+        note = ["", "With several seeds: mean ± std [95% confidence interval of the mean, Student t]."]
+        if int(table["runs"].max()) < 3:
+            note[-1] += (" With 2 seeds the interval is wide (t = 12.7) and may cross physical bounds; "
+                         "`repeats: 3` or more gives usable intervals.")
+    if not fixed and len(table) and not table["all_reached"].all():
+        note += ["", "Configurations that did not reach the target in every run show the time and energy "
+                     "until they stopped, not to accuracy."]
+    return [*md_table(headers, rows), *note]
+
+
+def _front_table(trials: pd.DataFrame) -> list[str]:
+    if not summary.energy_measured(trials):
+        return ["Energy was not measured, so there is no time-energy trade-off to show; "
+                "the figure ranks configurations by time to accuracy.", ""]
+    table = summary.aggregate(trials)
+    reached = table[table["all_reached"]]
+    front = reached[summary.pareto_front(reached)].sort_values("time_s_mean")
+    if front.empty:
+        return ["No configuration that reached the target has measured energy: no Pareto front.", ""]
+    rows = [[f"{r['lr']:g}", str(int(r["batch_size"])), _stat(r, "time_s"), _stat(r, "energy_j"),
+             _stat(r, "test_acc", ".4f")] for _, r in front.iterrows()]
+    return ["Pareto front (no other configuration that reached the target is both faster and uses less energy):",
+            "", *md_table(["lr", "batch size", "time to accuracy (s)", "energy to accuracy (J)", "test accuracy"], rows), ""]
+
+
+def _trials_table(trials: pd.DataFrame) -> list[str]:
+    headers = ["#", "lr", "batch size", "seed", "views", "status", "epochs", "time (s)", "energy (J)",
+               "test accuracy", "device", "node"]
+    rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status, str(r.epochs),
+             f"{r.time_s:.3g}", _joules(r.energy_j, r.energy_below_resolution).replace(" J", "").replace("energy ", ""),
+             "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
+            for r in trials.itertuples()]
+    return md_table(headers, rows)
+
+
+def _num(value) -> str:
+    return "–" if value is None or pd.isna(value) else str(int(value))

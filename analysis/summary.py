@@ -1,0 +1,165 @@
+"""Trial frame -> tables: per-view selection, repeat aggregation, Pareto front, recommendation.
+
+    from analysis import load_trials
+    from analysis.summary import aggregate, in_view, pareto_front, recommend
+    trials = load_trials("sweeps/seed-20261125-2000")
+    table = aggregate(in_view(trials, "lr"))           # one row per (lr, batch_size): mean/std/95% CI
+    best = recommend(trials)                           # rows "fastest", "least_energy"
+    front = table[pareto_front(table)]                 # non-dominated in (time_s_mean, energy_j_mean)
+
+Pure functions of DataFrames; nothing here reads files or draws. A point is one
+(lr, batch_size); with `repeats: N` it has N trials (seeds), summarised by the
+mean, the sample standard deviation and a Student-t 95% confidence interval of
+the mean. Missing energy (NaN) stays missing: means are over measured trials only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+POINT = ("lr", "batch_size")  # what identifies a configuration
+METRICS = ("time_s", "energy_j", "epochs", "test_acc")  # summarised per configuration
+AXIS_TITLES = {"lr": "learning rate", "batch_size": "batch size"}
+
+# Two-sided 95% Student-t critical values t(0.975, df) for df = 1..30.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% Student-t critical value; within about 0.1% of scipy.stats.t for df > 30."""
+    if df < 1:
+        return math.nan
+    return _T95[df - 1] if df <= len(_T95) else 1.96 + 2.4 / df
+
+
+def views_of(trials: pd.DataFrame) -> list[str]:
+    """View names in order of first appearance in the `sweep` column ("lr,batch_size" -> both)."""
+    names: list[str] = []
+    for joined in trials["sweep"].fillna("").astype(str):
+        for name in joined.split(","):
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def in_view(trials: pd.DataFrame, view: str) -> pd.DataFrame:
+    """The trials that belong to `view` (a trial may belong to several views)."""
+    member = trials["sweep"].fillna("").astype(str).map(lambda joined: view in joined.split(","))
+    return trials[member.astype(bool)]
+
+
+def swept_axes(trials: pd.DataFrame) -> tuple[str, ...]:
+    """The axes that vary across `trials`: a view's x-axis when no spec says it."""
+    return tuple(axis for axis in POINT if trials[axis].nunique(dropna=True) > 1)
+
+
+def point_label(lr: float, batch_size: int, axes: tuple[str, ...] = POINT) -> str:
+    """A configuration's short label on the given axes: "0.001", "128", "(0.001, 128)"."""
+    parts = {"lr": f"{lr:g}", "batch_size": f"{int(batch_size)}"}
+    if len(axes) == 1:
+        return parts[axes[0]]
+    return f"({parts['lr']}, {parts['batch_size']})"
+
+
+def axes_title(axes: tuple[str, ...]) -> str:
+    """x-axis title for the swept axes: "learning rate", "batch size", "(lr, batch size)"."""
+    if len(axes) == 1:
+        return AXIS_TITLES[axes[0]]
+    return "(learning rate, batch size)"
+
+
+def aggregate(trials: pd.DataFrame, by: tuple[str, ...] = POINT) -> pd.DataFrame:
+    """One row per configuration: runs, how many reached the target, and per metric
+    `{m}_mean`, `{m}_std`, `{m}_ci95_lo`, `{m}_ci95_hi`, `{m}_n` (trials with a value).
+
+    Also `reached` (count), `all_reached`, `statuses` (e.g. "reached_target x2"),
+    `energy_source`, `energy_below_resolution` (any trial), `seeds`. Rows sorted by `by`.
+    """
+    rows = []
+    for key, group in trials.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict = dict(zip(by, key))
+        row["runs"] = len(group)
+        row["reached"] = int(group["reached_target"].sum())
+        row["all_reached"] = row["reached"] == row["runs"]
+        counts = group["status"].value_counts(sort=False)
+        row["statuses"] = ", ".join(f"{s} x{n}" if n > 1 else str(s) for s, n in counts.items())
+        row["seeds"] = ",".join(str(s) for s in sorted(group["seed"].dropna().unique()))
+        for metric in METRICS:
+            row.update(describe(group[metric], metric))
+        row["energy_source"] = ",".join(sorted(set(group["energy_source"].astype(str))))
+        row["energy_below_resolution"] = bool(group["energy_below_resolution"].any())
+        rows.append(row)
+    columns = [*by, "runs", "reached", "all_reached", "statuses", "seeds",
+               *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95_lo", "ci95_hi", "n")],
+               "energy_source", "energy_below_resolution"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def describe(values: pd.Series, name: str) -> dict[str, float]:
+    """Mean, sample std and 95% CI of the mean over the finite values (NaN where undefined)."""
+    finite = pd.to_numeric(values, errors="coerce").astype(float)
+    finite = finite[np.isfinite(finite)]
+    n = len(finite)
+    mean = float(finite.mean()) if n else math.nan
+    std = float(finite.std(ddof=1)) if n > 1 else math.nan
+    half = t95(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return {f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci95_lo": mean - half,
+            f"{name}_ci95_hi": mean + half, f"{name}_n": n}
+
+
+def view_table(trials: pd.DataFrame, view: str, axes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The configurations of one view, sorted along its swept axes (default: those that vary)."""
+    members = in_view(trials, view)
+    axes = swept_axes(members) if axes is None else axes
+    table = aggregate(members)
+    order = [*axes, *(a for a in POINT if a not in axes)]
+    return table.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def pareto_front(points: pd.DataFrame, x: str = "time_s_mean", y: str = "energy_j_mean") -> pd.Series:
+    """True for rows no other row beats in both `x` and `y` (lower is better); rows with a
+    missing or infinite value are never on the front."""
+    xs, ys = points[x].to_numpy(dtype=float), points[y].to_numpy(dtype=float)
+    valid = np.isfinite(xs) & np.isfinite(ys)
+    front = np.zeros(len(points), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid & (xs <= xs[i]) & (ys <= ys[i]) & ((xs < xs[i]) | (ys < ys[i]))
+        front[i] = not others.any()
+    return pd.Series(front, index=points.index, name="pareto")
+
+
+def recommend(trials: pd.DataFrame) -> pd.DataFrame:
+    """The fastest and the least-energy configuration among those whose every run reached
+    the target, by mean over repeats. Index: "fastest", "least_energy" (a row only where
+    there is one: none when no configuration reached, no energy row when energy was not
+    measured). Columns: lr, batch_size, runs, time_s, energy_j, epochs, test_acc (means),
+    time_s_std, energy_j_std, energy_below_resolution, energy_source.
+    """
+    table = aggregate(trials)
+    candidates = table[table["all_reached"] & (table["runs"] > 0)]
+    picks = {}
+    if len(candidates) and candidates["time_s_mean"].notna().any():
+        picks["fastest"] = candidates.loc[candidates["time_s_mean"].idxmin()]
+    measured = candidates[candidates["energy_j_mean"].notna()]
+    if len(measured):
+        picks["least_energy"] = measured.loc[measured["energy_j_mean"].idxmin()]
+    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "epochs", "test_acc",
+               "time_s_std", "energy_j_std", "energy_below_resolution", "energy_source"]
+    rows = {
+        name: {**{c: row[c] for c in ("lr", "batch_size", "runs", "time_s_std", "energy_j_std",
+                                      "energy_below_resolution", "energy_source")},
+               **{m: row[f"{m}_mean"] for m in METRICS}}
+        for name, row in picks.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def energy_measured(trials: pd.DataFrame) -> bool:
+    """True where at least one trial has a measured energy (joules, not NaN)."""
+    return bool(pd.to_numeric(trials["energy_j"], errors="coerce").notna().any())

@@ -1,0 +1,46 @@
+"""The `analyze` command: an experiment's tables, figures and report.md.
+
+    instrument-sweep analyze sweeps/seed-20261125-200102                 # -> sweeps/seed-.../analysis/
+    instrument-sweep analyze sweeps/seed-20261125-200102 --out results/  # anywhere local
+    instrument-sweep analyze s3://bucket/sweeps/seed-1                   # -> ./analysis-seed-1/
+
+Runs on a finished, running (partial), resumed or cloud-stored experiment; it
+only reads the experiment. `run` and `resume` end with the same analysis unless
+given --no-analyze.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainables.errors import InputError
+from tune_jobs import storage
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `analyze` to the `instrument-sweep` parser."""
+    analyze = commands.add_parser("analyze", help="write an experiment's tables, plots and report.md",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    analyze.add_argument("path", metavar="PATH", help="experiment directory (holds sweep.yaml), or s3://... / gs://...")
+    analyze.add_argument("--out", metavar="DIR", help="output directory (default: PATH/analysis; "
+                                                      "for a cloud PATH ./analysis-NAME)")
+    analyze.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    experiment = args.path if storage.is_uri(args.path) else str(Path(args.path).expanduser().absolute())
+    if not storage.is_uri(args.path) and not Path(experiment).exists():
+        under = Path(storage.DEFAULT_STORAGE, args.path)
+        hint = f"; did you mean {under}?" if under.is_dir() else ""
+        raise InputError("PATH", f"{args.path} does not exist{hint}")
+    report = write_report(experiment, args.out)
+    folder = Path(report).parent
+    print(f"analysis: {folder}")
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            print(f"  {file.name}")
+    print(f"report: {report}")
+    return 0
