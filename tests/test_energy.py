@@ -1,6 +1,12 @@
 """Energy meter over real Zeus: on this machine no GPU and no RAPL, so energy is NaN, never 0."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +60,88 @@ def test_lap_windows_are_contiguous():
 def test_stop_without_start_is_an_error():
     with pytest.raises(RuntimeError, match="no window"):
         EnergyMeter().stop()
+
+
+# -- The GPU path, on a fake NVML counter (this machine has no NVIDIA GPU). -----------------
+# Only NVML's device calls are replaced (tests/fake_nvml/pynvml.py); Zeus's real code runs on
+# top. Each scenario runs in a fresh interpreter, since Zeus caches the GPUs it found.
+
+FAKE_NVML = Path(__file__).with_name("fake_nvml")
+POWER_W = 250.0
+
+
+def run_with_fake_gpu(code: str, **env: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(FAKE_NVML), "FAKE_NVML_POWER_W": str(POWER_W), **env},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_windows_measure_joules_and_flag_short_windows():
+    got = run_with_fake_gpu("""
+        import json, time
+        from trainables.energy import EnergyMeter
+        meter = EnergyMeter(gpu_indices=[0])
+        meter.start()
+        windows = []
+        for seconds in (0.25, 1.2, 0.25):
+            time.sleep(seconds)
+            windows.append(meter.lap())
+        windows.append(meter.stop())
+        print(json.dumps({"source": meter.source, "windows": [
+            [w.time_s, w.gpu_j, w.energy_j, w.below_resolution, w.source] for w in windows]}))
+    """)
+    assert got["source"] == "gpu"
+    (short, long_, short2, last) = got["windows"]
+    for time_s, gpu_j, energy_j, below, source in got["windows"]:
+        assert source == "gpu" and gpu_j == energy_j
+        assert gpu_j == pytest.approx(POWER_W * time_s, abs=POWER_W * 0.1 + 1)  # counter steps: 100 ms
+    assert short[3] and short2[3] and last[3] and not long_[3]  # under 1 s: flagged
+    # Contiguous windows: per-window joules add up to the counter's advance over all of them.
+    total_s = sum(w[0] for w in got["windows"])
+    assert sum(w[1] for w in got["windows"]) == pytest.approx(POWER_W * total_s, abs=POWER_W * 0.1 + 1)
+
+
+def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
+    got = run_with_fake_gpu("""
+        import json, sys
+        sys.path.insert(0, "tests")
+        from conftest import blobs
+        from trainables.config import StopRule, TrainConfig
+        from trainables.energy import EnergyMeter
+        from trainables.prepare import prepare_splits
+        from trainables.train import TrainingRun
+        x, y = blobs(20000, seed=0)
+        splits = prepare_splits(x, y, x[:500], y[:500], 0.2, 0)
+        config, rule = TrainConfig(batch_size=32), StopRule(threshold=None, max_epochs=4)
+        run = TrainingRun(splits, config, rule, meter=EnergyMeter(gpu_indices=[0]))
+        first = [run.run_epoch(), run.run_epoch()]
+        state = run.state_dict()
+        run.close()
+        again = TrainingRun(splits, config, rule, meter=EnergyMeter(gpu_indices=[0]))
+        again.load_state_dict(state)
+        rest = [again.run_epoch(), again.run_epoch()]
+        print(json.dumps([[r.epoch, r.epoch_energy_j, r.energy_j, r.gpu_energy_j, r.energy_source]
+                          for r in first + rest]))
+    """)
+    assert [r[0] for r in got] == [1, 2, 3, 4]
+    assert all(r[4] == "gpu" and r[1] >= 0 for r in got)
+    assert got[1][2] == pytest.approx(got[0][1] + got[1][1])  # cumulative = sum of epochs
+    assert got[2][2] == pytest.approx(got[1][2] + got[2][1])  # the retry continues the sum
+    assert got[3][2] == pytest.approx(sum(r[1] for r in got))
+    assert got[3][2] > 0
+
+
+def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():
+    """Ray gives a zero-GPU trial CUDA_VISIBLE_DEVICES=""; Zeus alone would refuse to start."""
+    got = run_with_fake_gpu("""
+        import json
+        from trainables.energy import EnergyMeter
+        meter = EnergyMeter()
+        meter.start()
+        w = meter.stop()
+        print(json.dumps([meter.source, meter.gpu_indices, w.energy_j]))
+    """, CUDA_VISIBLE_DEVICES="")
+    assert got[0] in ("none", "cpu") and got[1] == []

@@ -18,8 +18,10 @@ Semantics (see DESIGN.md, "Energy semantics"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 RESOLUTION_S = 1.0  # windows shorter than this give unreliable GPU energy
@@ -55,12 +57,26 @@ def energy_source(has_gpu: bool, has_cpu: bool) -> str:
 
 def _visible_gpu_indices() -> list[int]:
     """Indices of the CUDA devices this process sees; [] without a GPU."""
-    try:
-        import torch
+    import torch
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    except Exception:  # noqa: BLE001 - no torch/CUDA means no GPU to measure
-        return []
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def _zeus_accepts_visible_devices():
+    """Ray sets CUDA_VISIBLE_DEVICES="" for a trial without GPUs; Zeus refuses to start on that.
+
+    An empty list means "no GPU" to us too: hide it while Zeus looks, and measure no GPU.
+    """
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value != "":
+        yield
+        return
+    del os.environ["CUDA_VISIBLE_DEVICES"]
+    try:
+        yield
+    finally:
+        os.environ["CUDA_VISIBLE_DEVICES"] = value
 
 
 class EnergyMeter:
@@ -79,10 +95,15 @@ class EnergyMeter:
         gpus = _visible_gpu_indices() if gpu_indices is None else list(gpu_indices)
         logging.getLogger("zeus").setLevel(logging.WARNING)
         # Zeus raises for gpu_indices=[0] on a machine without a GPU: pass [] there.
-        self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if cpu else [])
+        with _zeus_accepts_visible_devices():
+            self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if cpu else [])
         self.gpu_indices = list(self._monitor.gpu_indices)
         self.cpu_indices = list(self._monitor.cpu_indices)
         self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))
+        # Windows wait for queued CUDA work to finish, so a GPU epoch is charged to its own window.
+        import torch
+
+        self._sync = bool(self.gpu_indices) and torch.cuda.is_available()
         self._window: str | None = None
         self._count = 0
 
@@ -108,12 +129,12 @@ class EnergyMeter:
     def _begin(self) -> None:
         self._count += 1
         self._window = f"{self._WINDOW}-{self._count}"
-        self._monitor.begin_window(self._window, sync_execution=bool(self.gpu_indices))
+        self._monitor.begin_window(self._window, sync_execution=self._sync)
 
     def _end(self) -> EnergyWindow:
         if self._window is None:
             raise RuntimeError("EnergyMeter: no window is open; call start() first")
-        m = self._monitor.end_window(self._window, sync_execution=bool(self.gpu_indices))
+        m = self._monitor.end_window(self._window, sync_execution=self._sync)
         self._window = None
         gpu_j = sum(m.gpu_energy.values()) if m.gpu_energy else NAN
         cpu_parts = [*(m.cpu_energy or {}).values(), *(m.dram_energy or {}).values()]
