@@ -135,7 +135,7 @@ def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
 
 
 def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():
-    """Ray gives a zero-GPU trial CUDA_VISIBLE_DEVICES=""; Zeus alone would refuse to start."""
+    """Ray gives a zero-GPU trial CUDA_VISIBLE_DEVICES="": no GPU is measured, nothing fails."""
     got = run_with_fake_gpu("""
         import json
         from trainables.energy import EnergyMeter

@@ -18,10 +18,8 @@ Semantics (see DESIGN.md, "Energy semantics"):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 RESOLUTION_S = 1.0  # windows shorter than this give unreliable GPU energy
@@ -62,23 +60,6 @@ def _visible_gpu_indices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-@contextlib.contextmanager
-def _zeus_accepts_visible_devices():
-    """Ray sets CUDA_VISIBLE_DEVICES="" for a trial without GPUs; Zeus refuses to start on that.
-
-    An empty list means "no GPU" to us too: hide it while Zeus looks, and measure no GPU.
-    """
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if value != "":
-        yield
-        return
-    del os.environ["CUDA_VISIBLE_DEVICES"]
-    try:
-        yield
-    finally:
-        os.environ["CUDA_VISIBLE_DEVICES"] = value
-
-
 class EnergyMeter:
     """Contiguous time/energy windows over ZeusMonitor.
 
@@ -95,8 +76,7 @@ class EnergyMeter:
         gpus = _visible_gpu_indices() if gpu_indices is None else list(gpu_indices)
         logging.getLogger("zeus").setLevel(logging.WARNING)
         # Zeus raises for gpu_indices=[0] on a machine without a GPU: pass [] there.
-        with _zeus_accepts_visible_devices():
-            self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if cpu else [])
+        self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if cpu else [])
         self.gpu_indices = list(self._monitor.gpu_indices)
         self.cpu_indices = list(self._monitor.cpu_indices)
         self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))
