@@ -158,14 +158,16 @@ def plot_accuracy_curves(epochs: pd.DataFrame, views: Sequence[View], threshold:
     where it was measured every epoch (fixed-epochs sweeps)."""
     with_test = _every_epoch_tested(epochs) if with_test is None else with_test
     series = [("val_acc", "-", "validation accuracy"), *([("test_acc", "--", "test accuracy")] if with_test else [])]
-    title = "validation accuracy per epoch" + (" (test dashed)" if with_test else "")
+    title = "validation and test accuracy per epoch" if with_test else "validation accuracy per epoch"
     fig = _curves(epochs, views, series, "accuracy (fraction correct)", title, log=False)
     for ax in fig.axes:
         if threshold is not None:
             rule = f"target {threshold:g}" + (f" ({patience} epochs in a row)" if patience else "")
             ax.axhline(threshold, color="black", linestyle=":", linewidth=1.2, label=rule)
             ax.legend(**_legend_place())
-        ax.set_ylim(0, 1.02)
+        shown = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y)]
+        low = min([*shown, *([threshold] if threshold is not None else [])], default=0.0)
+        ax.set_ylim(max(0.0, math.floor((low - 0.03) * 20) / 20), 1.01)
     return fig
 
 
@@ -188,8 +190,7 @@ def _curves(epochs: pd.DataFrame, views: Sequence[View], series: list[tuple[str,
         for color, config in zip(colors, configs.itertuples(index=False)):
             runs = members[(members.lr == config.lr) & (members.batch_size == config.batch_size)]
             seeds = runs["seed"].nunique() if "seed" in runs else 1
-            label = summary.point_label(config.lr, config.batch_size, axes or summary.POINT)
-            label = f"{_axis_prefix(axes)}{label}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+            label = _curve_label(config.lr, config.batch_size, axes) + (f" ({seeds} seeds)" if seeds > 1 else "")
             for k, (_, trial) in enumerate(runs.groupby("trial_id", sort=False)):
                 for s, (column, style, _) in enumerate(series):
                     values = trial[column].to_numpy(dtype=float)
@@ -215,8 +216,13 @@ def _curves(epochs: pd.DataFrame, views: Sequence[View], series: list[tuple[str,
     return fig
 
 
-def _axis_prefix(axes: tuple[str, ...]) -> str:
-    return {("lr",): "lr ", ("batch_size",): "batch "}.get(tuple(axes), "(lr, batch) ")
+def _curve_label(lr: float, batch_size: int, axes: tuple[str, ...]) -> str:
+    """ "lr 0.001" in an lr view, "batch 128" in a batch-size view, else both."""
+    if tuple(axes) == ("lr",):
+        return f"lr {lr:g}"
+    if tuple(axes) == ("batch_size",):
+        return f"batch {int(batch_size)}"
+    return f"lr {lr:g}, batch {int(batch_size)}"
 
 
 def _legend_place() -> dict:

@@ -207,7 +207,7 @@ def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentIn
         for name, axes in views:
             file = f"view-{_safe(name)}.png"
             _save(plots.plot_view(trials, name, axes, info.target), folder / file)
-            figures[file] = f"view `{name}`: time, energy, test accuracy and epochs to the target"
+            figures[file] = f"view {name}: time, energy, test accuracy and epochs to the target"
         _save(plots.plot_pareto(trials), folder / "pareto.png")
         figures["pareto.png"] = ("time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
                                  else "time to accuracy per configuration (energy not measured)")
@@ -267,7 +267,7 @@ def _overview(trials: pd.DataFrame, info: ExperimentInfo, experiment: str) -> li
     lines = [f"- experiment: `{experiment}`", f"- stop rule: {info.target}",
              f"- trials: {len(trials)}" + (f" ({statuses})" if statuses else "")
              + (f"; {info.repeats} seeds per configuration" if info.repeats > 1 else ""),
-             f"- devices: {_devices(trials)}", f"- energy: {_energy_line(trials)}",
+             f"- devices: {_devices(trials)}", f"- energy: {_energy_line(trials) if len(trials) else 'none yet'}",
              f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
     if not info.from_spec:
         lines.append("- note: no readable sweep.yaml; views and stop rule were rebuilt from the trials' configs")
@@ -281,9 +281,12 @@ def _overview(trials: pd.DataFrame, info: ExperimentInfo, experiment: str) -> li
 def _devices(trials: pd.DataFrame) -> str:
     if trials.empty:
         return "none yet"
-    groups = trials.assign(device=trials["device"].replace("", "unknown")).groupby("device")["node"]
-    return "; ".join(f"{device} ({n} trials on {groups.get_group(device).nunique()} node(s))"
+    reported = trials[trials["device"].fillna("") != ""]
+    groups = reported.groupby("device")["node"]
+    line = "; ".join(f"{device} ({n} trial(s) on {groups.get_group(device).nunique()} node(s))"
                      for device, n in groups.size().items())
+    silent = len(trials) - len(reported)
+    return line + (f"{'; ' if line else ''}{silent} trial(s) without a report yet" if silent else "")
 
 
 def _energy_line(trials: pd.DataFrame) -> str:
@@ -424,7 +427,8 @@ def _trials_table(trials: pd.DataFrame) -> list[str]:
     headers = ["#", "lr", "batch size", "seed", "views", "status", "epochs", "time (s)", "energy (J)",
                "test accuracy", "device", "node"]
     rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status, str(r.epochs),
-             f"{r.time_s:.3g}", _joules(r.energy_j, r.energy_below_resolution).replace(" J", "").replace("energy ", ""),
+             "–" if pd.isna(r.time_s) else f"{r.time_s:.3g}",
+             "–" if not r.epochs else _joules(r.energy_j, r.energy_below_resolution).replace(" J", "").replace("energy ", ""),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
             for r in trials.itertuples()]
     return md_table(headers, rows)
