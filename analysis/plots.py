@@ -148,8 +148,8 @@ def plot_loss_curves(epochs: pd.DataFrame, views: Sequence[View], with_test: boo
     with test loss every epoch (fixed-epochs sweeps) test loss is drawn dashed on the same axes."""
     with_test = _every_epoch_tested(epochs) if with_test is None else with_test
     title = "training and test loss per epoch" if with_test else "training loss per epoch"
-    return _curves(epochs, views, [("train_loss", "-", "training loss"), *([("test_loss", "--", "test loss")] if with_test else [])],
-                   "mean cross-entropy loss (nats, log scale)", title, log=True)
+    series = [("train_loss", "-", "training loss"), *([("test_loss", "--", "test loss")] if with_test else [])]
+    return _curves(epochs, views, series, "mean cross-entropy loss (nats, log scale)", title, log=True)
 
 
 def plot_accuracy_curves(epochs: pd.DataFrame, views: Sequence[View], threshold: float | None = None,
@@ -255,7 +255,8 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
         ax.errorbar(table["time_s_mean"], table["energy_j_mean"], xerr=table["time_s_std"].fillna(0),
                     yerr=table["energy_j_std"].fillna(0), fmt="none", ecolor="0.6", linewidth=1,
                     label="±1 std over seeds")
-    ax.scatter(rest["time_s_mean"], rest["energy_j_mean"], color=REACHED_COLOR, s=40, zorder=3, label="reached the target")
+    ax.scatter(rest["time_s_mean"], rest["energy_j_mean"], color=REACHED_COLOR, s=40, zorder=3,
+               label="reached the target")
     ax.scatter(missed["time_s_mean"], missed["energy_j_mean"], color="0.5", marker="x", s=40, zorder=3,
                label="missed the target (not on the front)")
     ax.plot(front["time_s_mean"], front["energy_j_mean"], "-o", drawstyle="steps-post", color=FRONT_COLOR,

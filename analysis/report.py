@@ -31,7 +31,6 @@ from tune_jobs.spec import SweepSpec, spec_from_dict
 
 SPEC_FILE = "sweep.yaml"  # tune_jobs.launch.SPEC_FILE; not imported from there, which loads Ray (~5 s)
 REPORT = "report.md"
-TABLES = ("trials.csv", "trials.parquet", "epochs.parquet", "summary.csv")
 DPI = 120
 NOT_MEASURED = "not measured"
 
@@ -183,7 +182,8 @@ def parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for column in frame.columns:
         if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, (dict, list))).any():
-            frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+            frame[column] = frame[column].map(
+                lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
     return frame
 
 
@@ -244,12 +244,13 @@ def render_report(trials: pd.DataFrame, info: ExperimentInfo, figures: dict[str,
         lines += _front_table(trials)
     for name, axes in views_with_trials(trials, info):
         x = summary.axes_title(axes) if axes else "one configuration"
-        lines += [f"## View `{name}` (x: {x})", "", *_view_table(summary.view_table(trials, name, axes), axes, info), ""]
+        table = summary.view_table(trials, name, axes)
+        lines += [f"## View `{name}` (x: {x})", "", *_view_table(table, info), ""]
         file = f"view-{_safe(name)}.png"
         if file in figures:
             lines += [f"![{figures[file]}]({file})", ""]
     lines += ["## Per-epoch curves", ""]
-    lines += [f"![{caption}]({file})" + "\n" for file, caption in figures.items() if file in ("loss.png", "accuracy.png")]
+    lines += [f"![{caption}]({file})\n" for file, caption in figures.items() if file in ("loss.png", "accuracy.png")]
     lines += ["## All trials", "", *_trials_table(trials), ""]
     errors = trials[trials["status"] == "error"]
     if len(errors):
@@ -294,7 +295,8 @@ def _energy_line(trials: pd.DataFrame) -> str:
         return (f"{NOT_MEASURED} (energy_source none: no GPU energy counter and no readable RAPL); "
                 "time is measured, energy columns are empty, not zero")
     sources = ", ".join(sorted(set(trials["energy_source"].astype(str)) - {"none"}))
-    line = f"joules from Zeus ({sources}); energy to accuracy covers training and validation of every epoch plus the final test"
+    line = (f"joules from Zeus ({sources}); energy to accuracy covers training and validation of every epoch "
+            "plus the final test")
     low = int(trials["energy_below_resolution"].sum())
     if low:
         line += (f". {low} trial(s) include energy windows under 1 s, below NVML's ~100 ms update resolution: "
@@ -329,7 +331,8 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
     if "least_energy" in picks.index:
         least = picks.loc["least_energy"]
         same = (least["lr"], least["batch_size"]) == (fastest["lr"], fastest["batch_size"])
-        lines.append(f"- **Least energy to the target:** {_pick(least)}" + (" (the same configuration)" if same else ""))
+        lines.append(f"- **Least energy to the target:** {_pick(least)}"
+                     + (" (the same configuration)" if same else ""))
         if bool(least["energy_below_resolution"]):
             lines.append("  - † its energy includes windows under 1 s (below NVML resolution): treat the joules "
                          "as indicative only; longer epochs or more data give reliable figures.")
@@ -388,7 +391,7 @@ def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
     return text
 
 
-def _view_table(table: pd.DataFrame, axes: tuple[str, ...], info: ExperimentInfo) -> list[str]:
+def _view_table(table: pd.DataFrame, info: ExperimentInfo) -> list[str]:
     fixed = info.fixed_epochs
     headers = ["lr", "batch size", "runs", "status", "epochs",
                "time (s)" if fixed else "time to accuracy (s)",
@@ -420,7 +423,8 @@ def _front_table(trials: pd.DataFrame) -> list[str]:
     rows = [[f"{r['lr']:g}", str(int(r["batch_size"])), _stat(r, "time_s"), _stat(r, "energy_j"),
              _stat(r, "test_acc", ".4f")] for _, r in front.iterrows()]
     return ["Pareto front (no other configuration that reached the target is both faster and uses less energy):",
-            "", *md_table(["lr", "batch size", "time to accuracy (s)", "energy to accuracy (J)", "test accuracy"], rows), ""]
+            "", *md_table(["lr", "batch size", "time to accuracy (s)", "energy to accuracy (J)", "test accuracy"],
+                          rows), ""]
 
 
 def _trials_table(trials: pd.DataFrame) -> list[str]:
@@ -428,7 +432,8 @@ def _trials_table(trials: pd.DataFrame) -> list[str]:
                "test accuracy", "device", "node"]
     rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status, str(r.epochs),
              "–" if pd.isna(r.time_s) else f"{r.time_s:.3g}",
-             "–" if not r.epochs else _joules(r.energy_j, r.energy_below_resolution).replace(" J", "").replace("energy ", ""),
+             "–" if not r.epochs else _joules(r.energy_j, r.energy_below_resolution).replace(" J", "")
+             .replace("energy ", ""),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
             for r in trials.itertuples()]
     return md_table(headers, rows)
