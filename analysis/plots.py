@@ -58,7 +58,7 @@ def plot_view(trials: pd.DataFrame, view: str, axes: Sequence[str] | None = None
     table = summary.view_table(trials, view, axes)
     labels = [summary.point_label(r.lr, r.batch_size, axes) for r in table.itertuples()]
     repeats = bool(len(table)) and int(table["runs"].max()) > 1
-    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    fig = Figure(figsize=(max(11.0, 3.0 + 0.55 * len(table)), 7.5), layout="constrained")
     grid = fig.subplots(2, 2)
     for ax, (metric, ylabel, fmt) in zip(grid.flat, BAR_PANELS):
         ax.set_ylabel(ylabel)
@@ -103,21 +103,20 @@ def _bars(ax, table: pd.DataFrame, members: pd.DataFrame, metric: str, fmt: str,
     spread = np.nan_to_num(table[f"{metric}_std"].to_numpy(dtype=float)) if repeats else np.zeros(len(table))
     tops = np.nan_to_num(heights) + spread
     top = float(np.max(tops, initial=0.0))
+    crowded = len(table) > 8  # values only, turned upright; the hatch says which missed
     for i, row in enumerate(table.itertuples()):
         value = heights[i]
         if math.isnan(value):
             text = "not measured" if metric == "energy_j" else _status_word(row.statuses)
         else:
             text = fmt.format(value)
-            if row.runs > 1 and row.reached < row.runs:
-                text += f"\n{row.reached}/{row.runs} reached"
-            elif row.reached < row.runs:
-                text += f"\n{_status_word(row.statuses)}"
+            if row.reached < row.runs and not crowded:
+                text += (f"\n{row.reached}/{row.runs} reached" if row.runs > 1 else f"\n{_status_word(row.statuses)}")
         ax.annotate(text, (i, tops[i]), xytext=(0, 2), textcoords="offset points",
-                    ha="center", va="bottom", fontsize="x-small", rotation=90 if len(table) > 8 else 0)
-    ax.set_ylim(0, top * 1.25 if top > 0 else 1)
+                    ha="center", va="bottom", fontsize="x-small", rotation=90 if crowded else 0)
+    ax.set_ylim(0, top * (1.3 if crowded else 1.25) if top > 0 else 1)
     if metric == "test_acc":
-        ax.set_ylim(0, 1.12)
+        ax.set_ylim(0, 1.22 if crowded else 1.12)
     if metric == "epochs":
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
