@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 
+from trainables.energy import RESOLUTION_S
 from tune_jobs import storage
 
 TRIAL_COLUMNS = [
@@ -72,6 +74,15 @@ def _load(experiment: str) -> list[tuple[str, dict, list[dict], str | None]]:
     return sorted(trials, key=lambda t: (t[1].get("number", math.inf), t[0]))
 
 
+def _error_message(text: str | None) -> str:
+    """The last `SomeError: message` line of Tune's error.txt (the exception that ended the trial)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
 def _status(results: list[dict], error: str | None) -> str:
     last = results[-1].get("status") if results else None
     if last in TERMINAL:
@@ -100,13 +111,15 @@ def load_trials(experiment: str) -> pd.DataFrame:
             "gpu_energy_j": last.get("gpu_energy_j", math.nan),
             "cpu_energy_j": last.get("cpu_energy_j", math.nan),
             "energy_source": last.get("energy_source", "none"),
-            "energy_below_resolution": bool(any(r.get("energy_below_resolution") for r in results)),
+            # Contiguous windows: the trial's total is only as coarse as one window of its whole length.
+            "energy_below_resolution": bool(math.isfinite(last.get("energy_j", math.nan))
+                                            and last.get("time_s", 0.0) < RESOLUTION_S),
             "test_acc": last.get("test_acc", math.nan),
             "test_loss": last.get("test_loss", math.nan),
             "val_acc": last.get("val_acc", math.nan),
             "device": last.get("device", ""),
             "node": last.get("node", ""),
-            "error": (error or "").strip().splitlines()[-1] if error and status == "error" else "",
+            "error": _error_message(error) if status == "error" else "",
         })
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     for column in ("time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):

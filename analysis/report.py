@@ -21,15 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from analysis import plots, summary
 from analysis.frames import load_epochs, load_trials, trial_paths
 from trainables.errors import InputError
 from tune_jobs import storage
-from tune_jobs.spec import SweepSpec, spec_from_dict
+from tune_jobs.spec import SPEC_FILE, read_spec
 
-SPEC_FILE = "sweep.yaml"  # tune_jobs.launch.SPEC_FILE; not imported from there, which loads Ray (~5 s)
 REPORT = "report.md"
 DPI = 120
 NOT_MEASURED = "not measured"
@@ -138,11 +136,6 @@ def experiment_info(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame)
     return ExperimentInfo(experiment.rstrip("/").rsplit("/", 1)[-1], "", stop.get("threshold"),
                           int(stop.get("patience", 1)), int(stop.get("max_epochs", 0)),
                           str(stop.get("metric", "val_acc")), views, repeats, False)
-
-
-def read_spec(experiment: str) -> SweepSpec:
-    """The spec the sweep was started with: tune_jobs.launch.read_spec without importing Ray."""
-    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
 
 
 def _stop_from_trials(epochs: pd.DataFrame) -> dict:

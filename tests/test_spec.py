@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from trainables.errors import InputError
-from tune_jobs.spec import PRESETS_DIR, load_spec, preset_names, spec_from_dict
+from tune_jobs.spec import load_spec, preset_names, spec_from_dict
 
 
 @pytest.mark.parametrize("preset", preset_names())

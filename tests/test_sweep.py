@@ -8,7 +8,7 @@ import pytest
 
 import analysis
 from conftest import TINY_SWEEP
-from tune_jobs.launch import read_spec
+from tune_jobs.spec import read_spec
 
 
 def test_every_trial_of_the_union_runs_once(tiny_experiment):

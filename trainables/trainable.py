@@ -51,7 +51,11 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as path:
-            run.load_state_dict(torch.load(Path(path) / STATE_FILE, weights_only=True))
+            try:
+                run.load_state_dict(torch.load(Path(path) / STATE_FILE, weights_only=True))
+            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: say which, and why
+                raise RuntimeError(f"checkpoint {checkpoint.path} cannot be loaded (corrupted, or not written "
+                                   f"by this project): {type(exc).__name__}") from exc
             if run.done:  # finished, but the final result may not have reached Tune
                 tune.report(json.loads((Path(path) / RESULT_FILE).read_text()))
                 return

@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tune_jobs import cli_data, cli_jobs, cli_sweep
+    from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_sweep
 
     parser = argparse.ArgumentParser(
         prog="instrument-sweep",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli_sweep.register(commands)
     cli_jobs.register(commands)
+    cli_analyze.register(commands)
     cli_data.register(commands)
     return parser
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs import storage
-from tune_jobs.spec import DEFAULT_PRESET, SweepSpec, load_spec, preset_names, spec_from_dict
+from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
 EXIT_TRIALS_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -75,7 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset = load_data(spec)
     if spec.data != "synthetic":
         spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))
+    from tune_jobs.storage_guard import check_free_space
+
     root = storage.resolve_storage(args.storage)
+    check_free_space(root)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in ("", ".", ".."):
         raise InputError("--name", f"must be a plain name without '/', got {name!r}")
@@ -88,11 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(f"results: {experiment}", flush=True)
     grid = start_sweep(spec, dataset, root, name, cluster)
-    return finish(experiment, grid, analyze=not args.no_analyze)
+    return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_jobs.launch import read_spec, resume_sweep
+    from tune_jobs.launch import resume_sweep
 
     root = storage.resolve_storage(args.storage, create=False)
     experiment = experiment_under(root, args.experiment)
@@ -102,7 +106,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cluster = connect_and_describe(args.address, args.verbose)
     print(f"resuming: {experiment}", flush=True)
     grid = resume_sweep(experiment, spec, dataset, cluster)
-    return finish(experiment, grid, analyze=not args.no_analyze)
+    return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
 def experiment_under(root: str, name_or_path: str) -> str:
@@ -118,8 +122,6 @@ def experiment_under(root: str, name_or_path: str) -> str:
     if not inside:
         raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
                                        "restores trusted experiments under --storage (Tune's state is pickled)")
-    from tune_jobs.launch import SPEC_FILE
-
     if not storage.exists(storage.join(location, SPEC_FILE)):
         raise InputError("experiment", f"{location} is not an instrument-sweep experiment (no {SPEC_FILE})")
     return location
@@ -166,12 +168,22 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     print(flush=True)
 
 
-def finish(experiment: str, grid, analyze: bool) -> int:
-    """Summary table, then tables/plots/report unless told not to; exit 1 if trials failed."""
+def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> int:
+    """Summary table, then tables/plots/report unless told not to.
+
+    Exit 0 when every trial ended by the rule, 1 when some failed, 2 when low
+    storage stopped the sweep, 130 when it was interrupted (resume continues both).
+    """
     import analysis
+    from tune_jobs.storage_guard import check_stopped_for_space
 
     trials = analysis.load_trials(experiment)
     print_summary(trials)
+    unfinished = len(spec.trials()) - int(trials.status.isin(["reached_target", "max_epochs", "diverged", "error"]).sum())
+    if unfinished:
+        check_stopped_for_space(root, experiment)
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `instrument-sweep resume {experiment}`")
+        return EXIT_INTERRUPTED
     if analyze:
         from analysis.report import write_report
 

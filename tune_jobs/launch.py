@@ -24,9 +24,8 @@ from trainables.trainable import sweep_trial
 from tune_jobs import storage
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import SweepProgress
-from tune_jobs.spec import SweepSpec, spec_from_dict
-
-SPEC_FILE = "sweep.yaml"  # the resolved spec, written beside Tune's own state
+from tune_jobs.spec import SPEC_FILE, SweepSpec
+from tune_jobs.storage_guard import StorageGuard
 
 
 def param_space(spec: SweepSpec) -> dict:
@@ -79,18 +78,11 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             stop=stopper(spec),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[SweepProgress(len(spec.trials()))] if progress else [],
+            callbacks=[StorageGuard(storage_root), *([SweepProgress(len(spec.trials()))] if progress else [])],
             verbose=0,
         ),
     )
     return tuner.fit()
-
-
-def read_spec(experiment: str) -> SweepSpec:
-    """The spec a sweep was started with (its sweep.yaml)."""
-    import yaml
-
-    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
 
 
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo) -> tune.ResultGrid:

@@ -25,6 +25,7 @@ from trainables.config import StopRule, TrainConfig
 from trainables.errors import InputError
 
 PRESETS_DIR = Path(__file__).with_name("sweeps")
+SPEC_FILE = "sweep.yaml"  # the resolved spec, written into each experiment beside Tune's state
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
 TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources")
@@ -174,6 +175,13 @@ def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str
     for override in overrides:
         _apply_override(raw, override)
     return spec_from_dict(raw)
+
+
+def read_spec(experiment: str) -> SweepSpec:
+    """The spec an experiment was started with (its sweep.yaml, local or cloud)."""
+    from tune_jobs import storage
+
+    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
 
 
 def _spec_path(source: str | Path | None) -> Path:

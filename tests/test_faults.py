@@ -1,0 +1,181 @@
+"""Faults a sweep must survive without losing what it computed: killed driver, killed trial worker,
+corrupted checkpoint, storage filling up, storage too small or read-only. Real processes, real Ray."""
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import analysis
+from processes import cli, spawn_cli, wait_until
+
+pytestmark = pytest.mark.slow
+
+# Three trials: one reaches the target in seconds, two crawl (lr 1e-6) to max_epochs.
+CRAWL = {
+    "name": "crawl",
+    "train": {"n_hidden": 32, "loader": "dataloader"},
+    "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 60},
+    "views": {"lr": {"lr": [0.05, 1.0e-6], "batch_size": 8}, "batch": {"lr": 1.0e-6, "batch_size": [16]}},
+}
+
+
+def rows(result_json: Path) -> list[dict]:
+    text = result_json.read_text() if result_json.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def status_of(result_json: Path) -> str:
+    found = rows(result_json)
+    return found[-1]["status"] if found else "pending"
+
+
+def start_crawl(tmp_path: Path, tag: str, data_dir: str, storage: Path, name: str = "c") -> subprocess.Popen:
+    spec = tmp_path / "crawl.yaml"
+    spec.write_text(yaml.safe_dump(CRAWL))
+    return spawn_cli("run", str(spec), "--data", data_dir, "--storage", str(storage), "--name", name,
+                     "--no-analyze", tag=tag, log=tmp_path / f"{name}.log")
+
+
+def one_done_and_one_running(experiment: Path):
+    def check():
+        results = sorted(experiment.glob("trial-*/result.json"))
+        statuses = [status_of(r) for r in results]
+        return "reached_target" in statuses and "running" in statuses
+    return check
+
+
+def finished_results(experiment: Path) -> dict[str, bytes]:
+    return {r.parent.name: r.read_bytes() for r in experiment.glob("trial-*/result.json")
+            if status_of(r) in ("reached_target", "max_epochs")}
+
+
+def assert_epochs_continue(experiment: Path) -> None:
+    for result in experiment.glob("trial-*/result.json"):
+        found = rows(result)
+        assert [r["epoch"] for r in found] == list(range(1, len(found) + 1)), result  # none repeated
+        times = [r["time_s"] for r in found]
+        assert times == sorted(times), result  # cumulative time continues from the checkpoint
+
+
+def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, process_tag, blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its process group, mid-sweep
+    driver.wait(30)
+    finished = finished_results(experiment)
+    assert finished
+
+    out = cli("resume", "c", "--storage", str(storage), "--no-analyze", tag=process_tag)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for name, before in finished.items():  # finished trials were not re-run
+        assert (experiment / name / "result.json").read_bytes() == before
+    trials = analysis.load_trials(str(experiment))
+    assert sorted(trials.trial_number) == [1, 2, 3]  # every trial exactly once
+    assert set(trials.status) <= {"reached_target", "max_epochs"}
+    assert_epochs_continue(experiment)
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_tag, blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+
+    def a_crawling_trial():
+        for result in experiment.glob("trial-*/result.json"):
+            found = rows(result)
+            if found and found[-1]["status"] == "running" and len(found) >= 5:
+                return result, found[-1]
+        return None
+
+    result, last = wait_until(a_crawling_trial, 180, "a trial past epoch 5")
+    os.kill(last["pid"], signal.SIGKILL)  # the trial's Ray worker process
+    assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    log = (tmp_path / "c.log").read_text()
+    assert "retry" in log
+    trials = analysis.load_trials(str(experiment))
+    assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
+    retried = rows(result)
+    assert retried[-1]["epoch"] == 60 and retried[-1]["pid"] != last["pid"]
+    assert_epochs_continue(experiment)
+
+
+def test_corrupted_checkpoint_fails_its_trial_only(tmp_path, process_tag, blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    unfinished = [r.parent for r in experiment.glob("trial-*/result.json") if status_of(r) == "running"]
+    victim = unfinished[0]
+    for state in victim.glob("checkpoint_*/state.pt"):
+        state.write_bytes(b"not a checkpoint")
+
+    out = cli("resume", "c", "--storage", str(storage), "--no-analyze", tag=process_tag)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]  # some trials failed
+    assert "resume" in out.stdout
+    trials = analysis.load_trials(str(experiment)).set_index("trial_id")
+    failed = trials[trials.status == "error"]
+    assert len(failed) == 1 and victim.name.endswith(failed.index[0])
+    assert "cannot be loaded" in failed.error.iloc[0]
+    assert set(trials[trials.status != "error"].status) <= {"reached_target", "max_epochs"}
+    assert len(trials) == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a chosen size (needs mount rights: root, as in CI); unmounted afterwards."""
+    mounts = []
+
+    def make(size_mb: int, read_only: bool = False) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        options = f"size={size_mb}m" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_storage_filling_up_stops_safely_and_resumes(tmp_path, process_tag, blob_dataset_dir, small_disk):
+    disk = small_disk(80)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, disk)
+    experiment = disk / "c"
+    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    filler = disk / "filler"
+    with filler.open("wb") as out:  # leave about 20 MB: under the guard's 32 MB
+        out.write(b"\0" * int(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 20e6))
+    assert driver.wait(120) == 2
+    log = (tmp_path / "c.log").read_text()
+    assert "--storage: only" in log and "stopped safely" in log and "resume" in log
+    for state in experiment.glob("experiment_state-*.json"):
+        json.loads(state.read_text())  # Tune's state is intact
+
+    filler.unlink()
+    out = cli("resume", "c", "--storage", str(disk), "--no-analyze", tag=process_tag)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = analysis.load_trials(str(experiment))
+    assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
+    assert_epochs_continue(experiment)
+
+
+@pytest.mark.parametrize("size_mb, read_only, message", [(40, False, "MB free"), (80, True, "not writable")])
+def test_storage_too_small_or_read_only_is_refused_up_front(tmp_path, process_tag, blob_dataset_dir,
+                                                            small_disk, size_mb, read_only, message):
+    disk = small_disk(size_mb, read_only)
+    out = cli("run", "--preset", "smoke", "--data", blob_dataset_dir, "--storage", str(disk / "sweeps"),
+              tag=process_tag, timeout=60)
+    assert out.returncode == 2 and "--storage" in out.stderr and message in out.stderr
+    assert not (disk / "sweeps").exists() or not any((disk / "sweeps").iterdir())
