@@ -109,7 +109,7 @@ class SynthConfig:
     notes_per_file: int = 6  # ascending chromatic notes per recording, as in UIowa files
     note_s: tuple[float, float] = (0.25, 0.6)  # note length range (short: cheap to render)
     gap_s: tuple[float, float] = (0.2, 0.4)  # silence between notes
-    variation: float = 1.0  # scale of per-recording timbre variation: the difficulty knob
+    variation: float = 0.5  # scale of per-recording timbre variation: the difficulty knob
     noise_floor_db: float = -60.0  # recording noise vs its peak
     test_fraction: float = 0.2  # share of each instrument's recordings held out for test
     seed: int = 0
@@ -388,6 +388,7 @@ def builtin_dataset_dir(
     cache_root: Path | None = None,
     config: SynthConfig = SynthConfig(),
     recipe: FeatureRecipe = FeatureRecipe(),
+    workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """The cached built-in dataset, generated first when missing or when the generator changed.
@@ -402,7 +403,7 @@ def builtin_dataset_dir(
     if progress:
         print(f"generating the built-in synthetic dataset (once) into {target}", file=sys.stderr)
     try:
-        generate_synthetic(target, config, recipe, progress=progress)
+        generate_synthetic(target, config, recipe, workers=workers, progress=progress)
     except FileExistsError:  # another process finished first: same inputs, same dataset
         pass
     return target
