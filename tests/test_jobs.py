@@ -1,6 +1,7 @@
 """Submitting a sweep as a Ray Job to a real Ray head started with token auth, as cluster.yaml does."""
 
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -59,3 +60,24 @@ def test_jobs_commands_refuse_bad_addresses(tmp_path):
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
     wrong_scheme = cli("status", "raysubmit_x", "--address", "ray://127.0.0.1:10001", tag=tag, timeout=30)
     assert wrong_scheme.returncode == 2 and "--address" in wrong_scheme.stderr
+
+
+def non_loopback_ip() -> str | None:
+    """This machine's outward address (no packet is sent), or None where it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_dashboard_and_jobs_api_listen_on_loopback_only(ray_head):
+    url, _ = ray_head
+    port = int(url.rsplit(":", 1)[1])
+    ip = non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback address")
+    assert http_status(f"http://{ip}:{port}/api/jobs/") == 0  # nothing answers from outside
+    assert http_status(f"{url}/api/jobs/") == 401

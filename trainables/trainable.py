@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+import ray
 import torch
 from ray import tune
 
@@ -32,8 +34,16 @@ if TYPE_CHECKING:
     from trainables.dataset import Dataset
 
 
+def ray_placement() -> dict:
+    """Which Ray node and GPU ids (Ray's, possibly logical) this trial was given."""
+    context = ray.get_runtime_context()
+    gpu_ids = context.get_accelerator_ids().get("GPU", [])
+    return {"node_id": context.get_node_id(), "gpu_ids": ",".join(map(str, gpu_ids))}
+
+
 def sweep_trial(config: dict, dataset: "Dataset") -> None:
     """One sweep trial. `config["trial"]` holds number, lr, batch_size, seed, views, train, stop."""
+    started_at_s = time.time()
     trial = config["trial"]
     train_config, rule = TrainConfig(**trial["train"]), StopRule(**trial["stop"])
     splits = prepare_splits(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y,
@@ -47,6 +57,7 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
         "views": ",".join(trial["views"]),
         "device": device_name(run.device),
         "node": socket.gethostname(),
+        **ray_placement(),
     }
     checkpoint = tune.get_checkpoint()
     if checkpoint:
@@ -61,7 +72,8 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
                 return
     try:
         while not run.done:
-            result = {**run.run_epoch().to_dict(), **labels}
+            result = {**run.run_epoch().to_dict(), **labels,
+                      "started_at_s": started_at_s, "ended_at_s": time.time()}  # this attempt's wall clock
             with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
                 torch.save(run.state_dict(), Path(path) / STATE_FILE)
                 (Path(path) / RESULT_FILE).write_text(json.dumps(result))

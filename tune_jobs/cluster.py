@@ -59,6 +59,27 @@ def check_reachable(host: str, port: int, flag: str = "--address") -> None:
                                "and the port open (or tunnelled)?") from None
 
 
+def use_token_if_available() -> None:
+    """Send the cluster token (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) when one exists.
+
+    Ray only attaches it with RAY_AUTH_MODE=token; a user with a token should not need to know.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray version: RAY_AUTH_MODE=token then works as documented
+        return
+    quiet_ray_logs()
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def quiet_ray_logs() -> None:
+    """Ray's INFO lines and its token-auth notice: we print what matters ourselves."""
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     """Start a local Ray (address None) or join the cluster at `address`."""
     import ray
@@ -67,9 +88,8 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
         host, port = parse_address(address)
         if host != "auto":
             check_reachable(host, port)
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    # Ray turns token auth on for a new local cluster and warns about it; we say so ourselves.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        use_token_if_available()
+    quiet_ray_logs()
     try:
         if address is None:
             context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,

@@ -22,7 +22,7 @@ import shlex
 from pathlib import Path
 
 from trainables.errors import InputError
-from tune_jobs.cluster import check_reachable, parse_address
+from tune_jobs.cluster import check_reachable, parse_address, use_token_if_available
 from tune_jobs.spec import SweepSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -35,20 +35,6 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "sweeps", "build", "dist", "*.egg-info"
 def jobs_address(address: str | None) -> str:
     """The Jobs API address: --address, else RAY_API_SERVER_ADDRESS, else the local default."""
     return address or os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_JOBS_ADDRESS
-
-
-def use_token_if_available() -> None:
-    """Send the cluster token (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) when one exists.
-
-    Ray only attaches it with RAY_AUTH_MODE=token; a user with a token should not need to know.
-    """
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # another Ray version: RAY_AUTH_MODE=token then works as documented
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def client(address: str | None):
