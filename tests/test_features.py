@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +117,7 @@ def test_deterministic_across_worker_counts(audio_dir, extracted, tmp_path):
 
 def test_ray_tasks_give_the_same_dataset(audio_dir, extracted, tmp_path, ray_local):
     audio_to_dataset(audio_dir, tmp_path / "ray", ray_address="auto", progress=False)
-    for name in ("train_data.npy", "test_data.npy", "test_labels.npy"):
+    for name in ("train_data.npy", "test_data.npy", "test_labels.npy", "metadata.json"):
         assert (tmp_path / "ray" / name).read_bytes() == (extracted / name).read_bytes(), name
 
 
@@ -145,6 +145,17 @@ def test_recipe_is_validated():
     with pytest.raises(InputError, match="fmax_hz"):
         FeatureRecipe(fmax_hz=20000.0)
     assert FeatureRecipe().n_features == 120
+
+
+def test_no_usable_audio_is_an_input_error(audio_dir, tmp_path, capsys):
+    (tmp_path / "audio" / "Ghost").mkdir(parents=True)
+    (tmp_path / "audio" / "Ghost" / "a.wav").write_bytes(b"junk")
+    assert main(["features", str(tmp_path / "audio"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no file gave any note (Ghost/a.wav: unreadable" in capsys.readouterr().err
+    with pytest.raises(InputError, match="2 or more usable files"):  # one file per class: no test side
+        (tmp_path / "one" / "Sine").mkdir(parents=True)
+        sf.write(tmp_path / "one" / "Sine" / "a.wav", tone_notes("Sine", 60), SR)
+        audio_to_dataset(tmp_path / "one", tmp_path / "out1", workers=1, progress=False)
 
 
 def test_find_audio_needs_instrument_folders(tmp_path):
@@ -179,7 +190,7 @@ def test_show_audio_writes_the_seed_spectrogram(audio_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_dataset(tmp_path):
-    """SIGINT during extraction: exit 130, no output directory, no temp directory."""
+    """SIGINT during extraction (after the first files): exit 130, no output, no temp directory."""
     root = tmp_path / "audio"
     for kind in ("Saw", "Square"):
         (root / kind).mkdir(parents=True)
@@ -190,8 +201,11 @@ def test_ctrl_c_leaves_no_dataset(tmp_path):
         [sys.executable, "-m", "tune_jobs.cli", "features", str(root), "--out", str(out), "--workers", "2"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert "audio files" in proc.stderr.readline()
-    time.sleep(3.0)
+    seen = ""
+    while not re.search(r"\b[1-9]\d*/300\b", seen):  # the first chunks are done: extraction is under way
+        char = proc.stderr.read(1)
+        assert char, f"exited before any progress: {seen}"
+        seen += char
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

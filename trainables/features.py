@@ -176,6 +176,7 @@ def assemble(
     recipe: FeatureRecipe,
     test_fraction: float,
     seed: int,
+    where: str = "audio",
 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict]:
     """Arrays, class names and metadata of the dataset built from per-file results.
 
@@ -185,12 +186,13 @@ def assemble(
     usable = [r for r in results if r.n_notes]
     present = sorted({r.label for r in usable})
     if not present:
-        raise InputError("audio", "no file gave any note; see the skipped files")
+        skipped = "; ".join(f"{r.name}: {r.skipped}" for r in results[:3])
+        raise InputError(where, f"no file gave any note ({skipped}{'; ...' if len(results) > 3 else ''})")
     relabel = {old: new for new, old in enumerate(present)}
     labels = np.array([relabel[r.label] for r in usable], dtype=np.int64)
     is_test = split_by_file(labels, test_fraction, seed)
     if not is_test.any():
-        raise InputError("audio", "a split by file needs a class with 2 or more usable files")
+        raise InputError(where, "a split by file needs a class with 2 or more usable files")
     arrays: dict[str, np.ndarray] = {}
     listing: dict[str, list] = {}
     for side, mask in (("train", ~is_test), ("test", is_test)):
@@ -243,7 +245,7 @@ def audio_to_dataset(
     if progress:
         print(f"{len(files)} audio files in {len(classes)} classes", file=sys.stderr)
     results = extract_files(audio_dir, files, recipe, workers, ray_address, progress)
-    arrays, kept, metadata = assemble(results, classes, recipe, test_fraction, seed)
+    arrays, kept, metadata = assemble(results, classes, recipe, test_fraction, seed, where=str(audio_dir))
     metadata = {"source": "audio", "audio_dir": str(Path(audio_dir).expanduser().resolve()), **metadata}
     try:
         write_dataset(out, arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
@@ -261,5 +263,6 @@ def _hidden(relative: Path) -> bool:
 
 
 def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    """The decoder's own words, without the path or buffer address (metadata stays deterministic)."""
+    text = getattr(exc, "error_string", None) or str(exc)  # soundfile: "Format not recognised."
+    return " ".join(text.split())[:200] or type(exc).__name__

@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -56,7 +56,7 @@ class Voice:
     high_midi: int  # highest note
     slope_db_per_oct: float  # partial level vs partial number
     formants: tuple[tuple[float, float, float], ...] = ()  # (centre_hz, width_oct, gain_db)
-    even_db: float = 0.0  # extra level of even partials below ~2 kHz (clarinet: strongly negative)
+    even_db: float = 0.0  # extra level of even partials below 1 kHz, fading out by 2.5 kHz (clarinet)
     attack_s: float = 0.04
     release_s: float = 0.08
     attack_spread: float = 0.0  # the top partial's attack is (1 + spread) x longer (brass)
@@ -137,18 +137,18 @@ class Recording:
     index: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Take:
-    """One recording's randomness: the player's timbre and the room."""
+    """One recording's player: the voice as played this time (dynamic, tuning, timbre)."""
 
     voice: Voice
-    dynamic: str
+    dynamic: str  # pp, mf or ff
     tuning_cents: float
     vibrato_hz: float
     vibrato_cents: float
     slope_db_per_oct: float
-    formants: list[tuple[float, float, float]] = field(default_factory=list)
-    noise_db: float = -50.0
+    formants: tuple[tuple[float, float, float], ...]
+    noise_db: float
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -187,10 +187,10 @@ def _draw_take(voice: Voice, variation: float, rng: np.random.Generator) -> Take
         vibrato_hz=voice.vibrato_hz * (1 + 0.1 * v * rng.normal()),
         vibrato_cents=voice.vibrato_cents * math.exp(0.3 * v * rng.normal()),
         slope_db_per_oct=voice.slope_db_per_oct + 1.5 * v * rng.normal(),
-        formants=[
+        formants=tuple(
             (hz * 2 ** (0.1 * v * rng.normal()), width, gain + 2.0 * v * rng.normal())
             for hz, width, gain in voice.formants
-        ],
+        ),
         noise_db=voice.noise_db + 4.0 * v * rng.normal(),
     )
 
@@ -271,8 +271,9 @@ def partials(take: Take, f0_hz: float, sr: int) -> tuple[np.ndarray, np.ndarray,
     """Partial numbers, frequency ratios and amplitudes (sum 1) of the audible partials."""
     voice = take.voice
     k = np.arange(1, MAX_PARTIALS + 1, dtype=np.float64)
-    ratio = k * np.sqrt(1 + voice.inharmonicity * (f0_hz / 261.6) * k**2)
-    k, ratio = k[f0_hz * ratio < 0.45 * sr], ratio[f0_hz * ratio < 0.45 * sr]
+    ratio = k * np.sqrt(1 + voice.inharmonicity * (f0_hz / 261.6) * k**2)  # stiffer strings up high
+    below_nyquist = f0_hz * ratio < 0.45 * sr
+    k, ratio = k[below_nyquist], ratio[below_nyquist]
     f_hz = f0_hz * ratio
     dyn_slope = {"pp": -1.0, "mf": 0.0, "ff": 1.0}[take.dynamic] * voice.dyn_brightness_db_per_oct
     level_db = (take.slope_db_per_oct + dyn_slope) * np.log2(k)
