@@ -23,7 +23,7 @@ from tune_jobs import storage
 TRIAL_COLUMNS = [
     "trial_id", "trial_number", "sweep", "lr", "batch_size", "seed", "status", "reached_target",
     "epochs", "time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "energy_source",
-    "energy_below_resolution", "test_acc", "test_loss", "val_acc", "device", "node", "error",
+    "energy_below_resolution", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device", "node", "error",
 ]
 TERMINAL = ("reached_target", "max_epochs", "diverged")
 
@@ -114,6 +114,7 @@ def load_trials(experiment: str) -> pd.DataFrame:
             # Contiguous windows: the trial's total is only as coarse as one window of its whole length.
             "energy_below_resolution": bool(math.isfinite(last.get("energy_j", math.nan))
                                             and last.get("time_s", 0.0) < RESOLUTION_S),
+            "overhead_time_s": last.get("overhead_time_s", math.nan),
             "test_acc": last.get("test_acc", math.nan),
             "test_loss": last.get("test_loss", math.nan),
             "val_acc": last.get("val_acc", math.nan),
@@ -122,7 +123,7 @@ def load_trials(experiment: str) -> pd.DataFrame:
             "error": _error_message(error) if status == "error" else "",
         })
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-    for column in ("time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):
+    for column in ("time_s", "overhead_time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
 

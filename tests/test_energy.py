@@ -123,8 +123,8 @@ def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
         again = TrainingRun(splits, config, rule, meter=EnergyMeter(gpu_indices=[0]))
         again.load_state_dict(state)
         rest = [again.run_epoch(), again.run_epoch()]
-        print(json.dumps([[r.epoch, r.epoch_energy_j, r.energy_j, r.gpu_energy_j, r.energy_source]
-                          for r in first + rest]))
+        print(json.dumps([[r.epoch, r.epoch_energy_j, r.energy_j, r.gpu_energy_j, r.energy_source,
+                           r.time_s, r.overhead_time_s, r.overhead_energy_j] for r in first + rest]))
     """)
     assert [r[0] for r in got] == [1, 2, 3, 4]
     assert all(r[4] == "gpu" and r[1] >= 0 for r in got)
@@ -132,6 +132,10 @@ def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
     assert got[2][2] == pytest.approx(got[1][2] + got[2][1])  # the retry continues the sum
     assert got[3][2] == pytest.approx(sum(r[1] for r in got))
     assert got[3][2] > 0
+    # Between-epoch windows are measured too: time and energy of every window add up.
+    assert got[1][7] >= 0 and got[1][6] > 0
+    total_s = got[3][5] + got[3][6]
+    assert got[3][2] + got[3][7] == pytest.approx(POWER_W * total_s, abs=POWER_W * 0.2 + 1)
 
 
 def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():

@@ -7,7 +7,11 @@
 `TrainingRun` is the seed's loop cut at epoch boundaries so a Ray Tune trial can
 report and checkpoint between epochs: each `run_epoch()` trains one epoch,
 evaluates on validation (and, on the epoch the stop rule ends, on test), all
-inside one contiguous energy window. `train_to_accuracy` just loops it.
+inside one energy window. Windows are contiguous and alternate: epoch, then
+"between" (the caller's reporting and checkpointing), then the next epoch.
+Time and energy to accuracy sum the epoch windows (what the seed measured);
+the between windows are summed apart as overhead, so nothing goes unmeasured.
+`train_to_accuracy` just loops it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class EpochRecord:
     energy_j: float
     gpu_energy_j: float
     cpu_energy_j: float
+    overhead_time_s: float  # cumulative time between epochs (reporting, checkpointing), not in time_s
+    overhead_energy_j: float  # cumulative energy between epochs, not in energy_j
     energy_window_s: float
     energy_below_resolution: bool
     energy_source: str
@@ -116,8 +122,10 @@ class TrainingRun:
         self.time_s = 0.0
         self.gpu_energy_j = 0.0 if "gpu" in self.meter.source else NAN
         self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
+        self.overhead_time_s = 0.0
+        self.overhead_energy_j = 0.0 if self.meter.source != "none" else NAN
         self.status = stop_rule.RUNNING
-        self._window_open = False
+        self._window: str | None = None  # which window is open: None, "epoch" or "between"
 
     @property
     def energy_j(self) -> float:
@@ -132,9 +140,13 @@ class TrainingRun:
         """Train one epoch, validate (and test when this epoch ends the run); measure it all."""
         if self.done:
             raise RuntimeError(f"training already ended ({self.status})")
-        if not self._window_open:
+        if self._window is None:
             self.meter.start()
-            self._window_open = True
+        elif self._window == "between":
+            between = self.meter.lap()
+            self.overhead_time_s += between.time_s
+            self.overhead_energy_j += between.energy_j
+        self._window = "epoch"
         self.epoch += 1
         train = self.loop.train_epoch(self.model, self.optimizer)
         val = evaluate(self.model, *self.val) if not train.diverged else EpochStats(NAN, NAN, 0)
@@ -144,7 +156,7 @@ class TrainingRun:
         if not train.diverged and (self.done or self.rule.fixed_epochs):
             test = evaluate(self.model, *self.test)
         window = self.meter.stop() if self.done else self.meter.lap()
-        self._window_open = not self.done
+        self._window = None if self.done else "between"
         return self._record(train, val, test, window)
 
     def _record(
@@ -166,6 +178,8 @@ class TrainingRun:
             energy_j=self.energy_j,
             gpu_energy_j=self.gpu_energy_j,
             cpu_energy_j=self.cpu_energy_j,
+            overhead_time_s=self.overhead_time_s,
+            overhead_energy_j=self.overhead_energy_j,
             energy_window_s=window.time_s,
             energy_below_resolution=window.below_resolution,
             energy_source=window.source,
@@ -176,9 +190,9 @@ class TrainingRun:
 
     def close(self) -> None:
         """Discard a window left open (a run abandoned before it ended)."""
-        if self._window_open:
+        if self._window is not None:
             self.meter.close()
-            self._window_open = False
+            self._window = None
 
     # -- checkpointing: everything needed to continue exactly where the run was.
     def state_dict(self) -> dict:
@@ -191,6 +205,8 @@ class TrainingRun:
             "time_s": self.time_s,
             "gpu_energy_j": self.gpu_energy_j,
             "cpu_energy_j": self.cpu_energy_j,
+            "overhead_time_s": self.overhead_time_s,
+            "overhead_energy_j": self.overhead_energy_j,
             "status": self.status,
         }
 
@@ -204,6 +220,8 @@ class TrainingRun:
         # Energy measured before the retry continues the sums where the meter still measures.
         self.gpu_energy_j = float(state["gpu_energy_j"]) if "gpu" in self.meter.source else NAN
         self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
+        self.overhead_time_s = float(state["overhead_time_s"])
+        self.overhead_energy_j = float(state["overhead_energy_j"]) if self.meter.source != "none" else NAN
         self.status = str(state["status"])
 
 
