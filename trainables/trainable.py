@@ -11,6 +11,7 @@ RNG, counters, cumulative time and energy) so a retry continues the sums.
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import tempfile
 import time
@@ -73,7 +74,8 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
     try:
         while not run.done:
             result = {**run.run_epoch().to_dict(), **labels,
-                      "started_at_s": started_at_s, "ended_at_s": time.time()}  # this attempt's wall clock
+                      "started_at_s": started_at_s, "ended_at_s": time.time(),  # this attempt's wall clock
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
                 torch.save(run.state_dict(), Path(path) / STATE_FILE)
                 (Path(path) / RESULT_FILE).write_text(json.dumps(result))

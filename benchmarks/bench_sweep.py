@@ -1,0 +1,88 @@
+"""Sweep throughput: wall time, trial time, Ray/Tune overhead per trial, peak memory per trial.
+
+    python benchmarks/bench_sweep.py                       # the seed preset on the built-in dataset
+    python benchmarks/bench_sweep.py --load 200            # 200 two-epoch trials: Tune's bookkeeping
+
+Runs `instrument-sweep run` as a user does (a fresh local Ray, CPU trials side by
+side) and reads the experiment back. Overhead per trial is
+(wall - sum of trial times / concurrency) / trials, where a trial's time is what
+its own process spent from start to last report (Tune's time_total_s); wall
+includes starting Ray. Prints one JSON line, then a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import analysis  # noqa: E402
+
+LOAD_LRS = [0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001]
+
+
+def load_spec(n_trials: int) -> dict:
+    """n_trials short trials (2 fixed epochs of a 16-unit net): all cost is bookkeeping."""
+    points = len(LOAD_LRS) * 2
+    return {"name": f"load-{n_trials}", "train": {"n_hidden": 16},
+            "stop": {"threshold": None, "max_epochs": 2},
+            "views": {"grid": {"lr": LOAD_LRS, "batch_size": [64, 128]}},
+            "repeats": -(-n_trials // points)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="seed")
+    parser.add_argument("--load", type=int, metavar="N", help="instead: N short trials (Tune bookkeeping)")
+    parser.add_argument("--data", default="synthetic")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        spec = args.preset
+        if args.load:
+            spec = str(Path(tmp, "load.yaml"))
+            Path(spec).write_text(yaml.safe_dump(load_spec(args.load)))
+        if args.data == "synthetic":  # generate (or find) the built-in dataset outside the timing
+            subprocess.run([sys.executable, "-m", "tune_jobs", "data", "info", "synthetic"], check=True,
+                           capture_output=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tune_jobs", "run", spec, "--data", args.data, "--storage", tmp,
+                        "--name", "bench", "--no-analyze"], check=True, stdout=subprocess.DEVNULL)
+        wall_s = time.perf_counter() - started
+        epochs = analysis.load_epochs(str(Path(tmp, "bench")))
+
+    last = epochs.groupby("trial_id").tail(1)
+    n_trials = len(last)
+    concurrency = max(1, os.cpu_count() or 1)  # one CPU per trial by default
+    trial_s = float(last.time_total_s.sum())
+    row = {
+        "bench": "sweep",
+        "spec": f"load-{args.load}" if args.load else args.preset,
+        "trials": n_trials,
+        "concurrency": concurrency,
+        "wall_s": round(wall_s, 2),
+        "sum_trial_s": round(trial_s, 2),
+        "time_to_accuracy_sum_s": round(float(last.time_s.sum()), 2),
+        "between_epochs_sum_s": round(float(last.overhead_time_s.sum()), 2),
+        "overhead_per_trial_s": round((wall_s - trial_s / concurrency) / n_trials, 3),
+        # Tune's bookkeeping (scheduling, actors, results, Ray start) per second of trial time.
+        "tune_overhead_ratio": round((wall_s * concurrency - trial_s) / trial_s, 2),
+        "peak_rss_per_trial_mb": round(float(last.peak_rss_mb.max()), 1),
+    }
+    print(json.dumps(row))
+    width = max(map(len, row))
+    for key, value in row.items():
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
