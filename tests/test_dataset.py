@@ -74,7 +74,8 @@ BAD_CASES = {
     "missing labels": ({"test_labels": None}, "test_labels.npy", "missing file"),
     "data 1-D": ({"train_data": np.zeros(60, np.float32)}, "train_data.npy", "2-D"),
     "data 3-D": ({"test_data": np.zeros((20, 5, 1), np.float32)}, "test_data.npy", "2-D"),
-    "row counts differ": ({"train_labels": np.arange(59) % 3}, "train_labels.npy", "59 labels but train_data.npy has 60"),
+    "row counts differ": ({"train_labels": np.arange(59) % 3}, "train_labels.npy",
+                          "59 labels but train_data.npy has 60"),
     "feature counts differ": ({"test_data": np.zeros((20, 4), np.float32)}, "test_data.npy", "4 features"),
     "labels not integers": ({"train_labels": np.full(60, 0.5)}, "train_labels.npy", "must be integers"),
     "labels strings": ({"train_labels": np.array(["a"] * 60)}, "train_labels.npy", "must be integers"),
@@ -92,7 +93,8 @@ BAD_CASES = {
                    "test_data.npy", "is empty"),
     "empty labels": ({"train_labels": np.zeros(0, np.int64)}, "train_labels.npy", "is empty"),
     "complex data": ({"train_data": np.zeros((60, 5), np.complex64)}, "train_data.npy", "real numbers"),
-    "object array": ({"train_data": np.array([[1.0, None]] * 60, dtype=object)}, "train_data.npy", "refusing to unpickle"),
+    "object array": ({"train_data": np.array([[1.0, None]] * 60, dtype=object)}, "train_data.npy",
+                     "refusing to unpickle"),
 }
 
 
@@ -180,8 +182,7 @@ def test_write_dataset_round_trip_and_refuses_to_clobber(tmp_path):
 
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "ds"
-    with pytest.raises(KeyboardInterrupt):
-        with staged_dir(target) as stage:
-            (stage / "train_data.npy").write_bytes(b"half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), staged_dir(target) as stage:
+        (stage / "train_data.npy").write_bytes(b"half")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []

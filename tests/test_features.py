@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -171,6 +170,7 @@ def test_cli_features_and_its_errors(audio_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith(f"wrote {out}: ") and "from 9 of 13 files" in printed
     assert "skipped 4 files:" in printed and "Saw/broken.aiff: unreadable" in printed
+    assert printed.strip().endswith("dropped classes without a usable file: Ghost")
     assert load_dataset(out).n_classes == 3
     assert main(["features", str(audio_dir), "--out", str(out), "--quiet"]) == 2
     assert "pass --overwrite" in capsys.readouterr().err

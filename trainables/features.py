@@ -27,7 +27,12 @@ import numpy as np
 
 from trainables.dataset import write_dataset
 from trainables.errors import InputError
-from trainables.notes import FeatureRecipe, NoteFeaturizer, UnusableAudio
+from trainables.notes import (
+    DEFAULT_RECIPE,
+    FeatureRecipe,
+    NoteFeaturizer,
+    UnusableAudio,
+)
 from trainables.parallel import map_chunks, map_chunks_ray
 
 AUDIO_SUFFIXES = (".aiff", ".aif", ".wav", ".flac")
@@ -67,16 +72,21 @@ class FeaturesSummary:
     n_test: int
     audio_s: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_classes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [
-            f"wrote {self.out_dir}: {self.n_train} train + {self.n_test} test notes, "
-            f"{len(self.classes)} classes, from {self.n_files - len(self.skipped)} of {self.n_files} files "
-            f"({self.audio_s / 60:.1f} min of audio)",
+            (
+                f"wrote {self.out_dir}: {self.n_train} train + {self.n_test} test notes, "
+                f"{len(self.classes)} classes, from {self.n_files - len(self.skipped)} of {self.n_files} files "
+                f"({self.audio_s / 60:.1f} min of audio)"
+            ),
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files:")
             lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        if self.dropped_classes:
+            lines.append(f"dropped classes without a usable file: {', '.join(self.dropped_classes)}")
         return "\n".join(lines)
 
 
@@ -120,7 +130,7 @@ def file_features(featurizer: NoteFeaturizer, item: AudioFile, source: str | os.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             y = read_audio(source, featurizer.recipe.sample_rate_hz)
-    except Exception as exc:  # any decode failure means: unreadable or corrupt
+    except Exception as exc:  # noqa: BLE001 - any decode failure means: unreadable or corrupt
         return FileFeatures(item.name, item.label, empty, 0.0, f"unreadable: {_one_line(exc)}")
     audio_s = len(y) / featurizer.recipe.sample_rate_hz
     try:
@@ -151,16 +161,23 @@ def extract_files(
     root = str(Path(audio_dir).expanduser())
     work = partial(extract_chunk, recipe, root)
     if ray_address:
-        ship = lambda item: (item, Path(root, item.name).read_bytes())  # noqa: E731
+
+        def ship(item: AudioFile) -> tuple[AudioFile, bytes]:  # workers need no shared filesystem
+            return item, Path(root, item.name).read_bytes()
+
         return map_chunks_ray(work, files, ray_address, ship=ship, progress=progress, desc="features")
     return map_chunks(work, files, workers=workers, progress=progress, desc="features")
+
+
+def check_test_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError("--test-fraction", f"must be in (0, 1), got {test_fraction!r}")
 
 
 def split_by_file(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask over files: True = test. Per class, round(n * test_fraction) files
     (at least 1 and at most n - 1 when the class has 2 or more files), chosen by a seeded RNG."""
-    if not 0.0 < test_fraction < 1.0:
-        raise InputError("--test-fraction", f"must be in (0, 1), got {test_fraction!r}")
+    check_test_fraction(test_fraction)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):
@@ -204,7 +221,7 @@ def assemble(
         "features": {
             "recipe": recipe.to_dict(),
             "description": f"per note: mean, std and mean |frame-to-frame change| of {recipe.n_mfcc} "
-            "MFCCs (librosa, log-mel clamped 80 dB below the note's peak); notes are stretches "
+            f"MFCCs (librosa, log-mel clamped {recipe.floor_db:g} dB below the note's peak); notes are stretches "
             f"louder than peak - {recipe.top_db:g} dB",
             "names": recipe.feature_names,
         },
@@ -212,8 +229,8 @@ def assemble(
         "counts": {
             "files": len(results),
             "usable_files": len(usable),
-            "train_rows": int(len(arrays["train_y"])),
-            "test_rows": int(len(arrays["test_y"])),
+            "train_rows": len(arrays["train_y"]),
+            "test_rows": len(arrays["test_y"]),
             "audio_s": round(sum(r.audio_s for r in results), 3),
         },
         "skipped": [[r.name, r.skipped] for r in results if not r.n_notes],
@@ -226,7 +243,7 @@ def assemble(
 def audio_to_dataset(
     audio_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    recipe: FeatureRecipe = FeatureRecipe(),
+    recipe: FeatureRecipe = DEFAULT_RECIPE,
     test_fraction: float = 0.2,
     seed: int = 0,
     workers: int | None = None,
@@ -240,7 +257,7 @@ def audio_to_dataset(
         raise InputError(str(out), "exists and is not empty; choose a new --out or pass --overwrite")
     if workers is not None and workers < 1:
         raise InputError("--workers", f"must be >= 1, got {workers}")
-    split_by_file(np.zeros(0), test_fraction, seed)  # validate --test-fraction before the long part
+    check_test_fraction(test_fraction)  # before the long part
     classes, files = find_audio(audio_dir)
     if progress:
         print(f"{len(files)} audio files in {len(classes)} classes", file=sys.stderr)
@@ -254,7 +271,7 @@ def audio_to_dataset(
         raise InputError(str(out), f"{exc}; pass --overwrite to replace it") from None
     return FeaturesSummary(
         str(out), kept, len(results), len(arrays["train_y"]), len(arrays["test_y"]),
-        metadata["counts"]["audio_s"], [(n, why) for n, why in metadata["skipped"]],
+        metadata["counts"]["audio_s"], [(n, why) for n, why in metadata["skipped"]], metadata["dropped_classes"],
     )
 
 

@@ -77,6 +77,9 @@ class FeatureRecipe:
         return {**asdict(self), "stats": list(STATS), "n_features": self.n_features}
 
 
+DEFAULT_RECIPE = FeatureRecipe()
+
+
 class NoteFeaturizer:
     """Holds the recipe's mel filterbank (built once) and turns samples into per-note features."""
 

@@ -33,7 +33,7 @@ def save_mel_spectrogram(audio_path: str | os.PathLike, out_png: str | os.PathLi
     sr = SAMPLE_RATE_HZ
     try:
         y = read_audio(audio_path, sr)
-    except Exception as exc:  # any decode failure
+    except Exception as exc:  # noqa: BLE001 - any decode failure
         raise InputError(str(audio_path), f"cannot read audio ({' '.join(str(exc).split())[:200]})") from None
     if y.size == 0:
         raise InputError(str(audio_path), "holds no audio samples")

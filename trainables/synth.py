@@ -36,10 +36,15 @@ import scipy.fft
 from trainables.dataset import write_dataset
 from trainables.errors import InputError
 from trainables.features import FileFeatures, assemble
-from trainables.notes import FeatureRecipe, NoteFeaturizer, UnusableAudio
+from trainables.notes import (
+    DEFAULT_RECIPE,
+    FeatureRecipe,
+    NoteFeaturizer,
+    UnusableAudio,
+)
 from trainables.parallel import map_chunks
 
-SYNTH_VERSION = "1"
+SYNTH_VERSION = "2"
 CACHE_ENV = "INSTRUMENT_SWEEP_CACHE"
 DEFAULT_CACHE = "~/.cache/instrument-sweep"
 MAX_PARTIALS = 40
@@ -232,7 +237,10 @@ def sum_partials(
     Time blocks keep the (partials x block) arrays in cache (5x faster than whole notes).
     The phase is split as int(r) * frac(c) + frac(r) * c so float32 keeps it within 1e-3 rad.
     """
-    col = lambda a: np.asarray(a, dtype=np.float32)[:, None]  # noqa: E731
+
+    def col(values) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)[:, None]
+
     whole, part = col(2 * np.pi * np.floor(ratio)), col(2 * np.pi * (ratio - np.floor(ratio)))
     start, gain, attack, decay = col(2 * np.pi * start_turns), col(amp), col(attack_s), col(decay_per_s)
     frac, coarse = (cycles % 1.0).astype(np.float32), cycles.astype(np.float32)
@@ -297,23 +305,21 @@ def band_noise(n: int, sr: int, band_hz: tuple[float, float], rng: np.random.Gen
 
 
 def room_colour(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """Three random EQ bumps (+-1 dB) and one early reflection (3-15 ms, gain 0.05-0.25)."""
-    n = len(y)
-    n_fft = scipy.fft.next_fast_len(n + int(0.015 * sr) + 1, real=True)  # room for the echo
-    spectrum = scipy.fft.rfft(y, n_fft)
-    f = np.fft.rfftfreq(n_fft, 1 / sr)
-    octaves = np.log2(np.maximum(f, 20.0))
-    gain_db = np.zeros_like(f)
+    """Three random EQ bumps (+-1 dB, zero phase) and one early reflection (3-15 ms, gain 0.05-0.25)."""
+    n_fft = scipy.fft.next_fast_len(len(y), real=True)
+    octaves = np.log2(np.maximum(np.fft.rfftfreq(n_fft, 1 / sr), 20.0)).astype(np.float32)
+    gain_db = np.zeros_like(octaves)
     for _ in range(3):
-        centre = np.log2(rng.uniform(200.0, 8000.0))
-        gain_db += rng.normal(0, 1.0) * np.exp(-0.5 * ((octaves - centre) / rng.uniform(0.5, 1.5)) ** 2)
-    delay_s, echo = rng.uniform(0.003, 0.015), rng.uniform(0.05, 0.25)
-    response = 10 ** (gain_db / 20) * (1 + echo * np.exp(-2j * np.pi * f * delay_s))
-    return scipy.fft.irfft(spectrum * response, n_fft)[:n].astype(np.float32)
+        centre, width, gain = np.log2(rng.uniform(200.0, 8000.0)), rng.uniform(0.5, 1.5), rng.normal(0, 1.0)
+        gain_db += np.float32(gain) * np.exp(np.float32(-0.5 / width**2) * (octaves - np.float32(centre)) ** 2)
+    out = scipy.fft.irfft(scipy.fft.rfft(y, n_fft) * 10 ** (gain_db / 20), n_fft)[: len(y)]
+    delay = int(rng.uniform(0.003, 0.015) * sr)
+    out[delay:] += np.float32(rng.uniform(0.05, 0.25)) * out[:-delay].copy()
+    return out.astype(np.float32)
 
 
 def _samples(seconds: float, sr: int) -> int:
-    return max(1, int(round(seconds * sr)))
+    return max(1, round(seconds * sr))
 
 
 def _note(midi: int) -> str:
@@ -342,7 +348,7 @@ def synth_chunk(
 def generate_synthetic(
     out_dir: str | os.PathLike,
     config: SynthConfig = SynthConfig(),
-    recipe: FeatureRecipe = FeatureRecipe(),
+    recipe: FeatureRecipe = DEFAULT_RECIPE,
     voices: tuple[Voice, ...] = VOICES,
     workers: int | None = None,
     progress: bool = True,
@@ -388,7 +394,7 @@ def cache_root_dir(cache_root: Path | None = None) -> Path:
 def builtin_dataset_dir(
     cache_root: Path | None = None,
     config: SynthConfig = SynthConfig(),
-    recipe: FeatureRecipe = FeatureRecipe(),
+    recipe: FeatureRecipe = DEFAULT_RECIPE,
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
