@@ -89,7 +89,8 @@ def describe(ds: Dataset) -> str:
 
 
 def resolve_dataset(spec: str) -> Dataset:
-    """"synthetic" -> the built-in dataset (generated and cached on first use); else a directory."""
+    """The dataset a spec names: "synthetic" is the built-in one (generated and cached on first
+    use), anything else a dataset directory."""
     if spec == SYNTHETIC:
         from trainables.synth import builtin_dataset_dir
 

@@ -18,7 +18,6 @@ from typing import TypeVar
 from tqdm import tqdm
 
 T = TypeVar("T")
-R = TypeVar("R")
 ChunkFn = Callable[[list], list]  # list of items -> list of results, one per item
 
 

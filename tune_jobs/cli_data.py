@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -101,5 +100,5 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_show_audio(args: argparse.Namespace) -> int:
     from trainables.spectrogram import save_mel_spectrogram
 
-    print(save_mel_spectrogram(args.file, args.out), file=sys.stdout)
+    print(save_mel_spectrogram(args.file, args.out))
     return 0
