@@ -30,7 +30,7 @@ def nan_rows(d: Path):
 
 
 def object_array(d: Path):
-    np.save(d / "test_labels.npy", np.array([{"a": 1}] * 300, dtype=object), allow_pickle=True)
+    np.save(d / "test_labels.npy", np.array([{"a": 1}] * 300, dtype=object))
 
 
 def fewer_labels(d: Path):

@@ -9,7 +9,8 @@ import torch
 from trainables.config import StopRule, TrainConfig
 from trainables.errors import InputError
 from trainables.loops import evaluate, make_loop
-from trainables.model import InstrumentNet, make_optimizer
+from trainables.model import InstrumentNet
+from trainables.optim import make_optimizer
 from trainables.prepare import prepare_splits, split_validation, standardize
 from trainables.train import TrainingRun, train_to_accuracy
 
@@ -46,7 +47,7 @@ def test_both_loops_see_every_row_once_and_learn_alike(small_splits, batch_size)
     for loader in ("fast", "dataloader"):
         torch.manual_seed(0)
         model = InstrumentNet(s.n_features, 32, s.n_classes)
-        opt = make_optimizer("adam", model.parameters(), 1e-2)
+        opt = make_optimizer("adam", model.parameters(), 1e-2, fused=loader == "fast")
         loop = make_loop(loader, s.train_x, s.train_y, batch_size, torch.device("cpu"), seed=0)
         for _ in range(8):
             stats = loop.train_epoch(model, opt)
@@ -55,6 +56,20 @@ def test_both_loops_see_every_row_once_and_learn_alike(small_splits, batch_size)
         accs[loader] = evaluate(model, torch.as_tensor(s.val_x), torch.as_tensor(s.val_y)).acc
     assert accs["fast"] > 0.9 and accs["dataloader"] > 0.9
     assert abs(accs["fast"] - accs["dataloader"]) < 0.05
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_hand_written_backward_matches_autograd(activation):
+    torch.manual_seed(0)
+    model = InstrumentNet(12, 32, 5, activation)
+    x, y = torch.randn(64, 12), torch.randint(0, 5, (64,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    log_probs = model.forward_backward(x, torch.nn.functional.one_hot(y, 5).float())
+    assert -log_probs.gather(1, y[:, None]).mean() == pytest.approx(loss.item(), rel=1e-6)
+    for got, want in zip((p.grad for p in model.parameters()), expected):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
 
 
 def test_train_to_accuracy_reaches_target_and_tests_once(small_splits):
@@ -130,3 +145,23 @@ def test_bad_train_config_names_the_field(kwargs, field):
     with pytest.raises(InputError) as err:
         TrainConfig(**kwargs)
     assert err.value.where == field
+
+
+def test_fused_adam_steps_exactly_like_adam_and_checkpoints_alike():
+    from trainables.optim import FusedAdam
+
+    torch.manual_seed(0)
+    a, b = InstrumentNet(12, 32, 5), InstrumentNet(12, 32, 5)
+    b.load_state_dict(a.state_dict())
+    reference, lean = torch.optim.Adam(a.parameters(), lr=1e-2), FusedAdam(b.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 12), torch.randint(0, 5, (64,))
+    for _ in range(5):
+        for model, opt in ((a, reference), (b, lean)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    restored = FusedAdam(b.parameters(), lr=1e-2)
+    restored.load_state_dict(lean.state_dict())
+    assert float(restored.state_dict()["state"][0]["step"]) == 5

@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+# d(activation)/d(input) from the activation's output h, as autograd computes it.
+_ACTIVATION_BACKWARD = {
+    "sigmoid": lambda grad, h: torch.ops.aten.sigmoid_backward(grad, h),
+    "tanh": lambda grad, h: torch.ops.aten.tanh_backward(grad, h),
+    "relu": lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0),
+}
 
 
 class InstrumentNet(nn.Module):
@@ -20,6 +26,7 @@ class InstrumentNet(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.net = nn.Sequential(
             nn.Linear(n_features, n_hidden), _ACTIVATIONS[activation](), nn.Linear(n_hidden, n_classes)
         )
@@ -27,11 +34,22 @@ class InstrumentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @torch.no_grad()
+    def forward_backward(self, x: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+        """One training step's forward and backward pass without autograd; returns log-probabilities.
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """Adam (the seed's) or plain SGD."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"optimizer must be adam or sgd, got {name!r}")
+        Sets every parameter's `.grad` to the gradient of the mean cross-entropy
+        (nn.CrossEntropyLoss) over the batch: the same math autograd does, in about
+        a dozen tensor ops and no graph, which is what a step of this small network
+        costs on a CPU. `target_onehot` is float (batch, n_classes).
+        """
+        first, last = self.net[0], self.net[2]
+        hidden = self.net[1](torch.addmm(first.bias, x, first.weight.t()))
+        log_probs = torch.log_softmax(torch.addmm(last.bias, hidden, last.weight.t()), dim=1)
+        grad_logits = log_probs.exp().sub_(target_onehot).div_(x.shape[0])
+        grad_hidden = _ACTIVATION_BACKWARD[self.activation](grad_logits @ last.weight, hidden)
+        last.weight.grad = grad_logits.t() @ hidden
+        last.bias.grad = grad_logits.sum(0)
+        first.weight.grad = grad_hidden.t() @ x
+        first.bias.grad = grad_hidden.sum(0)
+        return log_probs

@@ -26,7 +26,8 @@ from trainables.config import StopRule, TrainConfig
 from trainables.device import select_device
 from trainables.energy import NAN, EnergyMeter, EnergyWindow
 from trainables.loops import EpochStats, evaluate, make_loop
-from trainables.model import InstrumentNet, make_optimizer
+from trainables.model import InstrumentNet
+from trainables.optim import make_optimizer
 from trainables.prepare import Splits
 
 
@@ -108,7 +109,8 @@ class TrainingRun:
         self.model = InstrumentNet(
             splits.n_features, config.n_hidden, splits.n_classes, config.activation
         ).to(self.device)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr,
+                                        fused=config.loader == "fast")
         self.loop = make_loop(
             config.loader, splits.train_x, splits.train_y, config.batch_size, self.device, config.seed
         )

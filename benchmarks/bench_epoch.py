@@ -1,0 +1,89 @@
+"""Epoch time of the fast loop against the seed's DataLoader loop, same data, same model, one process.
+
+    python benchmarks/bench_epoch.py                        # CPU (and the GPU where there is one)
+    python benchmarks/bench_epoch.py --data ~/uiowa --epochs 7 --threads 2
+
+Per batch size in [32, 128, 512, 2048] and device: one warm-up epoch, then the
+median of --epochs epochs, each loop on a fresh model. Prints one JSON line per
+(loader, batch size, device) with loader, batch_size, device, rows, epoch_s and,
+for the fast loop, ratio = dataloader epoch_s / fast epoch_s; then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.loops import make_loop  # noqa: E402
+from trainables.model import InstrumentNet
+from trainables.optim import make_optimizer  # noqa: E402
+from trainables.prepare import prepare_splits  # noqa: E402
+
+BATCH_SIZES = (32, 128, 512, 2048)
+
+
+def dataset(spec: str):
+    """Standardized training split of a dataset directory / "synthetic"."""
+    from trainables.dataset import resolve_dataset
+
+    ds = resolve_dataset(spec)
+    splits = prepare_splits(ds.train_x, ds.train_y, ds.test_x, ds.test_y, 0.2, 0)
+    return splits.train_x, splits.train_y, splits.n_classes
+
+
+def epoch_seconds(loader: str, x, y, n_classes: int, batch_size: int, device: torch.device, epochs: int) -> float:
+    torch.manual_seed(0)
+    model = InstrumentNet(x.shape[1], 256, n_classes).to(device)
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=loader == "fast")  # as TrainingRun does
+    loop = make_loop(loader, x, y, batch_size, device, seed=0)
+    times = []
+    for _ in range(epochs + 1):  # the first epoch warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        loop.train_epoch(model, optimizer)  # returns only after the epoch's metrics reached the host
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="synthetic", help="dataset directory or 'synthetic'")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per measurement (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y, n_classes = dataset(args.data)
+    devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for batch_size in BATCH_SIZES:
+            seconds = {loader: epoch_seconds(loader, x, y, n_classes, batch_size, device, args.epochs)
+                       for loader in ("dataloader", "fast")}
+            for loader in ("dataloader", "fast"):
+                row = {"loader": loader, "batch_size": batch_size, "device": device.type, "rows": int(len(y)),
+                       "epoch_s": round(seconds[loader], 5)}
+                if loader == "fast":
+                    row["ratio"] = round(seconds["dataloader"] / seconds["fast"], 2)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\n{'device':<6} {'batch':>5} {'rows':>7} {'dataloader_s':>12} {'fast_s':>9} {'ratio':>6}")
+    for fast in (r for r in rows if r["loader"] == "fast"):
+        base = next(r for r in rows if r["loader"] == "dataloader" and r["batch_size"] == fast["batch_size"]
+                    and r["device"] == fast["device"])
+        print(f"{fast['device']:<6} {fast['batch_size']:>5} {fast['rows']:>7} {base['epoch_s']:>12.4f} "
+              f"{fast['epoch_s']:>9.4f} {fast['ratio']:>5.2f}x")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
