@@ -7,8 +7,9 @@ machine without a GPU) and CPU/DRAM energy through RAPL where readable.
 Semantics (see DESIGN.md, "Energy semantics"):
 - `lap()` ends the current window and begins the next one back to back, so the
   windows of one trial are contiguous and their joules add up to the trial's
-  total. The gap between two windows is the cost of one end plus one begin
-  (about 0.1 ms without a GPU; `benchmarks/bench_energy.py` measures it).
+  total. The gap between two windows is the cost of one end plus one begin:
+  about 5 us per lap without a GPU (`benchmarks/bench_energy.py` measures it;
+  on a GPU add a CUDA sync and the NVML counter reads).
 - Zeus's `total_energy` is GPU only: GPU and CPU (+DRAM) joules are reported
   separately and `energy_j` is their sum over what was measured.
 - Missing energy is NaN with source "none", never 0. Time is always measured.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 RESOLUTION_S = 1.0  # windows shorter than this give unreliable GPU energy
@@ -114,7 +116,9 @@ class EnergyMeter:
     def _end(self) -> EnergyWindow:
         if self._window is None:
             raise RuntimeError("EnergyMeter: no window is open; call start() first")
-        m = self._monitor.end_window(self._window, sync_execution=self._sync)
+        with warnings.catch_warnings():  # Zeus warns of zero-joule short windows; we flag them instead
+            warnings.simplefilter("ignore", UserWarning)
+            m = self._monitor.end_window(self._window, sync_execution=self._sync)
         self._window = None
         gpu_j = sum(m.gpu_energy.values()) if m.gpu_energy else NAN
         cpu_parts = [*(m.cpu_energy or {}).values(), *(m.dram_energy or {}).values()]

@@ -11,7 +11,7 @@ RNG, counters, cumulative time and energy) so a retry continues the sums.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import socket
 import tempfile
 import time
@@ -28,11 +28,21 @@ from trainables.device import device_name
 from trainables.prepare import prepare_splits
 from trainables.train import TrainingRun
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 
 if TYPE_CHECKING:
     from trainables.dataset import Dataset
+
+
+def resident_mib() -> float:
+    """This process's resident memory now, in MiB (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES / 2**20
+    except OSError:
+        return float("nan")
 
 
 def ray_placement() -> dict:
@@ -75,7 +85,7 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
         while not run.done:
             result = {**run.run_epoch().to_dict(), **labels,
                       "started_at_s": started_at_s, "ended_at_s": time.time(),  # this attempt's wall clock
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                      "rss_mib": resident_mib()}
             with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
                 torch.save(run.state_dict(), Path(path) / STATE_FILE)
                 (Path(path) / RESULT_FILE).write_text(json.dumps(result))
