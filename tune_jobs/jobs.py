@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
+import time
 from pathlib import Path
 
 from trainables.errors import InputError
@@ -29,6 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 # On the head: its INSTRUMENT_SWEEP_STORAGE (cluster.yaml sets an s3:// URI), else a home folder.
 JOB_STORAGE = '"${INSTRUMENT_SWEEP_STORAGE:-$HOME/instrument-sweep/sweeps}"'
+AGENT_WAIT_S = 60.0  # how long a just-started head may take to accept jobs
 WORKING_DIR_EXCLUDES = [".git", ".venv", "sweeps", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"]
 
 
@@ -44,6 +47,8 @@ def client(address: str | None):
     host, port = parse_address(address, "--address", schemes=("http",))
     check_reachable(host, port)
     use_token_if_available()
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload chatter
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection, auth, version: all are the user's setup
@@ -64,11 +69,20 @@ def submit(spec: SweepSpec, address: str | None, storage: str | None = None, nam
         raise InputError("submit", f"needs the project's source checkout as working_dir; {PROJECT_ROOT} is not "
                                    "one (install with `pip install -e .` from a clone)")
     jobs = client(address)
-    return jobs.submit_job(
-        entrypoint=entrypoint(spec, storage, name),
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES},
-        metadata={"sweep": spec.name},
-    )
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint(spec, storage, name),
+                runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES},
+                metadata={"sweep": spec.name},
+            )
+        except RuntimeError as exc:
+            # A head that has just started answers before its job agent is up: wait for it.
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            raise InputError("--address", f"the Ray Jobs API at {jobs_address(address)} refused the job: {exc}") from None
 
 
 def status(job_id: str, address: str | None) -> str:
