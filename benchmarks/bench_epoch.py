@@ -5,8 +5,9 @@
 
 Per batch size in [32, 128, 512, 2048] and device: one warm-up epoch, then the
 median of --epochs epochs, each loop on a fresh model. Prints one JSON line per
-(loader, batch size, device) with loader, batch_size, device, rows, epoch_s and,
-for the fast loop, ratio = dataloader epoch_s / fast epoch_s; then a table.
+(loader, batch size, device) with loader, batch_size, device, rows, epoch_s,
+train_acc (after the last epoch: the loops must learn alike) and, for the fast
+loop, ratio = dataloader epoch_s / fast epoch_s; then a table.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def dataset(spec: str):
     return splits.train_x, splits.train_y, splits.n_classes
 
 
-def epoch_seconds(loader: str, x, y, n_classes: int, batch_size: int, device: torch.device, epochs: int) -> float:
+def epoch_seconds(loader: str, x, y, n_classes: int, batch_size: int, device: torch.device,
+                  epochs: int) -> tuple[float, float]:
+    """Median epoch seconds after warm-up, and the training accuracy of the last epoch (same results?)."""
     torch.manual_seed(0)
     model = InstrumentNet(x.shape[1], 256, n_classes).to(device)
     optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=loader == "fast")  # as TrainingRun does
@@ -50,9 +53,9 @@ def epoch_seconds(loader: str, x, y, n_classes: int, batch_size: int, device: to
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        loop.train_epoch(model, optimizer)  # returns only after the epoch's metrics reached the host
+        stats = loop.train_epoch(model, optimizer)  # returns once the epoch's metrics reached the host
         times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return statistics.median(times[1:]), stats.acc
 
 
 def main() -> None:
@@ -67,21 +70,22 @@ def main() -> None:
     rows = []
     for device in devices:
         for batch_size in BATCH_SIZES:
-            seconds = {loader: epoch_seconds(loader, x, y, n_classes, batch_size, device, args.epochs)
-                       for loader in ("dataloader", "fast")}
-            for loader in ("dataloader", "fast"):
+            measured = {loader: epoch_seconds(loader, x, y, n_classes, batch_size, device, args.epochs)
+                        for loader in ("dataloader", "fast")}
+            for loader, (seconds, train_acc) in measured.items():
                 row = {"loader": loader, "batch_size": batch_size, "device": device.type, "rows": int(len(y)),
-                       "epoch_s": round(seconds[loader], 5)}
+                       "epoch_s": round(seconds, 5), "train_acc": round(train_acc, 4)}
                 if loader == "fast":
-                    row["ratio"] = round(seconds["dataloader"] / seconds["fast"], 2)
+                    row["ratio"] = round(measured["dataloader"][0] / seconds, 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{'device':<6} {'batch':>5} {'rows':>7} {'dataloader_s':>12} {'fast_s':>9} {'ratio':>6}")
+    print(f"\n{'device':<6} {'batch':>5} {'rows':>7} {'dataloader_s':>12} {'fast_s':>9} {'ratio':>6} "
+          f"{'train_acc (dataloader / fast)':>30}")
     for fast in (r for r in rows if r["loader"] == "fast"):
         base = next(r for r in rows if r["loader"] == "dataloader" and r["batch_size"] == fast["batch_size"]
                     and r["device"] == fast["device"])
         print(f"{fast['device']:<6} {fast['batch_size']:>5} {fast['rows']:>7} {base['epoch_s']:>12.4f} "
-              f"{fast['epoch_s']:>9.4f} {fast['ratio']:>5.2f}x")
+              f"{fast['epoch_s']:>9.4f} {fast['ratio']:>5.2f}x {base['train_acc']:>20.4f} / {fast['train_acc']:.4f}")
 
 
 if __name__ == "__main__":

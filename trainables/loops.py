@@ -65,21 +65,16 @@ class FastLoop:
         perm = torch.randperm(n, device=self.device, generator=self.generator)
         y = self.y.index_select(0, perm)
         targets = nn.functional.one_hot(y, model.net[2].out_features).float()
-        log_probs = [
-            _step(model, optimizer, xb, tb)
-            for xb, tb in zip(self.x.index_select(0, perm).split(self.batch_size), targets.split(self.batch_size))
-        ]
+        log_probs = []
+        with torch.no_grad():
+            for xb, tb in zip(self.x.index_select(0, perm).split(self.batch_size), targets.split(self.batch_size)):
+                log_probs.append(model.forward_backward(xb, tb))
+                optimizer.step()
         log_probs = torch.cat(log_probs)
         loss_sum = -log_probs.gather(1, y[:, None]).sum()
         hits = (log_probs.argmax(dim=1) == y).sum()
         loss_total, hit_total = torch.stack([loss_sum, hits.to(loss_sum.dtype)]).tolist()
         return EpochStats(acc=hit_total / n, loss=loss_total / n, rows=n)
-
-
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    log_probs = model.forward_backward(x, target)
-    optimizer.step()
-    return log_probs
 
 
 class DataLoaderLoop:

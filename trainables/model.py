@@ -34,14 +34,14 @@ class InstrumentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    @torch.no_grad()
     def forward_backward(self, x: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
         """One training step's forward and backward pass without autograd; returns log-probabilities.
 
         Sets every parameter's `.grad` to the gradient of the mean cross-entropy
         (nn.CrossEntropyLoss) over the batch: the same math autograd does, in about
         a dozen tensor ops and no graph, which is what a step of this small network
-        costs on a CPU. `target_onehot` is float (batch, n_classes).
+        costs on a CPU. `target_onehot` is float (batch, n_classes). Call it under
+        torch.no_grad() (once around the whole epoch: entering it per step costs time).
         """
         first, last = self.net[0], self.net[2]
         hidden = self.net[1](torch.addmm(first.bias, x, first.weight.t()))
