@@ -5,7 +5,8 @@
 Reads like the seed's loop: build the run, continue from a checkpoint if Tune
 retried the trial, then per epoch train + validate (+ test at the stop) inside
 one energy window, report the metrics and save a checkpoint (model, optimizer,
-RNG, counters, cumulative time and energy) so a retry continues the sums.
+RNG, counters, cumulative time and energy) so a retry continues the sums. The
+reporting and checkpointing fall in the "between" windows, timed as overhead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import ray
