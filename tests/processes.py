@@ -85,7 +85,11 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
                    num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None) -> subprocess.Popen:
     """`ray start --block` for a head or a worker node on this machine, token auth on."""
     ray = str(Path(sys.executable).with_name("ray"))
-    args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats"]
+    # Own ports for the node's agents: another Ray on this machine (a test's in-process one) holds
+    # the defaults, and a head whose job agent cannot bind accepts no jobs.
+    args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     if head:
         args += ["--head", f"--port={head_port}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]
