@@ -85,6 +85,8 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
                    num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None) -> subprocess.Popen:
     """`ray start --block` for a head or a worker node on this machine, token auth on."""
     ray = str(Path(sys.executable).with_name("ray"))
+    # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
+    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
     # Own ports for the node's agents: another Ray on this machine (a test's in-process one) holds
     # the defaults, and a head whose job agent cannot bind accepts no jobs.
     args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
