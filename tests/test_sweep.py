@@ -52,11 +52,13 @@ def test_per_epoch_reports_carry_time_energy_and_labels(tiny_experiment):
     assert set(epochs.device) == {"cpu"}
 
 
-def test_each_trial_keeps_its_last_checkpoint(tiny_experiment):
-    trials = analysis.load_trials(tiny_experiment)
+def test_each_trial_keeps_its_latest_checkpoints(tiny_experiment):
+    trials = analysis.load_trials(tiny_experiment).set_index("trial_id")
     for trial_dir in Path(tiny_experiment).glob("trial-*"):
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
-        assert len(checkpoints) == 1 and (checkpoints[0] / "state.pt").is_file()
+        epochs = trials.loc[trial_dir.name.rsplit("-", 1)[1], "epochs"]
+        assert 1 <= len(checkpoints) <= 3 and len(checkpoints) == min(3, epochs)  # one per epoch, 3 kept
+        assert all((c / "state.pt").is_file() for c in checkpoints)
     assert len(list(Path(tiny_experiment).glob("trial-*"))) == len(trials)
 
 

@@ -14,7 +14,9 @@ nothing is written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -143,6 +145,8 @@ def load_data(spec: SweepSpec):
 def connect_and_describe(address: str | None, verbose: bool):
     from tune_jobs.cluster import connect
 
+    # Import torch, Ray Tune and Zeus (about 2 s) while Ray starts, which mostly waits on its processes.
+    threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
     cluster = connect(address, log_to_driver=verbose)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
     print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)

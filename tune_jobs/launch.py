@@ -77,7 +77,8 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             storage_path=storage_root,
             stop=stopper(spec),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             callbacks=[StorageGuard(storage_root), *([SweepProgress(len(spec.trials()))] if progress else [])],
             verbose=0,
         ),
