@@ -84,7 +84,3 @@ def install() -> None:
     if not any(isinstance(f, AmdsmiGuardFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, AmdsmiGuardFinder())
 
-
-def installed() -> bool:
-    """Whether the guard is active in this interpreter."""
-    return any(isinstance(f, AmdsmiGuardFinder) for f in sys.meta_path)

@@ -7,7 +7,7 @@ Both validate on construction and name the offending field in the error.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from trainables.errors import InputError
 
@@ -75,13 +75,6 @@ class TrainConfig:
             raise InputError("val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
         _require_int("seed", self.seed, minimum=0)
         _require_int("cpus", self.cpus, minimum=1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
