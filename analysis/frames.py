@@ -34,7 +34,8 @@ def _trial_dirs(fs, root: str) -> list[str]:
 
     dirs = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
             if i.type == pyarrow.fs.FileType.Directory]
-    return sorted(d for d in dirs if _read(fs, f"{d}/params.json") is not None)
+    params = fs.get_file_info([f"{d}/params.json" for d in dirs])  # one listing call, no reads
+    return sorted(d for d, info in zip(dirs, params) if info.type == pyarrow.fs.FileType.File)
 
 
 def _read(fs, path: str) -> str | None:

@@ -19,8 +19,7 @@ def fmt_energy(joules: float | None) -> str:
 
 def trial_label(config: dict) -> str:
     t = config.get("trial", {})
-    return f"#{t.get('number', '?')} lr={t.get('lr', float('nan')):g} batch={t.get('batch_size', '?')}" + (
-        f" seed={t['seed']}" if t.get("seed") else "")
+    return f"#{t.get('number', '?')} lr={t.get('lr', float('nan')):g} batch={t.get('batch_size', '?')} seed={t.get('seed', '?')}"
 
 
 def result_line(result: dict) -> str:
