@@ -104,6 +104,29 @@ def test_gpu_windows_measure_joules_and_flag_short_windows():
     assert sum(w[1] for w in got["windows"]) == pytest.approx(POWER_W * total_s, abs=POWER_W * 0.1 + 1)
 
 
+def test_zeus_loads_without_scikit_learn_until_a_gpu_without_energy_counter_needs_it():
+    """Zeus imports scikit-learn for one function; trial processes skip it (70 MiB) until it is
+    called: on a GPU older than Volta, Zeus integrates sampled power with it, and gets joules."""
+    got = run_with_fake_gpu("""
+        import json, sys, time
+        from trainables.energy import EnergyMeter
+        EnergyMeter(gpu_indices=[]).close()
+        loaded_for_cpu = "sklearn" in sys.modules
+        import zeus.monitor.power
+        meter = EnergyMeter(gpu_indices=[0])
+        meter.start()
+        time.sleep(1.5)
+        window = meter.stop()
+        metrics = sys.modules.get("sklearn.metrics")
+        print(json.dumps({"loaded_for_cpu": loaded_for_cpu, "time_s": window.time_s, "gpu_j": window.gpu_j,
+                          "real_sklearn": hasattr(metrics, "roc_auc_score"),
+                          "auc": zeus.monitor.power.auc([0.0, 1.0, 3.0], [2.0, 4.0, 4.0])}))
+    """, FAKE_NVML_ARCH="PASCAL")
+    assert not got["loaded_for_cpu"]
+    assert got["gpu_j"] == pytest.approx(POWER_W * got["time_s"], abs=POWER_W * 0.2)  # 100 ms samples
+    assert got["real_sklearn"] and got["auc"] == 11.0
+
+
 def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
     got = run_with_fake_gpu("""
         import json, sys

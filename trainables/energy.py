@@ -73,8 +73,9 @@ class EnergyMeter:
     _WINDOW = "instrument-sweep-window"
 
     def __init__(self, gpu_indices: list[int] | None = None, cpu: bool = True) -> None:
-        from zeus.monitor import ZeusMonitor
+        from trainables.zeus_import import zeus_monitor_class
 
+        ZeusMonitor = zeus_monitor_class()
         gpus = _visible_gpu_indices() if gpu_indices is None else list(gpu_indices)
         logging.getLogger("zeus").setLevel(logging.WARNING)
         # Zeus raises for gpu_indices=[0] on a machine without a GPU: pass [] there.

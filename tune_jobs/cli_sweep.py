@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset = load_data(spec)
     if spec.data != "synthetic":
         spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))
-    from tune_jobs.storage_guard import check_free_space
+    from tune_jobs.storage_space import check_free_space
 
     root = storage.resolve_storage(args.storage)
     check_free_space(root)
@@ -90,14 +90,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
     cluster = connect_and_describe(args.address, args.verbose)
+    from tune_jobs.cluster import disconnect
     from tune_jobs.launch import start_sweep
 
     print(f"results: {experiment}", flush=True)
     grid = start_sweep(spec, dataset, root, name, cluster)
+    disconnect(cluster)
     return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tune_jobs.cluster import disconnect
     from tune_jobs.launch import resume_sweep
 
     root = storage.resolve_storage(args.storage, create=False)
@@ -108,6 +111,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cluster = connect_and_describe(args.address, args.verbose)
     print(f"resuming: {experiment}", flush=True)
     grid = resume_sweep(experiment, spec, dataset, cluster)
+    disconnect(cluster)
     return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
@@ -145,7 +149,7 @@ def load_data(spec: SweepSpec):
 def connect_and_describe(address: str | None, verbose: bool):
     from tune_jobs.cluster import connect
 
-    # Import torch, Ray Tune and Zeus (about 2 s) while Ray starts, which mostly waits on its processes.
+    # Import torch and Ray Tune (about 2 s) while Ray starts, which mostly waits on its processes.
     threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
     cluster = connect(address, log_to_driver=verbose)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
@@ -179,7 +183,7 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> 
     storage stopped the sweep, 130 when it was interrupted (resume continues both).
     """
     import analysis
-    from tune_jobs.storage_guard import check_stopped_for_space
+    from tune_jobs.storage_space import check_stopped_for_space
 
     trials = analysis.load_trials(experiment)
     print_summary(trials)

@@ -3,7 +3,9 @@ device calls replaced, so Zeus runs its real GPU code path on top of it.
 
 Put this folder first on PYTHONPATH. Environment:
     FAKE_NVML_GPUS      number of GPUs (default 1)
-    FAKE_NVML_POWER_W   constant power draw of every GPU (default 250)
+    FAKE_NVML_POWER_W   power draw of every GPU (default 250)
+    FAKE_NVML_ARCH      NVML architecture name (default HOPPER; PASCAL has no energy counter,
+                        so Zeus integrates sampled power instead)
 The energy counter (mJ) advances like the real one: in steps every 100 ms.
 """
 
@@ -23,6 +25,7 @@ UPDATE_PERIOD_S = 0.1
 _T0 = time.monotonic()
 _GPUS = int(os.environ.get("FAKE_NVML_GPUS", "1"))
 _POWER_W = float(os.environ.get("FAKE_NVML_POWER_W", "250"))
+_ARCH = os.environ.get("FAKE_NVML_ARCH", "HOPPER")
 
 
 def nvmlInit():
@@ -48,7 +51,7 @@ def nvmlDeviceGetName(handle):
 
 
 def nvmlDeviceGetArchitecture(handle):
-    return NVML_DEVICE_ARCH_HOPPER  # noqa: F821
+    return getattr(_real, f"NVML_DEVICE_ARCH_{_ARCH}")
 
 
 def nvmlDeviceGetC2cModeInfoV(handle):
@@ -61,5 +64,22 @@ def nvmlDeviceGetTotalEnergyConsumption(handle):
     return int((elapsed // UPDATE_PERIOD_S) * UPDATE_PERIOD_S * _POWER_W * 1000)
 
 
+def _power_mw() -> int:
+    """The draw, 1 W above and below FAKE_NVML_POWER_W in turns every 100 ms, as sensors wobble."""
+    step = int((time.monotonic() - _T0) // UPDATE_PERIOD_S)
+    return int(_POWER_W * 1000) + (1000 if step % 2 else -1000)
+
+
 def nvmlDeviceGetPowerUsage(handle):
-    return int(_POWER_W * 1000)
+    return _power_mw()
+
+
+def nvmlDeviceGetFieldValues(handle, fields):
+    """Instant (and average) power: every field reads the current draw, in mW."""
+    values = []
+    for field_id, scope in fields:
+        value = c_nvmlFieldValue_t()  # noqa: F821
+        value.fieldId, value.scopeId, value.nvmlReturn = field_id, scope, NVML_SUCCESS  # noqa: F821
+        value.value.uiVal = _power_mw()
+        values.append(value)
+    return values
