@@ -3,7 +3,7 @@
 import pytest
 
 import analysis
-from processes import cli
+from processes import cli, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -15,6 +15,11 @@ def test_run_smoke_preset_end_to_end(tmp_path, process_tag):
     trials = analysis.load_trials(str(tmp_path / "smoke"))
     assert len(trials) == 2 and set(trials.status) <= {"reached_target", "max_epochs"}
     assert (tmp_path / "smoke" / "analysis" / "report.md").is_file()
+    trial_files = {p.name for d in (tmp_path / "smoke").glob("trial-*") for p in d.iterdir()}
+    assert {"result.json", "progress.csv", "params.json"} <= trial_files
+    assert not any(name.startswith("events.out.tfevents") for name in trial_files)  # no TensorBoard
+    # The local Ray it started is gone with it: no agent, monitor or worker is left running.
+    wait_until(lambda: not tagged_pids(process_tag), 10, "Ray's processes to exit", interval_s=0.2)
 
 
 def test_existing_name_is_refused_without_touching_it(tmp_path, process_tag, blob_dataset_dir):

@@ -127,6 +127,25 @@ def test_zeus_loads_without_scikit_learn_until_a_gpu_without_energy_counter_need
     assert got["real_sklearn"] and got["auc"] == 11.0
 
 
+def test_a_zeus_that_needs_more_of_scikit_learn_is_imported_plainly(tmp_path):
+    """Should a Zeus release import more of scikit-learn than `auc`, it still loads, for real."""
+    monitor = tmp_path / "zeus" / "monitor"
+    monitor.mkdir(parents=True)
+    (tmp_path / "zeus" / "__init__.py").write_text("")
+    (monitor / "__init__.py").write_text(
+        "from sklearn.metrics import auc\nfrom sklearn.linear_model import LinearRegression\n"
+        "class ZeusMonitor:\n    fit = LinearRegression\n")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import json
+        from trainables.zeus_import import zeus_monitor_class
+        monitor = zeus_monitor_class()
+        print(json.dumps([monitor.__module__, monitor.fit.__module__]))
+    """)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, fit_module = json.loads(out.stdout.strip().splitlines()[-1])
+    assert module == "zeus.monitor" and fit_module.startswith("sklearn.linear_model")
+
+
 def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
     got = run_with_fake_gpu("""
         import json, sys

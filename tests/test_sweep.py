@@ -68,3 +68,18 @@ def test_fixed_epochs_sweep_reports_test_every_epoch(tiny_fixed_experiment):
     assert set(trials.status) == {"max_epochs"} and set(trials.epochs) == {4}
     assert epochs.test_acc.notna().all() and epochs.test_loss.notna().all()
     assert isinstance(epochs, pd.DataFrame) and len(epochs) == 8
+
+
+def test_trials_on_a_node_share_one_copy_of_the_dataset(ray_local):
+    """Trials get the dataset from Ray's object store (tune.with_parameters puts it there once):
+    each trial process maps the arrays read-only in shared memory rather than holding a copy."""
+    from conftest import blob_dataset
+
+    dataset = blob_dataset(n_train=20_000, n_test=5_000)  # large enough for the shared store
+
+    @ray_local.remote(num_cpus=0)
+    def array_flags(ds):
+        return [(a.flags.writeable, a.flags.owndata) for a in (ds.train_x, ds.train_y, ds.test_x, ds.test_y)]
+
+    ref = ray_local.put(dataset)
+    assert ray_local.get([array_flags.remote(ref), array_flags.remote(ref)]) == [[(False, False)] * 4] * 2

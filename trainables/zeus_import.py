@@ -8,8 +8,9 @@ calls it only to integrate sampled power on GPUs without an energy counter.
 Importing scikit-learn (and SciPy behind it) costs every trial process about
 70 MiB and a second. During Zeus's import, `sklearn.metrics` resolves to a
 stand-in whose `auc` imports the real one on first call, so results are
-scikit-learn's own; the stand-in is gone from `sys.modules` right after, and
-an already imported scikit-learn is used as is.
+scikit-learn's own; the stand-in is gone from `sys.modules` right after. An
+already imported scikit-learn is used as is, and a Zeus that needs more of it
+is imported plainly.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def zeus_monitor_class() -> type:
             sys.modules.update(zip(_STAND_INS, (package, metrics)))
             try:
                 import zeus.monitor  # noqa: F401 - binds the stand-in `auc` in zeus.monitor.power
+            except ImportError:  # a Zeus that needs more of scikit-learn: import it plainly below
+                for name in [n for n in sys.modules if n == "zeus" or n.startswith("zeus.")]:
+                    del sys.modules[name]
             finally:
                 for name in _STAND_INS:
                     del sys.modules[name]
