@@ -8,7 +8,9 @@ side) and reads the experiment back. Ray overhead per trial is
 (wall - startup - sum of trial times / concurrency) / trials, where a trial's time
 is what its own process spent from start to last report (Tune's time_total_s) and
 startup (CLI, dataset, starting Ray) is reported apart; the figure with startup
-spread over the trials is printed too. Prints one JSON line, then a short table.
+spread over the trials is printed too. The machine is shared and noisy, so the sweep
+runs --runs times (default 3): one JSON line per run, then a line of medians and a
+table of them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,39 +43,26 @@ def load_spec(n_trials: int) -> dict:
             "repeats": -(-n_trials // points)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="seed")
-    parser.add_argument("--load", type=int, metavar="N", help="instead: N short trials (Tune bookkeeping)")
-    parser.add_argument("--data", default="synthetic")
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        spec = args.preset
-        if args.load:
-            spec = str(Path(tmp, "load.yaml"))
-            Path(spec).write_text(yaml.safe_dump(load_spec(args.load)))
-        if args.data == "synthetic":  # generate (or find) the built-in dataset outside the timing
-            subprocess.run([sys.executable, "-m", "tune_jobs", "data", "info", "synthetic"], check=True,
-                           capture_output=True)
-        started = time.perf_counter()
-        run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec, "--data", args.data, "--storage",
-                                tmp, "--name", "bench", "--no-analyze"], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        ready_s = None
-        for line in run.stdout:  # "results: ..." is printed once Ray is up, just before the trials start
-            if line.startswith("results:"):
-                ready_s = time.perf_counter() - started
-        if run.wait() != 0:
-            raise SystemExit(f"instrument-sweep run failed with exit code {run.returncode}")
-        wall_s = time.perf_counter() - started
-        epochs = analysis.load_epochs(str(Path(tmp, "bench")))
+def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
+    """One `instrument-sweep run --no-analyze`, timed from outside, read back from its files."""
+    started = time.perf_counter()
+    run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec, "--data", args.data, "--storage",
+                            storage, "--name", "bench", "--no-analyze"], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ready_s = None
+    for line in run.stdout:  # "results: ..." is printed once Ray is up, just before the trials start
+        if line.startswith("results:"):
+            ready_s = time.perf_counter() - started
+    if run.wait() != 0:
+        raise SystemExit(f"instrument-sweep run failed with exit code {run.returncode}")
+    wall_s = time.perf_counter() - started
+    epochs = analysis.load_epochs(str(Path(storage, "bench")))
 
     last = epochs.groupby("trial_id").tail(1)
     n_trials = len(last)
     concurrency = max(1, os.cpu_count() or 1)  # one CPU per trial by default
     trial_s = float(last.time_total_s.sum())
-    row = {
+    return {
         "bench": "sweep",
         "spec": f"load-{args.load}" if args.load else args.preset,
         "trials": n_trials,
@@ -89,9 +79,34 @@ def main() -> None:
         # Resident memory of a trial's process, sampled after every epoch; the largest over all trials.
         "peak_rss_per_trial_mib": round(float(epochs.rss_mib.max()), 1),
     }
-    print(json.dumps(row))
-    width = max(map(len, row))
-    for key, value in row.items():
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="seed")
+    parser.add_argument("--load", type=int, metavar="N", help="instead: N short trials (Tune bookkeeping)")
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--runs", type=int, default=3, help="sweeps to run; medians are reported (default 3)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        spec = args.preset
+        if args.load:
+            spec = str(Path(tmp, "load.yaml"))
+            Path(spec).write_text(yaml.safe_dump(load_spec(args.load)))
+        if args.data == "synthetic":  # generate (or find) the built-in dataset outside the timing
+            subprocess.run([sys.executable, "-m", "tune_jobs", "data", "info", "synthetic"], check=True,
+                           capture_output=True)
+        rows = []
+        for number in range(args.runs):
+            rows.append(run_once(args, spec, str(Path(tmp, f"run{number}"))))
+            print(json.dumps({**rows[-1], "run": number + 1}), flush=True)
+
+    median = {key: (statistics.median(row[key] for row in rows) if isinstance(value, float) else value)
+              for key, value in rows[0].items()}
+    print(json.dumps({**median, "run": f"median of {len(rows)}"}))
+    width = max(map(len, median))
+    for key, value in median.items():
         print(f"{key:<{width}}  {value}")
 
 
