@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainables.optim import batch_stepper
+
 EVAL_CHUNK_ROWS = 16384  # rows per forward pass in `evaluate`
 
 
@@ -47,7 +49,8 @@ class FastLoop:
     """Device-resident tensors, one permutation per epoch, slicing, one sync per epoch.
 
     Each step runs InstrumentNet.forward_backward (the gradient of the mean
-    cross-entropy without autograd's graph) and the optimizer; the step's
+    cross-entropy without autograd's graph) and the optimizer (FusedAdam's
+    `batch_stepper` where the optimizer is one); the step's
     log-probabilities are kept, and the epoch's loss and accuracy are computed
     from them once at the end, with one transfer to the host.
     """
@@ -66,10 +69,11 @@ class FastLoop:
         y = self.y.index_select(0, perm)
         targets = nn.functional.one_hot(y, model.net[2].out_features).float()
         log_probs = []
+        step = batch_stepper(optimizer)
         with torch.no_grad():
             for xb, tb in zip(self.x.index_select(0, perm).split(self.batch_size), targets.split(self.batch_size)):
                 log_probs.append(model.forward_backward(xb, tb))
-                optimizer.step()
+                step()
         log_probs = torch.cat(log_probs)
         loss_sum = -log_probs.gather(1, y[:, None]).sum()
         hits = (log_probs.argmax(dim=1) == y).sum()
