@@ -23,6 +23,7 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs import storage
+from tune_jobs.cluster import connect, disconnect
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
 EXIT_TRIALS_FAILED = 1
@@ -90,7 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
     cluster = connect_and_describe(args.address, args.verbose)
-    from tune_jobs.cluster import disconnect
     from tune_jobs.launch import start_sweep
 
     print(f"results: {experiment}", flush=True)
@@ -100,7 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_jobs.cluster import disconnect
     from tune_jobs.launch import resume_sweep
 
     root = storage.resolve_storage(args.storage, create=False)
@@ -147,9 +146,7 @@ def load_data(spec: SweepSpec):
 
 
 def connect_and_describe(address: str | None, verbose: bool):
-    from tune_jobs.cluster import connect
-
-    # Import torch and Ray Tune (about 2 s) while Ray starts, which mostly waits on its processes.
+    # Import Ray Tune (about 1 s) while Ray starts, which mostly waits on its processes.
     threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
     cluster = connect(address, log_to_driver=verbose)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
