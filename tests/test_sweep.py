@@ -1,13 +1,15 @@
 """A real sweep on a real local Ray: every trial ends by the rule, reports and checkpoints per epoch."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import analysis
-from conftest import TINY_SWEEP
+from conftest import TINY_SWEEP, blob_dataset
 from tune_jobs.spec import read_spec
 
 
@@ -73,8 +75,6 @@ def test_fixed_epochs_sweep_reports_test_every_epoch(tiny_fixed_experiment):
 def test_trials_on_a_node_share_one_copy_of_the_dataset(ray_local):
     """Trials get the dataset from Ray's object store (tune.with_parameters puts it there once):
     each trial process maps the arrays read-only in shared memory rather than holding a copy."""
-    from conftest import blob_dataset
-
     dataset = blob_dataset(n_train=20_000, n_test=5_000)  # large enough for the shared store
 
     @ray_local.remote(num_cpus=0)
@@ -87,9 +87,6 @@ def test_trials_on_a_node_share_one_copy_of_the_dataset(ray_local):
 
 def test_the_driver_schedules_trials_without_loading_torch():
     """Torch loads in the trials' processes only: the driver stays 200 MiB smaller."""
-    import subprocess
-    import sys
-
     code = "import sys, tune_jobs.cli_sweep, tune_jobs.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -27,7 +27,7 @@ class FusedAdam(torch.optim.Adam):
             states = [self._state(p) for p in params]
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
-            _fused_adam(group, params, [p.grad for p in params], states, steps)
+            _fused_adam(group, params, [p.grad for p in params], *_moments(states), steps)
 
     def batch_stepper(self) -> Callable[[], None]:
         """`step()` for a loop that steps every batch under torch.no_grad(), every parameter with
@@ -42,12 +42,12 @@ class FusedAdam(torch.optim.Adam):
             counts = torch.stack([s["step"] for s in states])
             for i, state in enumerate(states):
                 state["step"] = counts[i]
-            plans.append((group, params, states, counts, [s["step"] for s in states]))
+            plans.append((group, params, *_moments(states), counts, [s["step"] for s in states]))
 
         def step() -> None:
-            for group, params, states, counts, steps in plans:
+            for group, params, exp_avgs, exp_avg_sqs, counts, steps in plans:
                 counts.add_(1)
-                _fused_adam(group, params, [p.grad for p in params], states, steps)
+                _fused_adam(group, params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps)
 
         return step
 
@@ -61,11 +61,16 @@ class FusedAdam(torch.optim.Adam):
         return state
 
 
-def _fused_adam(group: dict, params: list, grads: list, states: list[dict], steps: list) -> None:
+def _moments(states: list[dict]) -> tuple[list, list]:
+    """Adam's first and second moment tensors of each parameter's state."""
+    return [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+
+
+def _fused_adam(group: dict, params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list) -> None:
     """Torch's fused Adam kernel over one group, steps already counted (as Adam(fused=True) does)."""
     beta1, beta2 = group["betas"]
     torch._fused_adam_(
-        params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [], steps,
+        params, grads, exp_avgs, exp_avg_sqs, [], steps,
         amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
         eps=group["eps"], maximize=False, grad_scale=None, found_inf=None,
     )
