@@ -17,15 +17,16 @@ import re
 
 import pandas as pd
 
-from trainables.energy import RESOLUTION_S
-from tune_jobs import storage
+from analysis import storage
+from trainables.training.energy import RESOLUTION_S
+from trainables.training.report import EpochReport
+from trainables.training.stop import Status
 
 TRIAL_COLUMNS = [
     "trial_id", "trial_number", "sweep", "lr", "batch_size", "seed", "status", "reached_target",
     "epochs", "time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "energy_source",
     "energy_below_resolution", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device", "node", "error",
 ]
-TERMINAL = ("reached_target", "max_epochs", "diverged")
 
 
 def _trial_dirs(fs, root: str) -> list[str]:
@@ -84,18 +85,18 @@ def _error_message(text: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-def _status(results: list[dict], error: str | None) -> str:
-    last = results[-1].get("status") if results else None
-    if last in TERMINAL:
+def _status(results: list[dict], error: str | None) -> Status:
+    last = Status(results[-1].get("status", Status.RUNNING.value)) if results else Status.RUNNING
+    if last.ended_by_rule:
         return last
-    return "error" if error else "running"
+    return Status.ERROR if error else Status.RUNNING
 
 
 def load_trials(experiment: str) -> pd.DataFrame:
     """One row per trial (columns TRIAL_COLUMNS); `sweep` lists the views it belongs to."""
     rows = []
     for trial_id, config, results, error in _load(experiment):
-        last = results[-1] if results else {}
+        last = EpochReport.from_dict(results[-1] if results else {})
         status = _status(results, error)
         rows.append({
             "trial_id": trial_id,
@@ -104,24 +105,23 @@ def load_trials(experiment: str) -> pd.DataFrame:
             "lr": config.get("lr"),
             "batch_size": config.get("batch_size"),
             "seed": config.get("seed"),
-            "status": status,
-            "reached_target": status == "reached_target",
-            "epochs": int(last.get("epoch", 0)),
-            "time_s": last.get("time_s", math.nan),
-            "energy_j": last.get("energy_j", math.nan),
-            "gpu_energy_j": last.get("gpu_energy_j", math.nan),
-            "cpu_energy_j": last.get("cpu_energy_j", math.nan),
-            "energy_source": last.get("energy_source", "none"),
+            "status": status.value,
+            "reached_target": status is Status.REACHED_TARGET,
+            "epochs": int(last.epoch),
+            "time_s": last.time_s,
+            "energy_j": last.energy_j,
+            "gpu_energy_j": last.gpu_energy_j,
+            "cpu_energy_j": last.cpu_energy_j,
+            "energy_source": last.energy_source,
             # Contiguous windows: the trial's total is only as coarse as one window of its whole length.
-            "energy_below_resolution": bool(math.isfinite(last.get("energy_j", math.nan))
-                                            and last.get("time_s", 0.0) < RESOLUTION_S),
-            "overhead_time_s": last.get("overhead_time_s", math.nan),
-            "test_acc": last.get("test_acc", math.nan),
-            "test_loss": last.get("test_loss", math.nan),
-            "val_acc": last.get("val_acc", math.nan),
-            "device": last.get("device", ""),
-            "node": last.get("node", ""),
-            "error": _error_message(error) if status == "error" else "",
+            "energy_below_resolution": bool(last.energy_measured and last.time_s < RESOLUTION_S),
+            "overhead_time_s": last.overhead_time_s,
+            "test_acc": last.test_acc,
+            "test_loss": last.test_loss,
+            "val_acc": last.val_acc,
+            "device": last.device,
+            "node": last.node,
+            "error": _error_message(error) if status is Status.ERROR else "",
         })
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     for column in ("time_s", "overhead_time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import plots, summary
+from analysis import plots, storage, summary
 from analysis.frames import load_epochs, load_trials, trial_paths
+from analysis.storage import SPEC_FILE
 from trainables.errors import InputError
-from tune_jobs import storage
-from tune_jobs.spec import SPEC_FILE, read_spec
+from trainables.training.stop import Status, StopRule
 
 REPORT = "report.md"
 DPI = 120
@@ -35,42 +35,52 @@ NOT_MEASURED = "not measured"
 
 @dataclass(frozen=True)
 class ExperimentInfo:
-    """What the analysis needs from the sweep's spec."""
+    """What the analysis needs from the sweep's spec (`tune_jobs.spec.SweepSpec.report_info()`)."""
 
     name: str
     description: str
-    threshold: float | None  # target of `metric`; None: fixed-epochs sweep (no target)
-    patience: int
-    max_epochs: int
-    metric: str
+    stop: StopRule | None  # None: no rule found (trials without one)
     views: tuple[tuple[str, tuple[str, ...]], ...]  # (view name, swept axes) in spec order
     repeats: int
-    from_spec: bool  # False: rebuilt from the trials' configs (no readable sweep.yaml)
+    from_spec: bool  # False: rebuilt from the trials' configs (no spec given)
 
     @property
     def fixed_epochs(self) -> bool:
-        return self.threshold is None
+        return self.stop is None or self.stop.fixed_epochs
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.stop is None else self.stop.threshold
+
+    @property
+    def patience(self) -> int | None:
+        return None if self.stop is None else self.stop.patience
+
+    @property
+    def max_epochs(self) -> int | None:
+        return None if self.stop is None else self.stop.max_epochs
 
     @property
     def target(self) -> str:
-        if self.fixed_epochs:
-            return f"{self.max_epochs} fixed epochs (no target)"
-        return f"{self.metric} >= {self.threshold:g} for {self.patience} epochs in a row (max {self.max_epochs} epochs)"
+        return "unknown (no stop rule recorded)" if self.stop is None else self.stop.describe()
 
 
 # -- entry point ----------------------------------------------------------------------------
 
 
-def write_report(experiment: str, out: str | None = None) -> str:
+def write_report(experiment: str, out: str | None = None, info: ExperimentInfo | None = None) -> str:
     """Write tables, figures and report.md for `experiment`; return report.md's path.
 
     `out` defaults to `<experiment>/analysis/` for a local experiment and to
-    `./analysis-<name>` for a cloud URI (s3://, gs://).
+    `./analysis-<name>` for a cloud URI (s3://, gs://). `info` (views, stop rule)
+    comes from the sweep's spec; without it, it is rebuilt from the trials' configs.
     """
     check_experiment(experiment)
-    folder = output_dir(experiment, out)
     trials, epochs = load_trials(experiment), load_epochs(experiment)
-    info = experiment_info(experiment, trials, epochs)
+    if trials.empty:
+        raise InputError("PATH", f"{experiment} has no trial results yet; analyze it once a trial has reported")
+    info = info or experiment_info(experiment, trials, epochs)
+    folder = output_dir(experiment, out)
     write_tables(trials, epochs, info, folder)
     figures = write_figures(trials, epochs, info, folder)
     path = folder / REPORT
@@ -121,21 +131,15 @@ def output_dir(experiment: str, out: str | None) -> Path:
 
 
 def experiment_info(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame) -> ExperimentInfo:
-    """Views, axes and stop rule from sweep.yaml; rebuilt from the trials where it is unreadable."""
-    try:
-        spec = read_spec(experiment)
-    except (InputError, OSError, ValueError, TypeError, AttributeError):
-        spec = None
-    if spec is not None:
-        return ExperimentInfo(spec.name, spec.description, spec.stop.threshold, spec.stop.patience,
-                              spec.stop.max_epochs, spec.stop.metric,
-                              tuple((v.name, v.swept) for v in spec.views), spec.repeats, True)
+    """Views, axes and stop rule rebuilt from the trials' configs (where no spec is given)."""
     stop = _stop_from_trials(epochs)
     views = tuple((v, summary.swept_axes(summary.in_view(trials, v))) for v in summary.views_of(trials))
     repeats = int(trials.groupby(list(summary.POINT)).size().max()) if len(trials) else 1
-    return ExperimentInfo(experiment.rstrip("/").rsplit("/", 1)[-1], "", stop.get("threshold"),
-                          int(stop.get("patience", 1)), int(stop.get("max_epochs", 0)),
-                          str(stop.get("metric", "val_acc")), views, repeats, False)
+    try:
+        rule = StopRule(**stop) if stop else None
+    except (InputError, TypeError):
+        rule = None
+    return ExperimentInfo(experiment.rstrip("/").rsplit("/", 1)[-1], "", rule, views, repeats, False)
 
 
 def _stop_from_trials(epochs: pd.DataFrame) -> dict:
@@ -245,7 +249,7 @@ def render_report(trials: pd.DataFrame, info: ExperimentInfo, figures: dict[str,
     lines += ["## Per-epoch curves", ""]
     lines += [f"![{caption}]({file})\n" for file, caption in figures.items() if file in ("loss.png", "accuracy.png")]
     lines += ["## All trials", "", *_trials_table(trials), ""]
-    errors = trials[trials["status"] == "error"]
+    errors = trials[trials["status"] == Status.ERROR.value]
     if len(errors):
         lines += ["## Errors", ""] + [f"- trial {_num(r.trial_number)} (`{r.trial_id}`): {r.error or 'see error.txt'}"
                                        for r in errors.itertuples()] + [""]
@@ -265,7 +269,7 @@ def _overview(trials: pd.DataFrame, info: ExperimentInfo, experiment: str) -> li
              f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
     if not info.from_spec:
         lines.append("- note: no readable sweep.yaml; views and stop rule were rebuilt from the trials' configs")
-    running = int(counts.get("running", 0))
+    running = int(counts.get(Status.RUNNING.value, 0))
     if running:
         lines += ["", f"**Partial results:** {running} trial(s) still running (or interrupted; "
                       "`instrument-sweep resume` continues them). Run `analyze` again when they finish."]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.energy import EnergyMeter  # noqa: E402
+from trainables.training.energy import EnergyMeter  # noqa: E402
 
 LAPS = 2000
 

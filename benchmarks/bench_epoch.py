@@ -24,17 +24,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.loops import make_loop  # noqa: E402
-from trainables.model import InstrumentNet
-from trainables.optim import make_optimizer  # noqa: E402
-from trainables.prepare import prepare_splits  # noqa: E402
+from trainables.training.loops import make_loop  # noqa: E402
+from trainables.training.model import InstrumentNet
+from trainables.training.optim import make_optimizer  # noqa: E402
+from trainables.data.splits import prepare_splits  # noqa: E402
 
 BATCH_SIZES = (32, 128, 512, 2048)
 
 
 def dataset(spec: str):
     """Standardized training split of a dataset directory / "synthetic"."""
-    from trainables.dataset import resolve_dataset
+    from trainables.data.sources import resolve_dataset
 
     ds = resolve_dataset(spec)
     splits = prepare_splits(ds.train_x, ds.train_y, ds.test_x, ds.test_y, 0.2, 0)

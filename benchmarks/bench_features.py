@@ -22,10 +22,10 @@ from pathlib import Path
 
 import soundfile as sf
 
-from trainables.features import extract_chunk, extract_files, find_audio, read_audio
-from trainables.notes import FeatureRecipe
-from trainables.parallel import available_cpus
-from trainables.synth import VOICES, Recording, SynthConfig, render_recording
+from trainables.data.audio_dataset import extract_chunk, extract_files, find_audio, read_audio
+from trainables.data.note_features import FeatureRecipe
+from trainables.data.parallel import available_cpus
+from trainables.data.synthetic import VOICES, Recording, SynthConfig, render_recording
 
 TARGET_X_REALTIME_PER_CORE = 100.0
 FILE_SAMPLE_RATE_HZ = 44100

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from trainables.prepare import Splits, prepare_splits
+from trainables.data.splits import Splits, prepare_splits
 
 
 def blobs(n_rows: int, n_features: int = 12, n_classes: int = 4, seed: int = 0, spread: float = 1.0):
@@ -40,7 +40,7 @@ def ray_local():
 
 def blob_dataset(n_train: int = 1200, n_test: int = 300, n_features: int = 16, n_classes: int = 4):
     """A real `Dataset` of Gaussian blobs, for sweeps that must run in seconds."""
-    from trainables.dataset import Dataset
+    from trainables.data.dataset import Dataset
 
     train_x, train_y = blobs(n_train, n_features, n_classes, seed=0)
     test_x, test_y = blobs(n_test, n_features, n_classes, seed=1)

@@ -223,10 +223,11 @@ def test_recommendation_names_fastest_and_least_energy_among_those_that_reached(
     assert list(picks.index) == ["fastest"]  # energy not measured: no least-energy pick
     assert picks.loc["fastest", "time_s"] == reached["time_s"].min()
     energy = with_gpu_energy(trials)
-    energy.loc[energy["lr"] == 0.05, "energy_j"] = 1.0  # now the least energy, not the fastest
+    least = energy["energy_j"].min() / 2
+    energy.loc[energy["lr"] == 0.05, "energy_j"] = least  # now the least energy, not the fastest
     picks = summary.recommend(energy)
-    assert picks.loc["least_energy", ["lr", "batch_size", "energy_j"]].tolist() == [0.05, 64, 1.0]
-    energy.loc[energy["lr"] == 1e-5, "energy_j"] = 0.1  # missed the target: never recommended
+    assert picks.loc["least_energy", ["lr", "batch_size", "energy_j"]].tolist() == [0.05, 64, least]
+    energy.loc[energy["lr"] == 1e-5, "energy_j"] = least / 10  # missed the target: never recommended
     assert summary.recommend(energy).loc["least_energy", "lr"] == 0.05
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.dataset import (
+from trainables.data.dataset import (
     class_counts,
     describe,
     load_dataset,
-    resolve_dataset,
     staged_dir,
     write_dataset,
 )
+from trainables.data.sources import resolve_dataset
 from trainables.errors import InputError
 from tune_jobs.cli import main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.energy import EnergyMeter, EnergyWindow, energy_source
+from trainables.training.energy import EnergyMeter, EnergyWindow, energy_source
 
 
 def _has_measurable_energy() -> bool:
@@ -82,7 +82,7 @@ def run_with_fake_gpu(code: str, **env: str) -> dict:
 def test_gpu_windows_measure_joules_and_flag_short_windows():
     got = run_with_fake_gpu("""
         import json, time
-        from trainables.energy import EnergyMeter
+        from trainables.training.energy import EnergyMeter
         meter = EnergyMeter(gpu_indices=[0])
         meter.start()
         windows = []
@@ -109,7 +109,7 @@ def test_zeus_loads_without_scikit_learn_until_a_gpu_without_energy_counter_need
     called: on a GPU older than Volta, Zeus integrates sampled power with it, and gets joules."""
     got = run_with_fake_gpu("""
         import json, sys, time
-        from trainables.energy import EnergyMeter
+        from trainables.training.energy import EnergyMeter
         EnergyMeter(gpu_indices=[]).close()
         loaded_for_cpu = "sklearn" in sys.modules
         import zeus.monitor.power
@@ -137,7 +137,7 @@ def test_a_zeus_that_needs_more_of_scikit_learn_is_imported_plainly(tmp_path):
         "class ZeusMonitor:\n    fit = LinearRegression\n")
     out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import json
-        from trainables.zeus_import import zeus_monitor_class
+        from trainables.training.zeus_import import zeus_monitor_class
         monitor = zeus_monitor_class()
         print(json.dumps([monitor.__module__, monitor.fit.__module__]))
     """)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
@@ -151,10 +151,11 @@ def test_training_energy_sums_per_epoch_and_continues_after_a_checkpoint():
         import json, sys
         sys.path.insert(0, "tests")
         from conftest import blobs
-        from trainables.config import StopRule, TrainConfig
-        from trainables.energy import EnergyMeter
-        from trainables.prepare import prepare_splits
-        from trainables.train import TrainingRun
+        from trainables.training.config import TrainConfig
+        from trainables.training.stop import StopRule
+        from trainables.training.energy import EnergyMeter
+        from trainables.data.splits import prepare_splits
+        from trainables.training.run import TrainingRun
         x, y = blobs(20000, seed=0)
         splits = prepare_splits(x, y, x[:500], y[:500], 0.2, 0)
         config, rule = TrainConfig(batch_size=32), StopRule(threshold=None, max_epochs=4)
@@ -184,7 +185,7 @@ def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():
     """Ray gives a zero-GPU trial CUDA_VISIBLE_DEVICES="": no GPU is measured, nothing fails."""
     got = run_with_fake_gpu("""
         import json
-        from trainables.energy import EnergyMeter
+        from trainables.training.energy import EnergyMeter
         meter = EnergyMeter()
         meter.start()
         w = meter.stop()

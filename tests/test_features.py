@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from trainables.dataset import load_dataset
+from trainables.data.dataset import load_dataset
 from trainables.errors import InputError
-from trainables.features import audio_to_dataset, find_audio, read_audio, split_by_file
-from trainables.notes import FeatureRecipe, NoteFeaturizer, note_spans
+from trainables.data.audio_dataset import audio_to_dataset, find_audio, read_audio, split_by_file
+from trainables.data.note_features import FeatureRecipe, NoteFeaturizer, note_spans
 from tune_jobs.cli import main
 
 SR = 44100

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from trainables.config import StopRule, TrainConfig
-from trainables.energy import EnergyMeter
-from trainables.train import train_to_accuracy
+from trainables.training.config import TrainConfig
+from trainables.training.stop import StopRule
+from trainables.training.energy import EnergyMeter
+from trainables.training.run import train_to_accuracy
 
 from conftest import blobs
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_energy_of_a_gpu_run_comes_from_nvml_and_adds_up():
-    from trainables.prepare import prepare_splits
+    from trainables.data.splits import prepare_splits
 
     x, y = blobs(200_000, n_features=120, n_classes=10, seed=0)
     splits = prepare_splits(x, y, x[:5000], y[:5000], 0.2, 0)

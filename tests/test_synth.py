@@ -8,12 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from trainables.config import StopRule, TrainConfig
-from trainables.dataset import class_counts, load_dataset, resolve_dataset
+from trainables.training.config import TrainConfig
+from trainables.training.stop import StopRule
+from trainables.data.dataset import class_counts, load_dataset
+from trainables.data.sources import resolve_dataset
 from trainables.errors import InputError
-from trainables.notes import FeatureRecipe, NoteFeaturizer
-from trainables.prepare import prepare_splits
-from trainables.synth import (
+from trainables.data.note_features import FeatureRecipe, NoteFeaturizer
+from trainables.data.splits import prepare_splits
+from trainables.data.synthetic import (
     CACHE_ENV,
     SYNTH_VERSION,
     VOICES,
@@ -24,7 +26,7 @@ from trainables.synth import (
     generate_synthetic,
     render_recording,
 )
-from trainables.train import train_to_accuracy
+from trainables.training.run import train_to_accuracy
 from tune_jobs.cli import main
 
 TINY = SynthConfig(files_per_class=3, notes_per_file=2)  # 60 rows: enough to exercise the pipeline

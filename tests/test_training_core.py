@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import StopRule, TrainConfig
+from trainables.training.config import TrainConfig
+from trainables.training.stop import StopRule
 from trainables.errors import InputError
-from trainables.loops import evaluate, make_loop
-from trainables.model import InstrumentNet
-from trainables.optim import make_optimizer
-from trainables.prepare import prepare_splits, split_validation, standardize
-from trainables.train import TrainingRun, train_to_accuracy
+from trainables.training.loops import evaluate, make_loop
+from trainables.training.model import InstrumentNet
+from trainables.training.optim import make_optimizer
+from trainables.data.splits import prepare_splits, split_validation, standardize
+from trainables.training.run import TrainingRun, train_to_accuracy
 
 from conftest import blobs
 
@@ -149,7 +150,7 @@ def test_bad_train_config_names_the_field(kwargs, field):
 
 
 def test_fused_adam_steps_exactly_like_adam_and_checkpoints_alike():
-    from trainables.optim import FusedAdam
+    from trainables.training.optim import FusedAdam
 
     torch.manual_seed(0)
     a, b = InstrumentNet(12, 32, 5), InstrumentNet(12, 32, 5)

@@ -1,4 +1,4 @@
-"""The one error type for bad user input (config, data, paths, cluster address)."""
+"""The one error type for bad user input (config, data, paths, cluster address), and field checks."""
 
 from __future__ import annotations
 
@@ -14,3 +14,21 @@ class InputError(ValueError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+def require_int(name: str, value: object, minimum: int) -> None:
+    """InputError(name, ...) unless `value` is an integer (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(name, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def require_number(name: str, value: object) -> None:
+    """InputError(name, ...) unless `value` is an int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(name, f"must be a number, got {value!r}")
+
+
+def require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """InputError(name, ...) unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise InputError(name, f"must be one of {', '.join(allowed)}; got {value!r}")

@@ -12,14 +12,12 @@ here; this file only wires arguments to functions and turns bad input into
 from __future__ import annotations
 
 import argparse
-import atexit
-import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from trainables.errors import InputError
+from tune_jobs.quick_exit import exit_now
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -60,19 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> NoReturn:
     """The `instrument-sweep` script: `main()`, then a quick exit."""
     exit_now(main())
-
-
-def exit_now(code: int) -> NoReturn:
-    """Exit as Python does, minus tearing down every module one by one (about 1 s with torch,
-    pandas and Ray loaded; it writes nothing). Threads still working are waited for, then the
-    exit handlers run: they stop a local Ray and flush logs."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

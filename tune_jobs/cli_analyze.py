@@ -15,7 +15,9 @@ import argparse
 from pathlib import Path
 
 from trainables.errors import InputError
-from tune_jobs import storage
+from analysis import storage
+from analysis.storage import SPEC_FILE
+from tune_jobs.spec import read_spec
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +38,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         under = Path(storage.DEFAULT_STORAGE, args.path)
         hint = f"; did you mean {under}?" if under.is_dir() else ""
         raise InputError("PATH", f"{args.path} does not exist{hint}")
-    report = write_report(experiment, args.out)
+    spec_file = storage.join(experiment, SPEC_FILE)
+    info = read_spec(experiment).report_info() if storage.exists(spec_file) else None
+    report = write_report(experiment, args.out, info)
     folder = Path(report).parent
     print(f"analysis: {folder}")
     for file in sorted(folder.iterdir()):

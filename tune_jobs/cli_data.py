@@ -51,7 +51,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from trainables.dataset import describe, resolve_dataset
+    from trainables.data.dataset import describe
+    from trainables.data.sources import resolve_dataset
 
     print(describe(resolve_dataset(args.dataset)))
     return 0
@@ -61,7 +62,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trainables.errors import InputError
-    from trainables.synth import SynthConfig, builtin_dataset_dir, generate_synthetic
+    from trainables.data.synthetic import SynthConfig, builtin_dataset_dir, generate_synthetic
 
     overrides = {k: v for k, v in (("files_per_class", args.files_per_class), ("seed", args.seed)) if v is not None}
     config = replace(SynthConfig(), **overrides)
@@ -81,7 +82,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from trainables.features import audio_to_dataset
+    from trainables.data.audio_dataset import audio_to_dataset
 
     summary = audio_to_dataset(
         args.audio_dir,
@@ -98,7 +99,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_show_audio(args: argparse.Namespace) -> int:
-    from trainables.spectrogram import save_mel_spectrogram
+    from trainables.data.spectrogram import save_mel_spectrogram
 
     print(save_mel_spectrogram(args.file, args.out))
     return 0

@@ -22,7 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from trainables.errors import InputError
-from tune_jobs import storage
+from trainables.training.stop import ENDED_BY_RULE, Status
+from analysis import storage
 from tune_jobs.cluster import connect, disconnect
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
@@ -133,7 +134,7 @@ def experiment_under(root: str, name_or_path: str) -> str:
 
 
 def load_data(spec: SweepSpec):
-    from trainables.dataset import resolve_dataset
+    from trainables.data.sources import resolve_dataset
 
     try:
         dataset = resolve_dataset(spec.data)
@@ -157,9 +158,7 @@ def connect_and_describe(address: str | None, verbose: bool):
 
 
 def print_spec(spec: SweepSpec, trials: bool = True) -> None:
-    rule = spec.stop
-    goal = (f"{rule.metric} >= {rule.threshold:g} for {rule.patience} epochs in a row (max {rule.max_epochs})"
-            if not rule.fixed_epochs else f"{rule.max_epochs} fixed epochs")
+    goal = spec.stop.describe()
     t = spec.train
     print(f"sweep: {spec.name} -- {spec.description}".rstrip(" -"))
     print(f"train: {t.n_hidden} {t.activation} units, {t.optimizer}, loader {t.loader}, "
@@ -184,7 +183,8 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> 
 
     trials = analysis.load_trials(experiment)
     print_summary(trials)
-    unfinished = len(spec.trials()) - int(trials.status.isin(["reached_target", "max_epochs", "diverged", "error"]).sum())
+    ended = [s.value for s in (*ENDED_BY_RULE, Status.ERROR)]
+    unfinished = len(spec.trials()) - int(trials.status.isin(ended).sum())
     if unfinished:
         check_stopped_for_space(root, experiment)
         print(f"interrupted with {unfinished} trial(s) unfinished; continue with `instrument-sweep resume {experiment}`")
@@ -192,9 +192,9 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> 
     if analyze:
         from analysis.report import write_report
 
-        out = write_report(experiment)
+        out = write_report(experiment, info=spec.report_info())
         print(f"report: {out}")
-    failed = trials[trials.status == "error"]
+    failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
         print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `instrument-sweep resume "
               f"{experiment}` retries them")

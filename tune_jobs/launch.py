@@ -11,18 +11,16 @@ files. Every trial is one point of the spec; the union of the views runs once.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
-# Our progress lines replace Tune's tables; Tune's snapshot warning fires on every checkpoint.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from ray import tune  # noqa: E402
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
-
-from trainables.stopper import ThresholdPatienceStopper
-from trainables.trainable import sweep_trial
-from tune_jobs import storage
+from trainables.tuning.stopper import StatusStopper
+from trainables.tuning.trial import sweep_trial
+from analysis import storage
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import SweepProgress
 from tune_jobs.spec import SPEC_FILE, SweepSpec
@@ -58,9 +56,26 @@ def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
     )
 
 
-def stopper(spec: SweepSpec) -> ThresholdPatienceStopper:
-    rule = spec.stop
-    return ThresholdPatienceStopper(rule.metric, rule.threshold, rule.patience, rule.max_epochs)
+@contextmanager
+def tune_settings(auto_loggers: bool) -> Iterator[None]:
+    """Tune's environment switches for the span of one `fit()`, restored afterwards.
+
+    Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0), Tune's
+    snapshot warning would fire on every checkpoint, and `auto_loggers=False`
+    keeps Tune to the loggers a sweep names (no TensorBoard files).
+    """
+    wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0" if auto_loggers else "1"}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
@@ -71,7 +86,6 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     storage.write_text(storage.join(storage_root, name, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
     # The loggers named below write result.json (what analysis reads) and progress.csv; Tune adds
     # no others, TensorBoard's included (it adds 19% to a sweep's CPU time, on the trials' cores).
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     tuner = tune.Tuner(
         trainable(spec, dataset, cluster),
         param_space=param_space(spec),
@@ -79,7 +93,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_root,
-            stop=stopper(spec),
+            stop=StatusStopper(),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
@@ -88,13 +102,14 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             verbose=0,
         ),
     )
-    return tuner.fit()
+    with tune_settings(auto_loggers=False):
+        return tuner.fit()
 
 
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo) -> tune.ResultGrid:
     """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue."""
+    tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
     # The restored experiment brings its own loggers; Tune adds any it lacks (an experiment
     # from before start_sweep named them has none).
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0"
-    tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
-    return tuner.fit()
+    with tune_settings(auto_loggers=True):
+        return tuner.fit()

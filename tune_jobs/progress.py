@@ -8,6 +8,8 @@ import time
 
 from ray import tune
 
+from trainables.training.report import EpochReport
+
 HEARTBEAT_S = 10.0
 
 
@@ -22,11 +24,10 @@ def trial_label(config: dict) -> str:
     return f"#{t.get('number', '?')} lr={t.get('lr', float('nan')):g} batch={t.get('batch_size', '?')} seed={t.get('seed', '?')}"
 
 
-def result_line(result: dict) -> str:
+def result_line(report: EpochReport) -> str:
     """epoch, validation accuracy, hits, time and energy so far."""
-    return (f"epoch {result.get('epoch', '?'):>3}  val_acc {result.get('val_acc', float('nan')):.4f}  "
-            f"hits {result.get('hits_in_a_row', 0)}  {result.get('time_s', float('nan')):.1f} s  "
-            f"{fmt_energy(result.get('energy_j'))}")
+    return (f"epoch {report.epoch:>3}  val_acc {report.val_acc:.4f}  hits {report.hits_in_a_row}  "
+            f"{report.time_s:.1f} s  {fmt_energy(report.energy_j)}")
 
 
 class SweepProgress(tune.Callback):
@@ -36,7 +37,7 @@ class SweepProgress(tune.Callback):
         self.n_trials = n_trials
         self.heartbeat_s = heartbeat_s
         self._last_beat = time.monotonic()
-        self._last: dict[str, dict] = {}
+        self._last: dict[str, EpochReport] = {}
 
     def _print(self, trials: list, line: str, ending=None) -> None:
         """`ending`: the trial being completed now (Tune updates its status after the callback)."""
@@ -47,7 +48,7 @@ class SweepProgress(tune.Callback):
         self._print(trials, f"start  {trial_label(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._last[trial.trial_id] = result
+        self._last[trial.trial_id] = EpochReport.from_dict(result)
         if time.monotonic() - self._last_beat >= self.heartbeat_s:
             self._last_beat = time.monotonic()
             for t in trials:
@@ -55,10 +56,9 @@ class SweepProgress(tune.Callback):
                     self._print(trials, f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        test = result.get("test_acc", float("nan"))
-        self._print(trials, f"done   {trial_label(trial.config)}  {result.get('status', '?')}  {result_line(result)}"
-                    + (f"  test_acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""), trial)
+        report = EpochReport.from_dict(trial.last_result or {})
+        test = f"  test_acc {report.test_acc:.4f}" if math.isfinite(report.test_acc) else ""
+        self._print(trials, f"done   {trial_label(trial.config)}  {report.status}  {result_line(report)}{test}", trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})", trial)

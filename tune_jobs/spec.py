@@ -21,11 +21,13 @@ from typing import Any
 
 import yaml
 
-from trainables.config import StopRule, TrainConfig
+from analysis import storage
+from analysis.storage import SPEC_FILE
+from trainables.training.config import TrainConfig
+from trainables.training.stop import StopRule
 from trainables.errors import InputError
 
 PRESETS_DIR = Path(__file__).with_name("sweeps")
-SPEC_FILE = "sweep.yaml"  # the resolved spec, written into each experiment beside Tune's state
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
 TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources")
@@ -139,6 +141,13 @@ class SweepSpec:
                     raise InputError(where, f"{b} is larger than the training split ({n_fit} rows after "
                                             f"holding out {self.train.val_fraction:g} for validation)")
 
+    def report_info(self):
+        """What the analysis needs of this spec (`analysis.report.ExperimentInfo`)."""
+        from analysis.report import ExperimentInfo
+
+        return ExperimentInfo(self.name, self.description, self.stop, tuple((v.name, v.swept) for v in self.views),
+                              self.repeats, from_spec=True)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data that `spec_from_dict` reads back (what sweep.yaml records)."""
         return {
@@ -179,9 +188,18 @@ def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str
 
 def read_spec(experiment: str) -> SweepSpec:
     """The spec an experiment was started with (its sweep.yaml, local or cloud)."""
-    from tune_jobs import storage
-
-    return spec_from_dict(yaml.safe_load(storage.read_text(storage.join(experiment, SPEC_FILE))))
+    path = storage.join(experiment, SPEC_FILE)
+    try:
+        raw = yaml.safe_load(storage.read_text(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(path, f"is not valid YAML{where}; restore it or start a new sweep") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "must be a YAML mapping (the sweep's resolved spec)")
+    return spec_from_dict(raw)
 
 
 def _spec_path(source: str | Path | None) -> Path:

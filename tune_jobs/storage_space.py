@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 
 from trainables.errors import InputError
-from tune_jobs import storage
+from analysis import storage
 
 MIN_FREE_TO_START_MB = 64.0  # a sweep's checkpoints and logs need room to grow
 MIN_FREE_TO_CONTINUE_MB = 32.0  # below this, stop while the state can still be written

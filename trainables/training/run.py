@@ -1,6 +1,6 @@
 """Train to a target accuracy, one epoch at a time, with time and energy per epoch.
 
-    from trainables.train import train_to_accuracy
+    from trainables.training.run import train_to_accuracy
     result = train_to_accuracy(splits, TrainConfig(lr=1e-3, batch_size=128), StopRule())
     result.epochs, result.test_acc, result.time_s, result.energy_j
 
@@ -17,79 +17,41 @@ the between windows are summed apart as overhead, so nothing goes unmeasured.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from trainables import stop_rule
-from trainables.config import StopRule, TrainConfig
-from trainables.device import select_device
-from trainables.energy import NAN, EnergyMeter, EnergyWindow
-from trainables.loops import EpochStats, evaluate, make_loop
-from trainables.model import InstrumentNet
-from trainables.optim import make_optimizer
-from trainables.prepare import Splits
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """What one epoch reports. Times in seconds, energies in joules (NaN: not measured).
-
-    `time_s` and `energy_j` are cumulative since the trial began: at the last
-    epoch they are the time and energy to accuracy. `test_acc`/`test_loss` are
-    NaN except where test was evaluated (the stopping epoch; every epoch in
-    fixed-epochs mode).
-    """
-
-    epoch: int
-    train_acc: float
-    train_loss: float
-    val_acc: float
-    val_loss: float
-    hits_in_a_row: int
-    epoch_time_s: float
-    time_s: float
-    epoch_energy_j: float
-    energy_j: float
-    gpu_energy_j: float
-    cpu_energy_j: float
-    overhead_time_s: float  # cumulative time between epochs (reporting, checkpointing), not in time_s
-    overhead_energy_j: float  # cumulative energy between epochs, not in energy_j
-    energy_window_s: float
-    energy_below_resolution: bool
-    energy_source: str
-    status: str
-    test_acc: float = NAN
-    test_loss: float = NAN
-
-    @property
-    def done(self) -> bool:
-        return self.status != stop_rule.RUNNING
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from trainables.training.config import TrainConfig
+from trainables.training.device import select_device
+from trainables.training.energy import NAN, EnergyMeter, EnergyWindow
+from trainables.training.loops import EpochStats, evaluate, make_loop
+from trainables.training.model import InstrumentNet
+from trainables.training.optim import make_optimizer
+from trainables.data.splits import Splits
+from trainables.training.report import EpochReport
+from trainables.training.stop import Status, StopRule
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """The outcome of `train_to_accuracy`: the seed's (test_acc, test_loss, epochs) and more."""
 
-    status: str  # reached_target, max_epochs or diverged
+    status: Status  # REACHED_TARGET, MAX_EPOCHS or DIVERGED
     epochs: int
     test_acc: float
     test_loss: float
     time_s: float
     energy_j: float
     energy_source: str
-    history: list[EpochRecord] = field(default_factory=list)
+    history: list[EpochReport] = field(default_factory=list)
 
     @property
     def reached_target(self) -> bool:
-        return self.status == stop_rule.REACHED_TARGET
+        return self.status is Status.REACHED_TARGET
 
     @property
     def diverged(self) -> bool:
-        return self.status == stop_rule.DIVERGED
+        return self.status is Status.DIVERGED
 
 
 class TrainingRun:
@@ -126,7 +88,7 @@ class TrainingRun:
         self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
         self.overhead_time_s = 0.0
         self.overhead_energy_j = 0.0 if self.meter.source != "none" else NAN
-        self.status = stop_rule.RUNNING
+        self.status = Status.RUNNING
         self._window: str | None = None  # which window is open: None, "epoch" or "between"
 
     @property
@@ -136,9 +98,9 @@ class TrainingRun:
 
     @property
     def done(self) -> bool:
-        return self.status != stop_rule.RUNNING
+        return self.status is not Status.RUNNING
 
-    def run_epoch(self) -> EpochRecord:
+    def run_epoch(self) -> EpochReport:
         """Train one epoch, validate (and test when this epoch ends the run); measure it all."""
         if self.done:
             raise RuntimeError(f"training already ended ({self.status})")
@@ -152,8 +114,8 @@ class TrainingRun:
         self.epoch += 1
         train = self.loop.train_epoch(self.model, self.optimizer)
         val = evaluate(self.model, *self.val) if not train.diverged else EpochStats(NAN, NAN, 0)
-        self.hits_in_a_row = stop_rule.next_hits(self.hits_in_a_row, val.acc, self.rule.threshold)
-        self.status = stop_rule.stop_status(self.epoch, self.hits_in_a_row, self.rule, train.diverged)
+        watched = val.acc if self.rule.metric == "val_acc" else val.loss
+        self.hits_in_a_row, self.status = self.rule.after_epoch(self.epoch, self.hits_in_a_row, watched, train.diverged)
         test = None
         if not train.diverged and (self.done or self.rule.fixed_epochs):
             test = evaluate(self.model, *self.test)
@@ -163,11 +125,11 @@ class TrainingRun:
 
     def _record(
         self, train: EpochStats, val: EpochStats, test: EpochStats | None, window: EnergyWindow
-    ) -> EpochRecord:
+    ) -> EpochReport:
         self.time_s += window.time_s
         self.gpu_energy_j += window.gpu_j  # NaN (not measured) stays NaN, never 0
         self.cpu_energy_j += window.cpu_j
-        return EpochRecord(
+        return EpochReport(
             epoch=self.epoch,
             train_acc=train.acc,
             train_loss=train.loss,
@@ -182,10 +144,9 @@ class TrainingRun:
             cpu_energy_j=self.cpu_energy_j,
             overhead_time_s=self.overhead_time_s,
             overhead_energy_j=self.overhead_energy_j,
-            energy_window_s=window.time_s,
             energy_below_resolution=window.below_resolution,
             energy_source=window.source,
-            status=self.status,
+            status=self.status.value,
             test_acc=test.acc if test else NAN,
             test_loss=test.loss if test else NAN,
         )
@@ -209,7 +170,7 @@ class TrainingRun:
             "cpu_energy_j": self.cpu_energy_j,
             "overhead_time_s": self.overhead_time_s,
             "overhead_energy_j": self.overhead_energy_j,
-            "status": self.status,
+            "status": self.status.value,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -224,7 +185,7 @@ class TrainingRun:
         self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
         self.overhead_time_s = float(state["overhead_time_s"])
         self.overhead_energy_j = float(state["overhead_energy_j"]) if self.meter.source != "none" else NAN
-        self.status = str(state["status"])
+        self.status = Status(state["status"])
 
 
 def train_to_accuracy(
@@ -248,7 +209,7 @@ def train_to_accuracy(
         history.append(run.run_epoch())
     last = history[-1]
     return TrainResult(
-        status=last.status,
+        status=Status(last.status),
         epochs=last.epoch,
         test_acc=last.test_acc,
         test_loss=last.test_loss,

@@ -19,6 +19,7 @@ from trainables.errors import InputError
 URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
 STORAGE_ENV = "INSTRUMENT_SWEEP_STORAGE"  # the default root where set (cluster.yaml sets it)
 DEFAULT_STORAGE = os.environ.get(STORAGE_ENV, "./sweeps")
+SPEC_FILE = "sweep.yaml"  # an experiment's resolved spec, written beside Ray Tune's state
 
 
 def is_uri(location: str) -> bool:

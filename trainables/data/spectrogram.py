@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.errors import InputError
-from trainables.features import read_audio
+from trainables.data.audio_dataset import read_audio
 
 SAMPLE_RATE_HZ = 22050  # librosa.load's default, as the seed loads
 N_MELS = 128

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainables.optim import batch_stepper
+from trainables.training.optim import batch_stepper
 
 EVAL_CHUNK_ROWS = 16384  # rows per forward pass in `evaluate`
 

@@ -1,6 +1,6 @@
 """Import Zeus's `ZeusMonitor` without scikit-learn, which it loads for one function.
 
-    from trainables.zeus_import import zeus_monitor_class
+    from trainables.training.zeus_import import zeus_monitor_class
     ZeusMonitor = zeus_monitor_class()
 
 `zeus.monitor` imports `sklearn.metrics.auc` at module level; PowerMonitor

@@ -1,6 +1,6 @@
 """Audio samples -> notes -> one 120-dimensional MFCC feature vector per note.
 
-    from trainables.notes import FeatureRecipe, NoteFeaturizer
+    from trainables.data.note_features import FeatureRecipe, NoteFeaturizer
     featurizer = NoteFeaturizer(FeatureRecipe())
     features = featurizer(y)        # y: mono float32 at recipe.sample_rate_hz -> (n_notes, 120)
 

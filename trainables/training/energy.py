@@ -73,7 +73,7 @@ class EnergyMeter:
     _WINDOW = "instrument-sweep-window"
 
     def __init__(self, gpu_indices: list[int] | None = None, cpu: bool = True) -> None:
-        from trainables.zeus_import import zeus_monitor_class
+        from trainables.training.zeus_import import zeus_monitor_class
 
         ZeusMonitor = zeus_monitor_class()
         gpus = _visible_gpu_indices() if gpu_indices is None else list(gpu_indices)

@@ -7,7 +7,7 @@
 Labels come from the folder names (sorted), files from anywhere below each folder
 (.aiff .aif .wav .flac). Each file: decoded with soundfile, loaded by librosa as mono
 at the recipe's sample rate, split into notes, one feature vector per note
-(trainables.notes). Unreadable, corrupt, empty or silent files are skipped and
+(trainables.data.note_features). Unreadable, corrupt, empty or silent files are skipped and
 listed; they never abort the run. The train/test split is by file, stratified per
 class and seeded, so the notes of one recording never sit on both sides. The
 output directory appears complete or not at all (Ctrl-C leaves nothing behind).
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.dataset import write_dataset
+from trainables.data.dataset import write_dataset
 from trainables.errors import InputError
-from trainables.notes import (
+from trainables.data.note_features import (
     DEFAULT_RECIPE,
     FeatureRecipe,
     NoteFeaturizer,
     UnusableAudio,
 )
-from trainables.parallel import map_chunks, map_chunks_ray
+from trainables.data.parallel import map_chunks, map_chunks_ray
 
 AUDIO_SUFFIXES = (".aiff", ".aif", ".wav", ".flac")
 

@@ -4,9 +4,11 @@
 
 Reads like the seed's loop: build the run, continue from a checkpoint if Tune
 retried the trial, then per epoch train + validate (+ test at the stop) inside
-one energy window, report the metrics and save a checkpoint (model, optimizer,
-RNG, counters, cumulative time and energy) so a retry continues the sums. The
-reporting and checkpointing fall in the "between" windows, timed as overhead.
+one energy window, report an `EpochReport` and save a checkpoint (model,
+optimizer, RNG, counters, cumulative time and energy, and what produced it:
+the trial's config and the dataset's fingerprint) so a retry continues the sums
+and never continues on other data. Reporting and checkpointing fall in the
+"between" windows, timed as overhead.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ from typing import TYPE_CHECKING
 import ray
 from ray import tune
 
-from trainables.config import StopRule, TrainConfig
+from trainables.training.config import TrainConfig
+from trainables.training.stop import StopRule
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 
 if TYPE_CHECKING:
-    from trainables.dataset import Dataset
+    from trainables.data.dataset import Dataset
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint written by another trial config or for other data."""
 
 
 def resident_mib() -> float:
@@ -48,6 +55,17 @@ def ray_placement() -> dict:
     return {"node_id": context.get_node_id(), "gpu_ids": ",".join(map(str, gpu_ids))}
 
 
+def check_provenance(saved: dict, trial: dict, fingerprint: dict) -> None:
+    """Raise CheckpointMismatch unless a checkpoint's provenance is this trial's config and data."""
+    if saved.get("dataset") != fingerprint:
+        raise CheckpointMismatch("checkpoint was written for another dataset (shape, dtype or contents differ); "
+                                 "start a new sweep for this data")
+    if saved.get("trial") != trial:
+        changed = sorted(k for k in set(trial) | set(saved.get("trial", {}))
+                         if trial.get(k) != saved.get("trial", {}).get(k))
+        raise CheckpointMismatch(f"checkpoint was written by another trial config ({', '.join(changed)} differ)")
+
+
 def sweep_trial(config: dict, dataset: "Dataset") -> None:
     """One sweep trial. `config["trial"]` holds number, lr, batch_size, seed, views, train, stop."""
     started_at_s = time.time()
@@ -55,11 +73,12 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
     # schedules trials, never imports torch (1.7 s and 200 MiB).
     import torch
 
-    from trainables.device import device_name
-    from trainables.prepare import prepare_splits
-    from trainables.train import TrainingRun
+    from trainables.data.splits import prepare_splits
+    from trainables.training.device import device_name
+    from trainables.training.run import TrainingRun
 
     trial = config["trial"]
+    provenance = {"trial": trial, "dataset": dataset.fingerprint}
     train_config, rule = TrainConfig(**trial["train"]), StopRule(**trial["stop"])
     splits = prepare_splits(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y,
                             train_config.val_fraction, train_config.seed)
@@ -78,20 +97,22 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
     if checkpoint:
         with checkpoint.as_directory() as path:
             try:
-                run.load_state_dict(torch.load(Path(path) / STATE_FILE, weights_only=True))
+                state = torch.load(Path(path) / STATE_FILE, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: say which, and why
                 raise RuntimeError(f"checkpoint {checkpoint.path} cannot be loaded (corrupted, or not written "
                                    f"by this project): {type(exc).__name__}") from exc
+            check_provenance(state.get("provenance", {}), trial, dataset.fingerprint)
+            run.load_state_dict(state)
             if run.done:  # finished, but the final result may not have reached Tune
                 tune.report(json.loads((Path(path) / RESULT_FILE).read_text()))
                 return
     try:
         while not run.done:
-            result = {**run.run_epoch().to_dict(), **labels,
-                      "started_at_s": started_at_s, "ended_at_s": time.time(),  # this attempt's wall clock
-                      "rss_mib": resident_mib()}
+            report = run.run_epoch().labelled(**labels, started_at_s=started_at_s, ended_at_s=time.time(),
+                                              rss_mib=resident_mib())
+            result = report.to_dict()
             with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
-                torch.save(run.state_dict(), Path(path) / STATE_FILE)
+                torch.save({**run.state_dict(), "provenance": provenance}, Path(path) / STATE_FILE)
                 (Path(path) / RESULT_FILE).write_text(json.dumps(result))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
     finally:

@@ -1,13 +1,12 @@
-"""Dataset directories: load and validate, write atomically, resolve "synthetic".
+"""Dataset directories: load and validate, write atomically.
 
     instrument-sweep data info DIR          # counts per split and per class
-    instrument-sweep data info synthetic    # the built-in dataset (generated once, cached)
 
-    from trainables.dataset import resolve_dataset
-    ds = resolve_dataset("synthetic")       # or a directory path
-    ds.train_x.shape, ds.n_classes, ds.classes
+    from trainables.data.dataset import load_dataset
+    ds = load_dataset("data/uiowa")
+    ds.train_x.shape, ds.n_classes, ds.classes, ds.fingerprint
 
-Format (../shared/docs/DESIGN.md, "Dataset directory format"):
+Format (README, "Dataset directories"):
 `{prefix}train_data.npy` float (n_train, n_features), `{prefix}train_labels.npy`
 int (n_train,), the same for test; optional `classes.json` (names, index = label)
 and `metadata.json`. The UIowa release uses prefix "uiowa_", generated datasets
@@ -16,6 +15,8 @@ none. Every problem is an `InputError` naming the file; nothing is ever unpickle
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,6 @@ import numpy as np
 
 from trainables.errors import InputError
 
-SYNTHETIC = "synthetic"  # the dataset spec that means the built-in synthetic instruments
 CLASSES_FILE = "classes.json"
 METADATA_FILE = "metadata.json"
 PARTS = ("train_data", "train_labels", "test_data", "test_labels")
@@ -50,6 +50,18 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(self.train_x.shape[1])
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        """Shape, dtype and a BLAKE2 hash of each array: what a checkpoint records of its data."""
+        parts = {"train_x": self.train_x, "train_y": self.train_y, "test_x": self.test_x, "test_y": self.test_y}
+        out: dict = {}
+        digest = hashlib.blake2b(digest_size=16)
+        for name, array in parts.items():
+            out[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+            digest.update(np.ascontiguousarray(array).data)
+        out["blake2b"] = digest.hexdigest()
+        return out
 
     @property
     def n_classes(self) -> int:
@@ -86,16 +98,6 @@ def describe(ds: Dataset) -> str:
     for label, name in enumerate(ds.classes):
         lines.append(f"{label:>5}  {name:<{width}}  {train_counts[label]:>7}  {test_counts[label]:>7}")
     return "\n".join(lines)
-
-
-def resolve_dataset(spec: str) -> Dataset:
-    """The dataset a spec names: "synthetic" is the built-in one (generated and cached on first
-    use), anything else a dataset directory."""
-    if spec == SYNTHETIC:
-        from trainables.synth import builtin_dataset_dir
-
-        return load_dataset(builtin_dataset_dir())
-    return load_dataset(spec)
 
 
 # -- loading and validation -----------------------------------------------------------------

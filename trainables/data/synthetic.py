@@ -4,7 +4,7 @@ passed through the same note splitter and feature extractor as real recordings.
     instrument-sweep data synth --out data/synthetic     # write a copy anywhere
     instrument-sweep data info synthetic                  # generate once into the cache, describe
 
-    from trainables.synth import builtin_dataset_dir
+    from trainables.data.synthetic import builtin_dataset_dir
     path = builtin_dataset_dir()     # $INSTRUMENT_SWEEP_CACHE or ~/.cache/instrument-sweep
 
 Each "recording" is like a UIowa file: one instrument, one dynamic (pp, mf, ff),
@@ -33,16 +33,16 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from trainables.dataset import write_dataset
+from trainables.data.dataset import write_dataset
 from trainables.errors import InputError
-from trainables.features import FileFeatures, assemble
-from trainables.notes import (
+from trainables.data.audio_dataset import FileFeatures, assemble
+from trainables.data.note_features import (
     DEFAULT_RECIPE,
     FeatureRecipe,
     NoteFeaturizer,
     UnusableAudio,
 )
-from trainables.parallel import map_chunks
+from trainables.data.parallel import map_chunks
 
 SYNTH_VERSION = "2"
 CACHE_ENV = "INSTRUMENT_SWEEP_CACHE"

@@ -1,0 +1,85 @@
+"""`EpochReport`: the one definition of what a trial reports after each epoch.
+
+    report = run.run_epoch()                        # training fills the metrics
+    report = report.labelled(trial_number=3, ...)   # the Tune trial adds who and where
+    tune.report(report.to_dict())                   # -> result.json, one line per epoch
+    EpochReport.from_dict(row)                      # how progress lines and analysis read it back
+
+Times are seconds, energies joules; NaN means "not measured" (never 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from trainables.training.stop import Status
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One trial's report for one epoch.
+
+    `time_s` and `energy_j` are cumulative since the trial began: on the last
+    epoch they are the time and energy to accuracy. `test_acc`/`test_loss` are
+    NaN except where test was evaluated (the stopping epoch; every epoch in
+    fixed-epochs mode). The labels after `test_loss` are filled by the Tune trial.
+    """
+
+    epoch: int = 0
+    train_acc: float = NAN
+    train_loss: float = NAN
+    val_acc: float = NAN
+    val_loss: float = NAN
+    hits_in_a_row: int = 0  # epochs in a row at the stop rule's target
+    epoch_time_s: float = NAN  # this epoch's window: training, validation (and test on the last)
+    time_s: float = NAN  # cumulative epoch windows: the time to accuracy at the stop
+    epoch_energy_j: float = NAN
+    energy_j: float = NAN  # cumulative GPU + CPU joules over what was measured
+    gpu_energy_j: float = NAN
+    cpu_energy_j: float = NAN  # CPU packages plus DRAM (RAPL)
+    overhead_time_s: float = NAN  # cumulative time between epochs (reporting, checkpointing), not in time_s
+    overhead_energy_j: float = NAN  # cumulative energy between epochs, not in energy_j
+    energy_below_resolution: bool = False  # this epoch's window was shorter than the counter can resolve
+    energy_source: str = "none"  # "gpu", "cpu", "gpu+cpu" or "none"
+    status: str = Status.RUNNING.value  # a `Status` value: the stop rule's decision after this epoch
+    test_acc: float = NAN
+    test_loss: float = NAN
+    # -- labels: which trial, and where it ran
+    trial_number: int = 0
+    lr: float = NAN
+    batch_size: int = 0
+    seed: int = 0
+    views: str = ""  # comma-separated names of the views the trial belongs to
+    device: str = ""  # GPU model name or "cpu"
+    node: str = ""  # host name
+    node_id: str = ""  # Ray node id
+    gpu_ids: str = ""  # Ray's GPU ids of the trial, comma-separated ("" on CPU)
+    started_at_s: float = NAN  # wall clock (Unix seconds) when this attempt of the trial began
+    ended_at_s: float = NAN  # wall clock when this report was made
+    rss_mib: float = NAN  # the trial process's resident memory
+
+    @property
+    def done(self) -> bool:
+        return Status(self.status) is not Status.RUNNING
+
+    @property
+    def energy_measured(self) -> bool:
+        return math.isfinite(self.energy_j)
+
+    def labelled(self, **labels) -> EpochReport:
+        """This report with the trial's labels filled in."""
+        return replace(self, **labels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> EpochReport:
+        """Read back a reported row; keys it lacks take their defaults, extra keys are ignored."""
+        return cls(**{name: row[name] for name in FIELDS if name in row and row[name] is not None})
+
+
+FIELDS = tuple(f.name for f in fields(EpochReport))

@@ -1,0 +1,107 @@
+"""The stop rule: the one place that decides when a trial stops, and what its statuses mean.
+
+    rule = StopRule(threshold=0.98, patience=3, max_epochs=100)      # the seed's rule
+    hits, status = rule.after_epoch(epoch=5, hits_in_a_row=2, value=0.985, diverged=False)
+    status is Status.REACHED_TARGET
+
+The trial (`TrainingRun.run_epoch`) calls `after_epoch` once per epoch and reports
+the resulting `status`; the Tune stopper (`trainables.tuning.stopper`) only carries
+that decision out. Every other package reads statuses through `Status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from trainables.errors import InputError, require_int, require_number
+
+# Metrics a trial reports each epoch that a rule may watch, and which way is better.
+METRIC_MODES = {"val_acc": "max", "val_loss": "min"}
+
+
+class Status(str, Enum):
+    """A trial's status. The trial reports the first four; analysis adds ERROR for trials that raised."""
+
+    RUNNING = "running"
+    REACHED_TARGET = "reached_target"  # the target held for `patience` epochs in a row
+    MAX_EPOCHS = "max_epochs"  # the cap (or, in fixed-epochs mode, the planned number of epochs)
+    DIVERGED = "diverged"  # a non-finite training loss: stopped at once
+    ERROR = "error"  # the trial raised (Ray Tune's error.txt); never reported by a trial
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended_by_rule(self) -> bool:
+        """True for the statuses the stop rule ends a trial with."""
+        return self in ENDED_BY_RULE
+
+
+ENDED_BY_RULE = frozenset({Status.REACHED_TARGET, Status.MAX_EPOCHS, Status.DIVERGED})
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """The seed's rule: stop once `metric` reaches `threshold` for `patience` epochs in a row.
+
+    "Reaches" is >= for val_acc and <= for val_loss. `threshold=None` means
+    fixed-epochs mode: train exactly `max_epochs` epochs.
+    """
+
+    threshold: float | None = 0.98  # target of `metric`; val_acc: in (0, 1]; val_loss: > 0
+    patience: int = 3  # consecutive epochs at the target
+    max_epochs: int = 100  # hard cap on epochs
+    metric: str = "val_acc"  # the reported metric the rule watches: val_acc or val_loss
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_MODES:
+            raise InputError("metric", f"must be one of {', '.join(METRIC_MODES)} (what a trial reports "
+                                            f"each epoch); got {self.metric!r}")
+        require_int("max_epochs", self.max_epochs, minimum=1)
+        require_int("patience", self.patience, minimum=1)
+        if self.threshold is not None:
+            require_number("threshold", self.threshold)
+            if self.metric == "val_acc" and not 0.0 < self.threshold <= 1.0:
+                raise InputError("threshold", f"must be in (0, 1] for val_acc, got {self.threshold!r}")
+            if self.metric == "val_loss" and not self.threshold > 0.0:
+                raise InputError("threshold", f"must be > 0 for val_loss, got {self.threshold!r}")
+            if self.patience > self.max_epochs:
+                raise InputError("patience", f"must be <= max_epochs ({self.max_epochs}), got {self.patience}")
+
+    @property
+    def fixed_epochs(self) -> bool:
+        """True when there is no target: the run trains `max_epochs` epochs."""
+        return self.threshold is None
+
+    @property
+    def mode(self) -> str:
+        """"max" when higher values of `metric` are better, else "min"."""
+        return METRIC_MODES[self.metric]
+
+    def reaches(self, value: float) -> bool:
+        """Whether one epoch's `metric` value is at the target (NaN never is)."""
+        if self.threshold is None:
+            return False
+        return value >= self.threshold if self.mode == "max" else value <= self.threshold
+
+    def after_epoch(self, epoch: int, hits_in_a_row: int, value: float, diverged: bool) -> tuple[int, Status]:
+        """(hits in a row, status) after `epoch` (1-based) scored `value` on `metric`.
+
+        Divergence wins; then the target held for `patience` epochs; then max_epochs.
+        """
+        hits = hits_in_a_row + 1 if self.reaches(value) else 0
+        if diverged:
+            return hits, Status.DIVERGED
+        if self.threshold is not None and hits >= self.patience:
+            return hits, Status.REACHED_TARGET
+        if epoch >= self.max_epochs:
+            return hits, Status.MAX_EPOCHS
+        return hits, Status.RUNNING
+
+    def describe(self) -> str:
+        """One line, e.g. "val_acc >= 0.98 for 3 epochs in a row (max 100 epochs)"."""
+        if self.fixed_epochs:
+            return f"{self.max_epochs} fixed epochs (no target)"
+        op = ">=" if self.mode == "max" else "<="
+        return f"{self.metric} {op} {self.threshold:g} for {self.patience} epochs in a row (max {self.max_epochs} epochs)"
