@@ -20,6 +20,7 @@ URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
 STORAGE_ENV = "INSTRUMENT_SWEEP_STORAGE"  # the default root where set (cluster.yaml sets it)
 DEFAULT_STORAGE = os.environ.get(STORAGE_ENV, "./sweeps")
 SPEC_FILE = "sweep.yaml"  # an experiment's resolved spec, written beside Ray Tune's state
+DATASET_FILE = "dataset.json"  # the fingerprint of the data it trains on (shape, dtype, hash)
 
 
 def is_uri(location: str) -> bool:

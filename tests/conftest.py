@@ -1,13 +1,29 @@
-"""Shared fixtures: small real datasets and one local Ray for in-process tests."""
+"""Shared fixtures: small real datasets and one local Ray for in-process tests.
+
+Every test session uses a temporary dataset cache (never the user's ~/.cache), and
+every test that starts Ray (through the `ray_local` fixture) is in the slow tier.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 from trainables.data.splits import Splits, prepare_splits
+from trainables.data.synthetic import CACHE_ENV
+
+_CACHE = tempfile.TemporaryDirectory(prefix="instrument-sweep-test-cache-")
+os.environ[CACHE_ENV] = _CACHE.name  # before any test (or CLI subprocess) resolves "synthetic"
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start Ray belong in the slow tier."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def blobs(n_rows: int, n_features: int = 12, n_classes: int = 4, seed: int = 0, spread: float = 1.0):

@@ -33,6 +33,7 @@ def test_guard_is_active_at_interpreter_start_without_importing_the_project():
     assert out.stdout.strip() == "True"
 
 
+@pytest.mark.slow
 def test_ray_task_and_tune_trial_import_zeus_and_ray():
     out = python("""
         import ray

@@ -1,5 +1,7 @@
 """`instrument-sweep run` and `resume` as a user runs them: real processes, real local Ray."""
 
+import json
+
 import pytest
 
 import analysis
@@ -37,3 +39,25 @@ def test_resume_only_restores_experiments_under_the_storage_root(tmp_path, proce
     out = cli("resume", str(elsewhere), "--storage", str(tmp_path / "sweeps"), tag=process_tag)
     assert out.returncode == 2
     assert "not under the storage root" in out.stderr
+
+
+def test_resume_against_other_data_is_refused_in_one_line(tmp_path, process_tag, blob_dataset_dir):
+    """The experiment records its dataset's fingerprint; resuming on changed data exits 2, writes nothing."""
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(blob_dataset_dir, data)
+    out = cli("run", "--preset", "smoke", "--data", str(data), "--storage", str(tmp_path / "sweeps"),
+              "--name", "s", "--no-analyze", tag=process_tag)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    experiment = tmp_path / "sweeps" / "s"
+    assert json.loads((experiment / "dataset.json").read_text())["train_x"]["shape"][1] == 16
+    train = np.load(data / "train_data.npy")
+    np.save(data / "train_data.npy", train[::-1].copy())  # same shape and dtype, other contents
+    before = sorted(str(p) for p in experiment.rglob("*"))
+    out = cli("resume", "s", "--storage", str(tmp_path / "sweeps"), tag=process_tag)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "error: --data:" in out.stderr and "same data" in out.stderr
+    assert sorted(str(p) for p in experiment.rglob("*")) == before

@@ -49,9 +49,10 @@ def test_per_epoch_reports_carry_time_energy_and_labels(tiny_experiment):
         # Reporting and checkpointing between epochs is timed apart, not hidden in time to accuracy.
         assert mine.overhead_time_s.iloc[0] == 0 and mine.overhead_time_s.is_monotonic_increasing
         assert len(mine) == 1 or mine.overhead_time_s.iloc[-1] > 0
-    # This machine has no GPU and no RAPL: energy is missing, never zero.
-    assert set(epochs.energy_source) == {"none"} and epochs.energy_j.isna().all()
-    assert set(epochs.device) == {"cpu"}
+    # Where nothing is measured, energy is missing (NaN), never zero; where it is, it is joules.
+    unmeasured = epochs.energy_source == "none"
+    assert epochs.energy_j[unmeasured].isna().all() and (epochs.energy_j[~unmeasured] >= 0).all()
+    assert ((epochs.device == "cpu") == (epochs.gpu_ids == "")).all()  # a trial given a GPU trains on it
 
 
 def test_each_trial_keeps_its_latest_checkpoints(tiny_experiment):

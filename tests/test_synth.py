@@ -38,6 +38,7 @@ def builtin():
     return resolve_dataset("synthetic")
 
 
+@pytest.mark.slow
 def test_builtin_dataset_has_the_promised_shape(builtin):
     config = SynthConfig()
     assert builtin.classes == tuple(v.name for v in VOICES) and builtin.n_classes == 10
@@ -52,6 +53,7 @@ def test_builtin_dataset_has_the_promised_shape(builtin):
     assert f"synthetic-v{SYNTH_VERSION}-" in builtin.path
 
 
+@pytest.mark.slow
 def test_builtin_dataset_trains_past_90_percent_quickly(builtin):
     splits = prepare_splits(builtin.train_x, builtin.train_y, builtin.test_x, builtin.test_y, 0.2, seed=0)
     result = train_to_accuracy(splits, TrainConfig(lr=1e-3, batch_size=128), StopRule(0.9, patience=1, max_epochs=8))

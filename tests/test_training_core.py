@@ -29,6 +29,20 @@ def test_standardize_uses_training_statistics_only():
     assert np.all(np.isfinite(te)) and te[0, 1] == pytest.approx(2.0)
 
 
+def test_trial_splits_are_standardized_with_the_training_split_alone():
+    """Statistics from the training rows left after holding out validation: not val, not test."""
+    x, y = blobs(1000, n_features=6, seed=3)
+    test_x, test_y = blobs(200, n_features=6, seed=4)
+    test_x = test_x + 10.0  # a shifted test set would move any statistics it took part in
+    splits = prepare_splits(x, y, test_x, test_y, val_fraction=0.3, seed=5)
+    raw_train, _, raw_val, _ = split_validation(x, y, 0.3, 5)
+    mean, std = raw_train.mean(axis=0, dtype=np.float64), raw_train.std(axis=0, dtype=np.float64)
+    assert np.allclose(splits.train_x.mean(axis=0), 0.0, atol=1e-5)
+    assert np.allclose(splits.train_x.std(axis=0), 1.0, atol=1e-4)
+    assert np.allclose(splits.val_x, (raw_val - mean) / std, atol=1e-5)
+    assert np.allclose(splits.test_x, (test_x - mean) / std, atol=1e-5)
+
+
 def test_validation_split_is_stratified_seeded_and_shuffled():
     y = np.repeat(np.arange(5), 100)  # class-ordered, like the UIowa training rows
     x = np.arange(500, dtype=np.float32)[:, None]
@@ -178,3 +192,17 @@ def test_fused_adam_steps_exactly_like_adam_and_checkpoints_alike():
     restored = FusedAdam(b.parameters(), lr=1e-2)
     restored.load_state_dict(lean.state_dict())
     assert float(restored.state_dict()["state"][0]["step"]) == 10
+
+
+def test_a_checkpoint_refuses_other_data_or_another_trial_config():
+    from trainables.tuning.trial import CheckpointMismatch, check_provenance
+
+    trial = {"number": 1, "lr": 0.01, "batch_size": 64, "seed": 0, "views": ["lr"], "train": {}, "stop": {}}
+    data = {"train_x": {"shape": [10, 4], "dtype": "float32"}, "blake2b": "abc"}
+    check_provenance({"trial": trial, "dataset": data}, trial, data)  # the same: continues
+    with pytest.raises(CheckpointMismatch, match="another dataset"):
+        check_provenance({"trial": trial, "dataset": {**data, "blake2b": "def"}}, trial, data)
+    with pytest.raises(CheckpointMismatch, match=r"another trial config \(lr differ\)"):
+        check_provenance({"trial": {**trial, "lr": 0.1}, "dataset": data}, trial, data)
+    with pytest.raises(CheckpointMismatch):
+        check_provenance({}, trial, data)  # a checkpoint that does not say what produced it

@@ -101,13 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_jobs.launch import resume_sweep
+    from tune_jobs.launch import check_same_dataset, resume_sweep
 
     root = storage.resolve_storage(args.storage, create=False)
     experiment = experiment_under(root, args.experiment)
     spec = read_spec(experiment)
     print_spec(spec, trials=False)
     dataset = load_data(spec)
+    check_same_dataset(experiment, dataset)
     cluster = connect_and_describe(args.address, args.verbose)
     print(f"resuming: {experiment}", flush=True)
     grid = resume_sweep(experiment, spec, dataset, cluster)

@@ -10,6 +10,7 @@ files. Every trial is one point of the spec; the union of the views runs once.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +19,14 @@ from dataclasses import asdict
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from analysis import storage
+from analysis.storage import DATASET_FILE, SPEC_FILE
+from trainables.errors import InputError
 from trainables.tuning.stopper import StatusStopper
 from trainables.tuning.trial import sweep_trial
-from analysis import storage
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import SweepProgress
-from tune_jobs.spec import SPEC_FILE, SweepSpec
+from tune_jobs.spec import SweepSpec
 from tune_jobs.storage_guard import StorageGuard
 
 
@@ -42,6 +45,19 @@ def param_space(spec: SweepSpec) -> dict:
         for t in spec.trials()
     ]
     return {"trial": tune.grid_search(trials)}
+
+
+def check_same_dataset(experiment: str, dataset) -> None:
+    """InputError unless `dataset` has the fingerprint the experiment recorded (where it recorded one)."""
+    path = storage.join(experiment, DATASET_FILE)
+    if not storage.exists(path):
+        return  # an experiment from before fingerprints: each trial's checkpoint still checks its own
+    recorded = json.loads(storage.read_text(path))
+    if recorded != dataset.fingerprint:
+        shapes = lambda f: "train {} test {}".format(f["train_x"]["shape"], f["test_x"]["shape"])  # noqa: E731
+        raise InputError("--data", f"is not the dataset this experiment was started with (recorded "
+                                   f"{shapes(recorded)}, hash {recorded['blake2b'][:12]}; given {shapes(dataset.fingerprint)}, "
+                                   f"hash {dataset.fingerprint['blake2b'][:12]}); resume needs the same data")
 
 
 def trial_dirname(trial) -> str:
@@ -83,7 +99,9 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     """Write the spec beside the experiment, then run every trial to its stop."""
     import yaml
 
-    storage.write_text(storage.join(storage_root, name, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    experiment = storage.join(storage_root, name)
+    storage.write_text(storage.join(experiment, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    storage.write_text(storage.join(experiment, DATASET_FILE), json.dumps(dataset.fingerprint, indent=1))
     # The loggers named below write result.json (what analysis reads) and progress.csv; Tune adds
     # no others, TensorBoard's included (it adds 19% to a sweep's CPU time, on the trials' cores).
     tuner = tune.Tuner(
@@ -107,7 +125,10 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
 
 
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo) -> tune.ResultGrid:
-    """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue."""
+    """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue.
+
+    Check `check_same_dataset` first: a trial refuses a checkpoint written for other data.
+    """
     tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
     # The restored experiment brings its own loggers; Tune adds any it lacks (an experiment
     # from before start_sweep named them has none).

@@ -15,10 +15,9 @@ TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def enable_token_auth_if_token_available() -> bool:
-    """Turn on token auth where a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]).
-
-    Returns False where this Ray has no such helper (RAY_AUTH_MODE=token then works as documented).
-    """
+    """Turn on token auth where a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) and
+    RAY_AUTH_MODE is unset; True where token auth is on. False also where this Ray has no such
+    helper (RAY_AUTH_MODE=token then works as documented)."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
@@ -26,8 +25,7 @@ def enable_token_auth_if_token_available() -> bool:
     except ImportError:
         return False
     logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)  # its notice: we print what matters
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    return True
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
 
 
 def stop_local_monitor() -> int:

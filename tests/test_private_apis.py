@@ -1,0 +1,83 @@
+"""Each private API the project relies on, tested by behaviour: a Ray, torch or Python that
+changes one fails here, by name, instead of somewhere downstream.
+
+- tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle.
+- tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
+- trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
+  its step-for-step equality with Adam is in test_training_core.py).
+- trainables/training/zeus_import.py: Zeus's module-level scikit-learn import (test_energy.py).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=180, cwd=ROOT, env={**clean, **env})
+
+
+@pytest.mark.parametrize("with_token", [True, False])
+def test_ray_token_helper_turns_token_auth_on_only_where_a_token_exists(tmp_path, with_token):
+    if with_token:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("a" * 32)
+    out = python("""
+        import os
+        from tune_jobs import ray_private
+        print(ray_private.enable_token_auth_if_token_available(), os.environ.get("RAY_AUTH_MODE"))
+    """, HOME=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == (["True", "token"] if with_token else ["False", "None"])
+
+
+@pytest.mark.slow
+def test_local_ray_has_one_autoscaler_monitor_that_can_be_stopped_first():
+    out = python("""
+        import ray
+        from tune_jobs import ray_private
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        print("stopped", ray_private.stop_local_monitor())
+        ray.shutdown()
+        print("after", ray_private.stop_local_monitor())
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stopped 1" in out.stdout and "after 0" in out.stdout
+
+
+def test_quick_exit_runs_exit_handlers_and_waits_for_threads():
+    out = python("""
+        import atexit, threading, time
+        from tune_jobs.quick_exit import exit_now
+        atexit.register(lambda: print("handler ran", flush=True))
+        threading.Thread(target=lambda: (time.sleep(0.2), print("thread done", flush=True))).start()
+        exit_now(7)
+    """)
+    assert out.returncode == 7, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["thread done", "handler ran"]
+
+
+def test_torch_private_fused_adam_kernels_exist_and_step_like_adam():
+    """The kernels FusedAdam calls, with the arguments it passes (torch's own Adam(fused=True) path)."""
+    assert callable(getattr(torch, "_fused_adam_", None)) and callable(getattr(torch, "_foreach_add_", None))
+    from trainables.training.optim import FusedAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours, theirs = FusedAdam([a], lr=0.1), torch.optim.Adam([b], lr=0.1)
+    for _ in range(3):
+        for p in (a, b):
+            p.grad = (p.detach() ** 2).clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert float(ours.state[a]["step"]) == 3.0
