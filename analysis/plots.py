@@ -11,7 +11,7 @@
 Figures are built with `matplotlib.figure.Figure` directly (Agg canvas on save), so
 nothing registers in pyplot's global state and nothing needs closing. Markings:
 bars of configurations that missed the target are grey with a red "xx" hatch;
-energy that includes NVML windows under 1 s is hatched "//"; where energy was not
+energy of a trial measured over under 1 s in all is hatched "//"; where energy was not
 measured the panel says "energy not measured" instead of drawing zeros.
 """
 
@@ -36,7 +36,7 @@ FRONT_COLOR = "tab:red"
 NOT_MEASURED = "energy not measured"
 NOT_MEASURED_WHY = "no GPU energy counter and no readable RAPL\non the nodes (energy_source: none)"
 MISSED_LABEL = "missed the target (max_epochs, diverged, error or still running)"
-LOW_RES_LABEL = "energy includes windows under 1 s (below NVML resolution): unreliable"
+LOW_RES_LABEL = "energy measured over under 1 s in all (NVML updates about every 100 ms): unreliable"
 BAR_PANELS = (  # (metric, y-axis label, value format)
     ("time_s", "time to accuracy (s)", "{:.3g}"),
     ("energy_j", "energy to accuracy (J)", "{:.3g}"),

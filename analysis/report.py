@@ -296,7 +296,7 @@ def _energy_line(trials: pd.DataFrame) -> str:
             "plus the final test")
     low = int(trials["energy_below_resolution"].sum())
     if low:
-        line += (f". {low} trial(s) include energy windows under 1 s, below NVML's ~100 ms update resolution: "
+        line += (f". {low} trial(s) measured under 1 s in all, within a few of NVML's ~100 ms counter updates: "
                  "their joules are shown hatched and marked †, and are not reliable")
     missing = int((trials["energy_source"] == "none").sum())
     if missing:
@@ -331,7 +331,7 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
         lines.append(f"- **Least energy to the target:** {_pick(least)}"
                      + (" (the same configuration)" if same else ""))
         if bool(least["energy_below_resolution"]):
-            lines.append("  - † its energy includes windows under 1 s (below NVML resolution): treat the joules "
+            lines.append("  - † its energy was measured over under 1 s in all (NVML updates about every 100 ms): treat the joules "
                          "as indicative only; longer epochs or more data give reliable figures.")
     else:
         lines.append(f"- **Least energy to the target:** {NOT_MEASURED} on this run (no GPU energy counter or "

@@ -25,7 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     synth = data_commands.add_parser("synth", help="generate the built-in synthetic-instrument dataset")
     synth.add_argument("--out", metavar="DIR", help="write here (default: fill the cache used by 'synthetic')")
-    synth.add_argument("--files-per-class", type=int, help="recordings per instrument (default 250)")
+    synth.add_argument("--files-per-class", type=int, help="recordings per instrument (default: as the built-in dataset)")
     synth.add_argument("--seed", type=int, help="generator seed (default 0)")
     synth.add_argument("--workers", type=int, help="processes (default: all cores)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")

@@ -4,7 +4,7 @@
 this process (indices as CUDA_VISIBLE_DEVICES shows them; none at all on a
 machine without a GPU) and CPU/DRAM energy through RAPL where readable.
 
-Semantics (see DESIGN.md, "Energy semantics"):
+Semantics (README, "What a trial measures"):
 - `lap()` ends the current window and begins the next one back to back, so the
   windows of one trial are contiguous and their joules add up to the trial's
   total. The gap between two windows is the cost of one end plus one begin:
