@@ -6,6 +6,7 @@ Put this folder first on PYTHONPATH. Environment:
     FAKE_NVML_POWER_W   power draw of every GPU (default 250)
     FAKE_NVML_ARCH      NVML architecture name (default HOPPER; PASCAL has no energy counter,
                         so Zeus integrates sampled power instead)
+    FAKE_NVML_PERIOD_S  the energy counter's update period (default 0.1)
 The energy counter (mJ) advances like the real one: in steps every 100 ms.
 """
 
@@ -21,7 +22,7 @@ _real = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_real)
 globals().update({k: v for k, v in vars(_real).items() if not k.startswith("__")})
 
-UPDATE_PERIOD_S = 0.1
+UPDATE_PERIOD_S = float(os.environ.get("FAKE_NVML_PERIOD_S", "0.1"))
 _T0 = time.monotonic()
 _GPUS = int(os.environ.get("FAKE_NVML_GPUS", "1"))
 _POWER_W = float(os.environ.get("FAKE_NVML_POWER_W", "250"))
@@ -83,3 +84,8 @@ def nvmlDeviceGetFieldValues(handle, fields):
         value.value.uiVal = _power_mw()
         values.append(value)
     return values
+
+
+def nvmlDeviceGetPowerManagementLimitConstraints(handle):
+    """(min, max) power limit in mW: an H100 SXM's."""
+    return (200_000, 700_000)

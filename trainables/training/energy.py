@@ -10,22 +10,38 @@ Semantics (README, "What a trial measures"):
   total. The gap between two windows is the cost of one end plus one begin:
   about 5 us per lap without a GPU (`benchmarks/bench_energy.py` measures it;
   on a GPU add a CUDA sync and the NVML counter reads).
-- Zeus's `total_energy` is GPU only: GPU and CPU (+DRAM) joules are reported
-  separately and `energy_j` is their sum over what was measured.
+- GPU and CPU (package + DRAM, the whole node's) joules are kept apart; a trial's
+  headline energy is its GPU's, as Zeus's `total_energy` (see `TrainingRun`).
 - Missing energy is NaN with source "none", never 0. Time is always measured.
-- NVML's energy counter updates about every 100 ms: energy from a window under
-  `RESOLUTION_S` is flagged `below_resolution`, not silently trusted.
+- NVML's energy counter updates in steps (about every 100 ms): the meter carries
+  its GPU's measured period and idle power (`probe`), from which a run derives
+  the error of its sums (`energy_err_j`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
-RESOLUTION_S = 1.0  # windows shorter than this give unreliable GPU energy
 NAN = float("nan")
+ERR_SIGMAS = 2.5  # counter_error_j spans this many standard deviations of the counter's step error
+
+
+def counter_error_j(joules: float, seconds: float, idle_w: float, period_s: float, gap_variance: float) -> float:
+    """Uncertainty (about ERR_SIGMAS sigma) of GPU joules summed over contiguous windows.
+
+    Each boundary reads the counter's last step, so the span's two ends are each
+    up to one step late, and each excluded window between the summed ones takes a
+    whole step or none depending on whether the counter ticked inside it:
+    `gap_variance` sums f(1 - f) over them, f = frac(its length / `period_s`).
+    A step is (power x period); power is the windows' mean, at least `idle_w`.
+    """
+    mean_w = joules / seconds if seconds > 0 else 0.0
+    power_w = max(mean_w, idle_w if math.isfinite(idle_w) else 0.0)
+    return ERR_SIGMAS * power_w * period_s * math.sqrt(gap_variance + 1 / 6)
 
 
 @dataclass(frozen=True)
@@ -35,8 +51,7 @@ class EnergyWindow:
     time_s: float
     gpu_j: float
     cpu_j: float  # CPU packages plus DRAM, where RAPL is readable
-    source: str  # "gpu", "cpu", "gpu+cpu" or "none"
-    below_resolution: bool  # window shorter than RESOLUTION_S with energy measured
+    source: str  # what was measured: "gpu", "cpu", "gpu+cpu" or "none"
 
     @property
     def energy_j(self) -> float:
@@ -89,6 +104,17 @@ class EnergyMeter:
         self._sync = bool(self.gpu_indices) and torch.cuda.is_available()
         self._window: str | None = None
         self._count = 0
+        # The first measured GPU's counter: its update period and idle power, before any window.
+        self.probe = None
+        if self.gpu_indices:
+            from trainables.training.gpu_counter import probe_gpu
+
+            self.probe = probe_gpu(self.gpu_indices[0])
+
+    @property
+    def update_period_s(self) -> float:
+        """The GPU counter's measured update period; NaN without a GPU."""
+        return self.probe.update_period_s if self.probe else NAN
 
     def start(self) -> None:
         """Begin the first window."""
@@ -124,11 +150,32 @@ class EnergyMeter:
         gpu_j = sum(m.gpu_energy.values()) if m.gpu_energy else NAN
         cpu_parts = [*(m.cpu_energy or {}).values(), *(m.dram_energy or {}).values()]
         cpu_j = sum(cpu_parts) if cpu_parts else NAN
-        measured = self.source != "none"
-        return EnergyWindow(
-            time_s=float(m.time),
-            gpu_j=float(gpu_j),
-            cpu_j=float(cpu_j),
-            source=self.source,
-            below_resolution=measured and m.time < RESOLUTION_S,
-        )
+        return EnergyWindow(time_s=float(m.time), gpu_j=float(gpu_j), cpu_j=float(cpu_j), source=self.source)
+
+
+class TimeOnlyMeter:
+    """EnergyMeter's interface measuring time alone: for work whose energy an outer window measures."""
+
+    source = "none"
+    probe = None
+    update_period_s = NAN
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def lap(self) -> EnergyWindow:
+        window = self.stop()
+        self.start()
+        return window
+
+    def stop(self) -> EnergyWindow:
+        if self._started is None:
+            raise RuntimeError("TimeOnlyMeter: no window is open; call start() first")
+        elapsed, self._started = time.perf_counter() - self._started, None
+        return EnergyWindow(time_s=elapsed, gpu_j=NAN, cpu_j=NAN, source="none")
+
+    def close(self) -> None:
+        self._started = None

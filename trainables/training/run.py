@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainables.data.splits import Splits
 from trainables.training.config import TrainConfig
 from trainables.training.device import select_device
-from trainables.training.energy import NAN, EnergyMeter, EnergyWindow
+from trainables.training.energy import NAN, EnergyMeter, EnergyWindow, counter_error_j
 from trainables.training.loops import EpochStats, evaluate, make_loop
 from trainables.training.model import InstrumentNet
 from trainables.training.optim import make_optimizer
-from trainables.data.splits import Splits
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status, StopRule
 
@@ -76,25 +76,51 @@ class TrainingRun:
         self.loop = make_loop(
             config.loader, splits.train_x, splits.train_y, config.batch_size, self.device, config.seed
         )
+        self._initial_model = {k: v.clone() for k, v in self.model.state_dict().items()}
         as_x = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         as_y = lambda a: torch.as_tensor(a, dtype=torch.int64, device=self.device)  # noqa: E731
         self.val = (as_x(splits.val_x), as_y(splits.val_y))
         self.test = (as_x(splits.test_x), as_y(splits.test_y))
         self.meter = meter if meter is not None else EnergyMeter()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        gpu = "gpu" in self.meter.source
         self.epoch = 0
         self.hits_in_a_row = 0
         self.time_s = 0.0
-        self.gpu_energy_j = 0.0 if "gpu" in self.meter.source else NAN
+        self.gpu_energy_j = 0.0 if gpu else NAN
         self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
         self.overhead_time_s = 0.0
-        self.overhead_energy_j = 0.0 if self.meter.source != "none" else NAN
+        self.overhead_energy_j = 0.0 if gpu else NAN
+        self.gap_variance = 0.0  # sum over excluded windows of f(1 - f), f = frac(length / counter period)
         self.status = Status.RUNNING
         self._window: str | None = None  # which window is open: None, "epoch" or "between"
 
+    def restart(self, rule: StopRule, meter) -> None:
+        """Start the same work again from scratch: same seed, weights, shuffling; `rule`, `meter`.
+
+        The data stay where they are on the device, so a replay repeats only the training."""
+        self.rule, self.meter = rule, meter
+        torch.manual_seed(self.config.seed)
+        self.model.load_state_dict(self._initial_model)
+        self.optimizer = make_optimizer(self.config.optimizer, self.model.parameters(), self.config.lr,
+                                        fused=self.config.loader == "fast")
+        self.loop.generator.manual_seed(self.config.seed)
+        self._reset_counters()
+
     @property
     def energy_j(self) -> float:
-        parts = [j for j in (self.gpu_energy_j, self.cpu_energy_j) if not math.isnan(j)]
-        return sum(parts) if parts else NAN
+        """The headline energy: GPU joules of the epoch windows so far (NaN without a GPU)."""
+        return self.gpu_energy_j
+
+    @property
+    def energy_err_j(self) -> float:
+        """Uncertainty of `energy_j` from the counter's steps (`counter_error_j`); NaN without a GPU."""
+        probe = self.meter.probe
+        if probe is None or not math.isfinite(probe.update_period_s):
+            return NAN
+        return counter_error_j(self.gpu_energy_j, self.time_s, probe.idle_w, probe.update_period_s, self.gap_variance)
 
     @property
     def done(self) -> bool:
@@ -109,7 +135,11 @@ class TrainingRun:
         elif self._window == "between":
             between = self.meter.lap()
             self.overhead_time_s += between.time_s
-            self.overhead_energy_j += between.energy_j
+            self.overhead_energy_j += between.gpu_j
+            period_s = self.meter.update_period_s
+            if math.isfinite(period_s):
+                fraction = (between.time_s / period_s) % 1.0
+                self.gap_variance += fraction * (1.0 - fraction)
         self._window = "epoch"
         self.epoch += 1
         train = self.loop.train_epoch(self.model, self.optimizer)
@@ -129,6 +159,8 @@ class TrainingRun:
         self.time_s += window.time_s
         self.gpu_energy_j += window.gpu_j  # NaN (not measured) stays NaN, never 0
         self.cpu_energy_j += window.cpu_j
+        probe = self.meter.probe
+        idle_w = probe.idle_w if probe else NAN
         return EpochReport(
             epoch=self.epoch,
             train_acc=train.acc,
@@ -138,14 +170,22 @@ class TrainingRun:
             hits_in_a_row=self.hits_in_a_row,
             epoch_time_s=window.time_s,
             time_s=self.time_s,
-            epoch_energy_j=window.energy_j,
+            epoch_energy_j=window.gpu_j,
             energy_j=self.energy_j,
+            energy_err_j=self.energy_err_j,
+            energy_resolution_s=self.meter.update_period_s,
+            energy_method="direct" if math.isfinite(self.energy_j) else "none",
+            first_run_time_s=self.time_s,
+            first_run_energy_j=self.energy_j,
             gpu_energy_j=self.gpu_energy_j,
             cpu_energy_j=self.cpu_energy_j,
+            gpu_idle_w=idle_w,
+            gpu_idle_err_w=probe.idle_err_w if probe else NAN,
+            dynamic_energy_j=self.energy_j - idle_w * self.time_s,
+            gpu_max_power_w=probe.max_power_w if probe else NAN,
             overhead_time_s=self.overhead_time_s,
             overhead_energy_j=self.overhead_energy_j,
-            energy_below_resolution=window.below_resolution,
-            energy_source=window.source,
+            energy_source="gpu" if math.isfinite(self.energy_j) else "none",
             status=self.status.value,
             test_acc=test.acc if test else NAN,
             test_loss=test.loss if test else NAN,
@@ -170,6 +210,7 @@ class TrainingRun:
             "cpu_energy_j": self.cpu_energy_j,
             "overhead_time_s": self.overhead_time_s,
             "overhead_energy_j": self.overhead_energy_j,
+            "gap_variance": self.gap_variance,
             "status": self.status.value,
         }
 
@@ -184,7 +225,8 @@ class TrainingRun:
         self.gpu_energy_j = float(state["gpu_energy_j"]) if "gpu" in self.meter.source else NAN
         self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
         self.overhead_time_s = float(state["overhead_time_s"])
-        self.overhead_energy_j = float(state["overhead_energy_j"]) if self.meter.source != "none" else NAN
+        self.overhead_energy_j = float(state["overhead_energy_j"]) if "gpu" in self.meter.source else NAN
+        self.gap_variance = float(state["gap_variance"])
         self.status = Status(state["status"])
 
 
@@ -194,6 +236,7 @@ def train_to_accuracy(
     rule: StopRule,
     device: torch.device | None = None,
     meter: EnergyMeter | None = None,
+    replay_budget_s: float = 0.0,
 ) -> TrainResult:
     """The seed's experiment: train until `rule` stops it, then report test accuracy.
 
@@ -201,13 +244,17 @@ def train_to_accuracy(
     for `patience` epochs in a row, or at `max_epochs`. With `threshold=None`
     (fixed-epochs mode): train `max_epochs` epochs, testing after each one; the
     history then holds per-epoch train/test accuracy and loss. A non-finite loss
-    ends training at once with status "diverged" (never an exception).
+    ends training at once with status "diverged" (never an exception). With
+    `replay_budget_s` > 0, a run too short for the GPU counter is replayed
+    (`trainables.training.replay`) and the last history entry carries the means.
     """
+    from trainables.training.replay import settle_energy
+
     run = TrainingRun(splits, config, rule, device=device, meter=meter)
     history = []
     while not run.done:
         history.append(run.run_epoch())
-    last = history[-1]
+    history[-1] = last = settle_energy(run, history[-1], replay_budget_s)
     return TrainResult(
         status=Status(last.status),
         epochs=last.epoch,

@@ -1,0 +1,74 @@
+"""What a GPU's energy counter can resolve, measured: its update period, idle power, power cap.
+
+    from trainables.training.gpu_counter import probe_gpu
+    probe = probe_gpu(0)   # GpuProbe(update_period_s=0.1, idle_w=68.2, idle_err_w=0.4, max_power_w=700.0, ...)
+
+Through Zeus's device layer (`zeus.device.get_gpus`), so indices are CUDA's under
+CUDA_VISIBLE_DEVICES. NVML's cumulative energy counter (mJ, Volta and newer) does
+not advance continuously: it jumps about every 100 ms, so any window boundary can
+be off by up to one step of energy. The period is measured, not assumed; one
+probe per GPU per process is cached (`probe_gpu`), taken before the process's
+first trial on that GPU while nothing of ours runs on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from dataclasses import dataclass
+
+NAN = float("nan")
+POLL_S = 0.0005  # between counter reads while probing
+MIN_IDLE_PERIODS = 10  # idle power averages at least this many counter periods
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """One GPU's counter, measured. Seconds, watts; NaN where the GPU has no energy counter."""
+
+    index: int  # CUDA index as this process sees it
+    name: str
+    update_period_s: float  # median time between counter changes
+    idle_w: float  # mean power over >= MIN_IDLE_PERIODS periods, between counter changes
+    idle_err_w: float  # uncertainty of idle_w: how late changes were seen, against the time spanned
+    max_power_w: float  # the highest power limit NVML allows (Zeus's MaxPower), NaN where unknown
+
+
+def counter_changes(read_mj, n_changes: int, timeout_s: float) -> list[tuple[float, int]]:
+    """(time, value) at the first read after each of `n_changes` counter changes; [] on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last = read_mj()
+    changes: list[tuple[float, int]] = []
+    while len(changes) < n_changes and time.monotonic() < deadline:
+        value = read_mj()
+        if value != last:
+            changes.append((time.monotonic(), value))
+            last = value
+        else:
+            time.sleep(POLL_S)
+    return changes if len(changes) == n_changes else []
+
+
+@functools.lru_cache(maxsize=None)
+def probe_gpu(index: int, timeout_s: float = 5.0) -> GpuProbe:
+    """Measure GPU `index`'s counter period and idle power (about 1.2 s at a 100 ms period)."""
+    from zeus.device import get_gpus
+
+    gpus = get_gpus()
+    name = gpus.get_name(index)
+    try:
+        max_power_w = gpus.get_power_management_limit_constraints(index)[1] / 1000.0
+    except Exception:  # noqa: BLE001 - not every GPU or driver reports it
+        max_power_w = NAN
+    if not gpus.supports_get_total_energy_consumption(index):
+        return GpuProbe(index, name, NAN, NAN, NAN, max_power_w)
+    changes = counter_changes(lambda: gpus.get_total_energy_consumption(index), MIN_IDLE_PERIODS + 2, timeout_s)
+    if not changes:
+        return GpuProbe(index, name, NAN, NAN, NAN, max_power_w)
+    intervals = [b[0] - a[0] for a, b in zip(changes, changes[1:])]
+    (t0, e0), (t1, e1) = changes[1], changes[-1]  # the first change only aligns the clock
+    idle_w = (e1 - e0) / 1000.0 / (t1 - t0)
+    # Each change is seen up to one poll (plus scheduling delay, seen in the intervals' spread) late.
+    jitter_s = 2 * POLL_S + max(intervals) - min(intervals)
+    return GpuProbe(index, name, statistics.median(intervals), idle_w, idle_w * jitter_s / (t1 - t0), max_power_w)
