@@ -264,7 +264,7 @@ def test_a_short_trial_is_replayed_to_within_5_percent_of_the_true_energy():
 
 def test_a_long_trial_stays_direct():
     (first_j, first_s, first_err_j, method, energy_j, time_s, err_j, replays, _), = short_trials(
-        trials=1, epochs=8, gap_s=0.0, budget_s=10.0, train_rows=60_000, period_s=0.01)
+        trials=1, epochs=20, gap_s=0.0, budget_s=10.0, train_rows=60_000, period_s=0.01)
     assert first_s > 25 * 0.01, "the trial must span over 25 counter periods"
     assert method == "direct" and replays == 0 and (energy_j, time_s) == (first_j, first_s)
     assert err_j < 0.05 * energy_j and abs(energy_j - POWER_W * time_s) <= err_j
