@@ -18,15 +18,19 @@ import re
 import pandas as pd
 
 from analysis import storage
-from trainables.training.energy import RESOLUTION_S
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status
 
+ENERGY_COLUMNS = ("energy_err_j", "energy_resolution_s", "replays", "first_run_time_s", "first_run_energy_j",
+                  "gpu_energy_j", "cpu_energy_j", "gpu_idle_w", "gpu_idle_err_w", "dynamic_energy_j",
+                  "gpu_max_power_w")  # copied from the trial's last report
 TRIAL_COLUMNS = [
     "trial_id", "trial_number", "sweep", "lr", "batch_size", "seed", "status", "reached_target",
-    "epochs", "time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "energy_source",
-    "energy_below_resolution", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device", "node", "error",
+    "epochs", "time_s", "energy_j", *ENERGY_COLUMNS, "energy_source", "energy_method", "energy_uncertain",
+    "cpu_energy_shared", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device", "node", "node_id",
+    "started_at_s", "ended_at_s", "error",
 ]
+MAX_REL_ERR = 0.05  # energy_uncertain: energy_err_j above this share of energy_j
 
 
 def _trial_dirs(fs, root: str) -> list[str]:
@@ -93,7 +97,11 @@ def _status(results: list[dict], error: str | None) -> Status:
 
 
 def load_trials(experiment: str) -> pd.DataFrame:
-    """One row per trial (columns TRIAL_COLUMNS); `sweep` lists the views it belongs to."""
+    """One row per trial (columns TRIAL_COLUMNS); `sweep` lists the views it belongs to.
+
+    `energy_j` is the trial's GPU joules; on nodes without GPUs it is filled from the node's
+    CPU joules where attributable (`attribute_cpu_energy`).
+    """
     rows = []
     for trial_id, config, results, error in _load(experiment):
         last = EpochReport.from_dict(results[-1] if results else {})
@@ -110,23 +118,47 @@ def load_trials(experiment: str) -> pd.DataFrame:
             "epochs": int(last.epoch),
             "time_s": last.time_s,
             "energy_j": last.energy_j,
-            "gpu_energy_j": last.gpu_energy_j,
-            "cpu_energy_j": last.cpu_energy_j,
+            **{column: getattr(last, column) for column in ENERGY_COLUMNS},
             "energy_source": last.energy_source,
-            # Contiguous windows: the trial's total is only as coarse as one window of its whole length.
-            "energy_below_resolution": bool(last.energy_measured and last.time_s < RESOLUTION_S),
+            "energy_method": last.energy_method,
+            "cpu_energy_shared": False,
             "overhead_time_s": last.overhead_time_s,
             "test_acc": last.test_acc,
             "test_loss": last.test_loss,
             "val_acc": last.val_acc,
             "device": last.device,
             "node": last.node,
+            "node_id": last.node_id,
+            # The trial's span on the wall clock: from its first attempt's start to its last report.
+            "started_at_s": min((r.get("started_at_s", math.nan) for r in results), default=math.nan),
+            "ended_at_s": last.ended_at_s,
             "error": _error_message(error) if status is Status.ERROR else "",
         })
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-    for column in ("time_s", "overhead_time_s", "energy_j", "gpu_energy_j", "cpu_energy_j", "test_acc", "test_loss", "val_acc", "lr"):
+    numeric = ("time_s", "overhead_time_s", "energy_j", *ENERGY_COLUMNS, "test_acc", "test_loss", "val_acc", "lr",
+               "started_at_s", "ended_at_s")
+    for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame = attribute_cpu_energy(frame)
+    frame["energy_uncertain"] = frame["energy_err_j"] > MAX_REL_ERR * frame["energy_j"]
     return frame
+
+
+def attribute_cpu_energy(trials: pd.DataFrame) -> pd.DataFrame:
+    """Where a trial has no GPU joules but its node's CPU joules: those stand as its energy only
+    if no other trial ran on that node meanwhile (`energy_source` "cpu"); otherwise they are
+    shared (`cpu_energy_shared`) and rank nothing. Decided after the fact, from the trials' spans."""
+    trials = trials.copy()
+    candidates = trials["energy_j"].isna() & trials["cpu_energy_j"].notna()
+    for i in trials.index[candidates]:
+        me = trials.loc[i]
+        others = trials[(trials.index != i) & (trials["node_id"] == me["node_id"])]
+        overlap = (others["started_at_s"] < me["ended_at_s"]) & (others["ended_at_s"] > me["started_at_s"])
+        if overlap.any() or not math.isfinite(me["started_at_s"]):
+            trials.loc[i, "cpu_energy_shared"] = True
+        else:
+            trials.loc[i, ["energy_j", "energy_source", "energy_method"]] = [me["cpu_energy_j"], "cpu", "direct"]
+    return trials
 
 
 def load_epochs(experiment: str) -> pd.DataFrame:

@@ -11,7 +11,8 @@
 Figures are built with `matplotlib.figure.Figure` directly (Agg canvas on save), so
 nothing registers in pyplot's global state and nothing needs closing. Markings:
 bars of configurations that missed the target are grey with a red "xx" hatch;
-energy of a trial measured over under 1 s in all is hatched "//"; where energy was not
+energy whose counter error exceeds 5% is hatched "//", and measured energy carries
+the counter's error bars (red); where energy was not
 measured the panel says "energy not measured" instead of drawing zeros.
 """
 
@@ -36,7 +37,8 @@ FRONT_COLOR = "tab:red"
 NOT_MEASURED = "energy not measured"
 NOT_MEASURED_WHY = "no GPU energy counter and no readable RAPL\non the nodes (energy_source: none)"
 MISSED_LABEL = "missed the target (max_epochs, diverged, error or still running)"
-LOW_RES_LABEL = "energy measured over under 1 s in all (NVML updates about every 100 ms): unreliable"
+LOW_RES_LABEL = "energy error above 5% (the GPU counter's ~100 ms steps): indicative only"
+COUNTER_ERR_COLOR = "tab:red"  # error bars of the energy counter (energy_err_j)
 BAR_PANELS = (  # (metric, y-axis label, value format)
     ("time_s", "time to accuracy (s)", "{:.3g}"),
     ("energy_j", "energy to accuracy (J)", "{:.3g}"),
@@ -72,7 +74,7 @@ def plot_view(trials: pd.DataFrame, view: str, axes: Sequence[str] | None = None
     handles = [Patch(facecolor=REACHED_COLOR, label="reached the target")]
     if len(table) and not table["all_reached"].all():
         handles.append(Patch(facecolor=MISSED_FACE, edgecolor=MISSED_EDGE, hatch=MISSED_HATCH, label=MISSED_LABEL))
-    if len(table) and (table["energy_below_resolution"] & table["energy_j_mean"].notna()).any():
+    if len(table) and (table["energy_uncertain"] & table["energy_j_mean"].notna()).any():
         handles.append(Patch(facecolor=REACHED_COLOR, edgecolor="black", hatch=LOW_RES_HATCH, label=LOW_RES_LABEL))
     if repeats:
         handles.append(Line2D([], [], color="black", marker="|", linestyle="none", markersize=10,
@@ -86,7 +88,7 @@ def _bars(ax, table: pd.DataFrame, members: pd.DataFrame, metric: str, fmt: str,
     x = np.arange(len(table))
     heights = table[f"{metric}_mean"].to_numpy(dtype=float)
     missed = ~table["all_reached"].to_numpy(dtype=bool)
-    low_res = table["energy_below_resolution"].to_numpy(dtype=bool) & (metric == "energy_j")
+    low_res = table["energy_uncertain"].to_numpy(dtype=bool) & (metric == "energy_j")
     bars = ax.bar(x, np.nan_to_num(heights), color=REACHED_COLOR, edgecolor="black", linewidth=0.6)
     for bar, is_missed, is_low in zip(bars, missed, low_res):
         if is_missed:
@@ -94,6 +96,12 @@ def _bars(ax, table: pd.DataFrame, members: pd.DataFrame, metric: str, fmt: str,
             bar.set_edgecolor(MISSED_EDGE)
         hatch = (MISSED_HATCH if is_missed else "") + (LOW_RES_HATCH if is_low else "")
         bar.set_hatch(hatch or None)
+    if metric == "energy_j":  # the counter's error bars, in red, beside the seeds' spread
+        counter = table["energy_err_j"].to_numpy(dtype=float)
+        shown = np.isfinite(counter) & np.isfinite(heights)
+        if shown.any():
+            ax.errorbar(x[shown] + 0.15, heights[shown], yerr=counter[shown], fmt="none", ecolor=COUNTER_ERR_COLOR,
+                        capsize=2, linewidth=1)
     if repeats:
         std = np.nan_to_num(table[f"{metric}_std"].to_numpy(dtype=float))
         ax.errorbar(x, np.nan_to_num(heights), yerr=std, fmt="none", ecolor="black", capsize=3, linewidth=1)
@@ -260,7 +268,7 @@ def plot_pareto(trials: pd.DataFrame) -> Figure:
                label="missed the target (not on the front)")
     ax.plot(front["time_s_mean"], front["energy_j_mean"], "-o", drawstyle="steps-post", color=FRONT_COLOR,
             markersize=7, zorder=4, label="Pareto front (reached the target)")
-    low = table[table["energy_below_resolution"] & table["energy_j_mean"].notna()]
+    low = table[table["energy_uncertain"] & table["energy_j_mean"].notna()]
     if len(low):
         ax.scatter(low["time_s_mean"], low["energy_j_mean"], facecolors="none", edgecolors="black", s=160,
                    linewidths=1.2, zorder=5, label="energy below NVML resolution (< 1 s windows): unreliable")

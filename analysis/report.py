@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +43,7 @@ class ExperimentInfo:
     views: tuple[tuple[str, tuple[str, ...]], ...]  # (view name, swept axes) in spec order
     repeats: int
     from_spec: bool  # False: rebuilt from the trials' configs (no spec given)
+    eta: float | None = None  # rank also by Zeus's cost eta * energy + (1 - eta) * max_power * time
 
     @property
     def fixed_epochs(self) -> bool:
@@ -68,18 +69,22 @@ class ExperimentInfo:
 # -- entry point ----------------------------------------------------------------------------
 
 
-def write_report(experiment: str, out: str | None = None, info: ExperimentInfo | None = None) -> str:
+def write_report(experiment: str, out: str | None = None, info: ExperimentInfo | None = None,
+                 eta: float | None = None) -> str:
     """Write tables, figures and report.md for `experiment`; return report.md's path.
 
     `out` defaults to `<experiment>/analysis/` for a local experiment and to
     `./analysis-<name>` for a cloud URI (s3://, gs://). `info` (views, stop rule)
     comes from the sweep's spec; without it, it is rebuilt from the trials' configs.
+    `eta` (where given) replaces the spec's energy.eta for the cost ranking.
     """
     check_experiment(experiment)
     trials, epochs = load_trials(experiment), load_epochs(experiment)
     if trials.empty:
         raise InputError("PATH", f"{experiment} has no trial results yet; analyze it once a trial has reported")
     info = info or experiment_info(experiment, trials, epochs)
+    if eta is not None:
+        info = replace(info, eta=eta)
     folder = output_dir(experiment, out)
     write_tables(trials, epochs, info, folder)
     figures = write_figures(trials, epochs, info, folder)
@@ -294,12 +299,21 @@ def _energy_line(trials: pd.DataFrame) -> str:
     sources = ", ".join(sorted(set(trials["energy_source"].astype(str)) - {"none"}))
     line = (f"joules from Zeus ({sources}); energy to accuracy covers training and validation of every epoch "
             "plus the final test")
-    low = int(trials["energy_below_resolution"].sum())
+    replayed = int((trials["energy_method"] == "replay").sum())
+    if replayed:
+        line += (f". {replayed} trial(s) were too short for the GPU's energy counter and were replayed back to back "
+                 "in one window: their time and energy are per-run means of the replays")
+    low = int(trials["energy_uncertain"].sum())
     if low:
-        line += (f". {low} trial(s) measured under 1 s in all, within a few of NVML's ~100 ms counter updates: "
-                 "their joules are shown hatched and marked †, and are not reliable")
-    missing = int((trials["energy_source"] == "none").sum())
-    if missing:
+        line += (f". {low} trial(s) have an energy error above 5% even so (the counter's steps, see energy_err_j): "
+                 "their joules are shown hatched and marked †")
+    shared = int(trials["cpu_energy_shared"].sum())
+    if shared:
+        line += (f". {shared} trial(s) without a GPU shared their node's CPU energy with other trials running "
+                 "at the same time: it is kept as cpu_energy_j but ranks nothing (resources.exclusive_node: true "
+                 "runs one trial per node)")
+    missing = int((trials["energy_source"] == "none").sum()) - shared
+    if missing > 0:
         line += f". {missing} trial(s) ran without an energy counter: {NOT_MEASURED}"
     return line
 
@@ -315,8 +329,8 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
         return [f"Fixed-epochs sweep ({info.max_epochs} epochs, no target): no time or energy to accuracy. "
                 f"Highest final test accuracy: {_config(best)}: {best['test_acc_mean']:.4f}"
                 f"{_runs(best)}, {best['time_s_mean']:.3g} s for {best['epochs_mean']:.3g} epochs, "
-                f"energy {_joules(best['energy_j_mean'], best['energy_below_resolution'])}."]
-    picks = summary.recommend(trials)
+                f"energy {_joules(best['energy_j_mean'], best['energy_uncertain'])}."]
+    picks = summary.recommend(trials, info.eta)
     repeats = int(summary.aggregate(trials)["runs"].max()) if len(trials) else 1
     scope = ("Among configurations whose every run reached the target"
              + (f"; figures are means over up to {repeats} seeds" if repeats > 1 else "") + ":")
@@ -330,20 +344,35 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
         same = (least["lr"], least["batch_size"]) == (fastest["lr"], fastest["batch_size"])
         lines.append(f"- **Least energy to the target:** {_pick(least)}"
                      + (" (the same configuration)" if same else ""))
-        if bool(least["energy_below_resolution"]):
-            lines.append("  - † its energy was measured over under 1 s in all (NVML updates about every 100 ms): treat the joules "
-                         "as indicative only; longer epochs or more data give reliable figures.")
+        if least["ties"]:
+            lines.append(f"  - not distinguishable by energy, within the counter's error bars, from: {least['ties']}")
+        if bool(least["energy_uncertain"]):
+            lines.append("  - † its energy error is above 5% (the GPU counter's ~100 ms steps): treat the joules "
+                         "as indicative only; longer epochs, more data or a larger replay budget give reliable figures.")
     else:
         lines.append(f"- **Least energy to the target:** {NOT_MEASURED} on this run (no GPU energy counter or "
                      "readable RAPL), so no least-energy pick; run on NVIDIA GPUs to measure it.")
+    if info.eta is not None:
+        if "eta_cost" in picks.index:
+            best = picks.loc["eta_cost"]
+            lines.append(f"- **Lowest cost at eta {info.eta:g}** (eta x energy + (1 - eta) x max power x time): "
+                         f"{_pick(best)}, cost {best['cost_j']:.4g} J")
+        else:
+            lines.append(f"- **Cost at eta {info.eta:g}:** the ranking needs GPU energy and the GPU's maximum "
+                         "power limit, which this run did not measure.")
     return lines
 
 
 def _pick(row: pd.Series) -> str:
     return (f"{_config(row)}: {row['time_s']:.3g} s{_spread(row, 'time_s_std', 's')}, "
-            f"{_joules(row['energy_j'], row['energy_below_resolution'])}"
-            f"{_spread(row, 'energy_j_std', 'J') if pd.notna(row['energy_j']) else ''}, "
+            f"{_joules(row['energy_j'], row['energy_uncertain'])}"
+            f"{_error_bar(row)}{_spread(row, 'energy_j_std', 'J') if pd.notna(row['energy_j']) else ''}, "
             f"{row['epochs']:.3g} epochs, test accuracy {row['test_acc']:.4f}" + _runs(row))
+
+
+def _error_bar(row: pd.Series) -> str:
+    err = row.get("energy_err_j", float("nan"))
+    return f" ± {err:.2g} J (counter)" if pd.notna(row["energy_j"]) and pd.notna(err) else ""
 
 
 def _config(row: pd.Series) -> str:
@@ -383,7 +412,7 @@ def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
     if row[f"{metric}_n"] > 1:
         text += (f" ± {format(row[f'{metric}_std'], '.2g')} "
                  f"[{format(row[f'{metric}_ci95_lo'], digits)}, {format(row[f'{metric}_ci95_hi'], digits)}]")
-    if metric == "energy_j" and row["energy_below_resolution"]:
+    if metric == "energy_j" and row["energy_uncertain"]:
         text += " †"
     return text
 
@@ -429,7 +458,7 @@ def _trials_table(trials: pd.DataFrame) -> list[str]:
                "test accuracy", "device", "node"]
     rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status, str(r.epochs),
              "–" if pd.isna(r.time_s) else f"{r.time_s:.3g}",
-             "–" if not r.epochs else _joules(r.energy_j, r.energy_below_resolution).replace(" J", "")
+             "–" if not r.epochs else _joules(r.energy_j, r.energy_uncertain).replace(" J", "")
              .replace("energy ", ""),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
             for r in trials.itertuples()]

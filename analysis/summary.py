@@ -78,7 +78,8 @@ def aggregate(trials: pd.DataFrame, by: tuple[str, ...] = POINT) -> pd.DataFrame
     `{m}_mean`, `{m}_std`, `{m}_ci95_lo`, `{m}_ci95_hi`, `{m}_n` (trials with a value).
 
     Also `reached` (count), `all_reached`, `statuses` (e.g. "reached_target x2"),
-    `energy_source`, `energy_below_resolution` (any trial), `seeds`. Rows sorted by `by`.
+    `energy_source`, `energy_uncertain` (any trial), `energy_err_j` (the counter error of
+    the mean energy), `gpu_max_power_w`, `seeds`. Rows sorted by `by`.
     """
     rows = []
     for key, group in trials.groupby(list(by), sort=True, dropna=False):
@@ -93,11 +94,15 @@ def aggregate(trials: pd.DataFrame, by: tuple[str, ...] = POINT) -> pd.DataFrame
         for metric in METRICS:
             row.update(describe(group[metric], metric))
         row["energy_source"] = ",".join(sorted(set(group["energy_source"].astype(str))))
-        row["energy_below_resolution"] = bool(group["energy_below_resolution"].any())
+        row["energy_uncertain"] = bool(group["energy_uncertain"].any())
+        errors = pd.to_numeric(group.get("energy_err_j", pd.Series(dtype=float)), errors="coerce").dropna()
+        row["energy_err_j"] = math.sqrt(float((errors**2).sum())) / len(errors) if len(errors) else math.nan
+        row["gpu_max_power_w"] = float(pd.to_numeric(group.get("gpu_max_power_w", pd.Series(dtype=float)),
+                                                     errors="coerce").max())
         rows.append(row)
     columns = [*by, "runs", "reached", "all_reached", "statuses", "seeds",
                *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95_lo", "ci95_hi", "n")],
-               "energy_source", "energy_below_resolution"]
+               "energy_source", "energy_uncertain", "energy_err_j", "gpu_max_power_w"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -134,12 +139,22 @@ def pareto_front(points: pd.DataFrame, x: str = "time_s_mean", y: str = "energy_
     return pd.Series(front, index=points.index, name="pareto")
 
 
-def recommend(trials: pd.DataFrame) -> pd.DataFrame:
+def eta_cost(table: pd.DataFrame, eta: float) -> pd.Series:
+    """Zeus's cost of each configuration: eta * energy + (1 - eta) * max_power * time, in joules
+    (max_power: the GPU's highest power limit). NaN where GPU energy or max power is unknown."""
+    gpu = table["energy_source"].astype(str).str.contains("gpu")
+    cost = eta * table["energy_j_mean"] + (1 - eta) * table["gpu_max_power_w"] * table["time_s_mean"]
+    return cost.where(gpu)
+
+
+def recommend(trials: pd.DataFrame, eta: float | None = None) -> pd.DataFrame:
     """The fastest and the least-energy configuration among those whose every run reached
-    the target, by mean over repeats. Index: "fastest", "least_energy" (a row only where
-    there is one: none when no configuration reached, no energy row when energy was not
-    measured). Columns: lr, batch_size, runs, time_s, energy_j, epochs, test_acc (means),
-    time_s_std, energy_j_std, energy_below_resolution, energy_source.
+    the target, by mean over repeats, and with `eta` the lowest Zeus cost (`eta_cost`).
+    Index: "fastest", "least_energy", "eta_cost" (a row only where there is one: none when no
+    configuration reached, no energy rows when energy was not measured). Columns: lr,
+    batch_size, runs, time_s, energy_j, epochs, test_acc (means), time_s_std, energy_j_std,
+    energy_err_j, energy_uncertain, energy_source, cost_j, and `ties`: the other candidates
+    whose energy is within both error bars of the pick's (not distinguishable by energy).
     """
     table = aggregate(trials)
     candidates = table[table["all_reached"] & (table["runs"] > 0)]
@@ -149,15 +164,27 @@ def recommend(trials: pd.DataFrame) -> pd.DataFrame:
     measured = candidates[candidates["energy_j_mean"].notna()]
     if len(measured):
         picks["least_energy"] = measured.loc[measured["energy_j_mean"].idxmin()]
-    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "epochs", "test_acc",
-               "time_s_std", "energy_j_std", "energy_below_resolution", "energy_source"]
+    cost = eta_cost(candidates, eta) if eta is not None else pd.Series(math.nan, index=candidates.index)
+    if cost.notna().any():
+        picks["eta_cost"] = candidates.loc[cost.idxmin()]
+    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "epochs", "test_acc", "time_s_std",
+               "energy_j_std", "energy_err_j", "energy_uncertain", "energy_source", "cost_j", "ties"]
     rows = {
-        name: {**{c: row[c] for c in ("lr", "batch_size", "runs", "time_s_std", "energy_j_std",
-                                      "energy_below_resolution", "energy_source")},
-               **{m: row[f"{m}_mean"] for m in METRICS}}
+        name: {**{c: row[c] for c in ("lr", "batch_size", "runs", "time_s_std", "energy_j_std", "energy_err_j",
+                                      "energy_uncertain", "energy_source")},
+               **{m: row[f"{m}_mean"] for m in METRICS}, "cost_j": cost.get(row.name, math.nan),
+               "ties": energy_ties(measured, row) if name == "least_energy" else ""}
         for name, row in picks.items()
     }
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def energy_ties(table: pd.DataFrame, pick: pd.Series) -> str:
+    """Labels of the configurations whose mean energy is within the error bars of `pick`'s."""
+    err = table["energy_err_j"].fillna(0.0) + (0.0 if math.isnan(pick["energy_err_j"]) else pick["energy_err_j"])
+    close = (table["energy_j_mean"] - pick["energy_j_mean"]).abs() <= err
+    others = table[close & (table.index != pick.name)]
+    return ", ".join(point_label(r.lr, r.batch_size) for r in others.itertuples())
 
 
 def energy_measured(trials: pd.DataFrame) -> bool:

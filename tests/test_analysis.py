@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import load_epochs, load_trials, plots, summary
+from analysis import frames, load_epochs, load_trials, plots, summary
 from analysis.report import experiment_info, write_report
 from tune_jobs.spec import SPEC_FILE
 from trainables.errors import InputError
@@ -38,15 +38,15 @@ def tiny_report(tiny_experiment, tmp_path_factory) -> Path:
 def trials(tiny_experiment) -> pd.DataFrame:
     """The tiny sweep's trials as a node that measures no energy reports them."""
     return load_trials(tiny_experiment).assign(energy_j=np.nan, gpu_energy_j=np.nan, cpu_energy_j=np.nan,
-                                                energy_source="none", energy_below_resolution=False)
+                                                energy_source="none", energy_uncertain=False)
 
 
-def with_gpu_energy(trials: pd.DataFrame, below_resolution_trial: int | None = None) -> pd.DataFrame:
+def with_gpu_energy(trials: pd.DataFrame, uncertain_trial: int | None = None) -> pd.DataFrame:
     """The trials as a GPU node reports them: joules measured, optionally one window under 1 s."""
     measured = trials.assign(energy_j=trials["time_s"] * 250.0, gpu_energy_j=trials["time_s"] * 250.0,
-                             energy_source="gpu", energy_below_resolution=False)
-    if below_resolution_trial is not None:
-        measured.loc[measured["trial_number"] == below_resolution_trial, "energy_below_resolution"] = True
+                             energy_source="gpu", energy_uncertain=False)
+    if uncertain_trial is not None:
+        measured.loc[measured["trial_number"] == uncertain_trial, "energy_uncertain"] = True
     return measured
 
 
@@ -180,7 +180,7 @@ def test_view_figure_has_four_labelled_panels_and_marks_the_missed_trial(trials)
 
 
 def test_measured_energy_is_drawn_and_windows_under_a_second_are_hatched(trials):
-    fig = plots.plot_view(with_gpu_energy(trials, below_resolution_trial=1), "lr", ("lr",))
+    fig = plots.plot_view(with_gpu_energy(trials, uncertain_trial=1), "lr", ("lr",))
     energy_ax = fig.axes[1]
     heights = [b.get_height() for b in energy_ax.patches]
     expected = summary.in_view(trials, "lr").set_index("lr").loc[[1e-5, 0.005, 0.05], "time_s"] * 250.0
@@ -287,3 +287,46 @@ def test_fixed_epochs_sweep_has_no_target_figures_and_train_and_test_loss_togeth
     assert styles == {"-", "--"}  # both trials' training (solid) and test (dashed) loss, 4 epochs each
     accuracy = plots.plot_accuracy_curves(epochs, [("lr", ("lr",))], threshold=None)
     assert not [line for line in accuracy.axes[0].get_lines() if line.get_label().startswith("target")]
+
+
+# -- energy attribution, error bars and the cost ranking -------------------------------------
+
+
+def test_nothing_measured_stays_nan_with_method_none(tiny_experiment):
+    trials = load_trials(tiny_experiment)
+    unmeasured = trials[trials.energy_source == "none"]
+    assert (unmeasured.energy_method == "none").all() and not unmeasured.energy_uncertain.any()
+    for column in ("energy_j", "energy_err_j", "dynamic_energy_j", "first_run_energy_j"):
+        assert unmeasured[column].isna().all(), column
+    measured = trials[trials.energy_source != "none"]  # a GPU or RAPL host
+    assert measured.energy_method.isin(["direct", "replay"]).all() and (measured.energy_j >= 0).all()
+
+
+def test_node_cpu_energy_counts_for_a_trial_only_where_it_ran_alone(tiny_experiment):
+    """The tiny sweep ran trials two at a time on one node: with the node's RAPL joules written
+    in, trials that overlapped another share them (they rank nothing); one alone owns them."""
+    trials = load_trials(tiny_experiment).assign(energy_j=np.nan, energy_source="none", cpu_energy_shared=False)
+    trials["cpu_energy_j"] = trials["time_s"] * 30.0
+    both = frames.attribute_cpu_energy(trials)
+    spans = list(zip(trials.started_at_s, trials.ended_at_s))
+    overlapped = [any(s < e2 and e > s2 for j, (s2, e2) in enumerate(spans) if j != i) for i, (s, e) in enumerate(spans)]
+    assert any(overlapped)
+    assert both.cpu_energy_shared.tolist() == overlapped
+    assert both.energy_j[both.cpu_energy_shared].isna().all()
+    alone = both[~both.cpu_energy_shared]
+    assert (alone.energy_source == "cpu").all() and (alone.energy_j == alone.cpu_energy_j).all()
+    single = frames.attribute_cpu_energy(trials.iloc[[0]])
+    assert single.energy_source.tolist() == ["cpu"] and not single.cpu_energy_shared.any()
+
+
+def test_recommendation_says_when_energies_are_within_error_bars_and_ranks_by_eta(trials):
+    energy = with_gpu_energy(trials).assign(energy_err_j=5.0, gpu_max_power_w=700.0)
+    reached = energy[energy.reached_target]
+    cheapest = reached.energy_j.min()
+    energy.loc[energy.trial_id == reached.trial_id.iloc[0], "energy_j"] = cheapest + 4.0  # within 5 + 5 J
+    picks = summary.recommend(energy, eta=0.5)
+    least = picks.loc["least_energy"]
+    assert least["ties"] != "" and least["energy_err_j"] == 5.0
+    now = energy[energy.reached_target]
+    assert picks.loc["eta_cost", "cost_j"] == pytest.approx((0.5 * now.energy_j + 0.5 * 700.0 * now.time_s).min())
+    assert "eta_cost" not in summary.recommend(trials, eta=0.5).index  # no GPU energy: no cost ranking

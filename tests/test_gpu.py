@@ -27,6 +27,6 @@ def test_energy_of_a_gpu_run_comes_from_nvml_and_adds_up():
     result = train_to_accuracy(splits, TrainConfig(batch_size=128), StopRule(threshold=None, max_epochs=3),
                                meter=meter)
     assert all(r.energy_source == meter.source for r in result.history)
-    assert all(r.epoch_energy_j > 0 for r in result.history if not r.energy_below_resolution)
+    assert all(r.epoch_energy_j > 0 for r in result.history if not r.energy_uncertain)
     assert result.energy_j == pytest.approx(sum(r.epoch_energy_j for r in result.history))
     assert math.isfinite(result.history[-1].gpu_energy_j)

@@ -17,6 +17,7 @@ from pathlib import Path
 from trainables.errors import InputError
 from analysis import storage
 from analysis.storage import SPEC_FILE
+from tune_jobs.cli_sweep import add_eta_argument
 from tune_jobs.spec import read_spec
 
 
@@ -27,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("path", metavar="PATH", help="experiment directory (holds sweep.yaml), or s3://... / gs://...")
     analyze.add_argument("--out", metavar="DIR", help="output directory (default: PATH/analysis; "
                                                       "for a cloud PATH ./analysis-NAME)")
+    add_eta_argument(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
 
@@ -40,7 +42,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise InputError("PATH", f"{args.path} does not exist{hint}")
     spec_file = storage.join(experiment, SPEC_FILE)
     info = read_spec(experiment).report_info() if storage.exists(spec_file) else None
-    report = write_report(experiment, args.out, info)
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise InputError("--eta", f"must be in [0, 1], got {args.eta:g}")
+    report = write_report(experiment, args.out, info, eta=args.eta)
     folder = Path(report).parent
     print(f"analysis: {folder}")
     for file in sorted(folder.iterdir()):

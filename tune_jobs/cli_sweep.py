@@ -43,6 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
     add_place_arguments(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
+    add_eta_argument(run)
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit without starting Ray")
     run.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
     run.set_defaults(func=cmd_run)
@@ -52,6 +53,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_place_arguments(resume)
     resume.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
     resume.set_defaults(func=cmd_resume)
+
+
+def add_eta_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eta", type=float, metavar="E",
+                        help="also rank by Zeus's cost E x energy + (1 - E) x max GPU power x time, E in [0, 1] "
+                             "(the spec's energy.eta)")
 
 
 def add_place_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +75,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         return spec_from_dict(json.loads(args.spec_json))
     if args.spec and args.preset:
         raise InputError("--preset", "give either a spec file/preset or --preset, not both")
-    spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, args.overrides)
+    overrides = [*args.overrides, *([f"energy.eta={args.eta!r}"] if args.eta is not None else [])]
+    spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, overrides)
     return replace(spec, data=args.data) if args.data else spec
 
 

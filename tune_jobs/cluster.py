@@ -31,6 +31,7 @@ class ClusterInfo:
     gpus: float
     nodes: int
     started_here: bool
+    max_node_cpus: float = 0.0  # the most CPUs any one node has
 
 
 def parse_address(address: str, flag: str = "--address", schemes: tuple[str, ...] = ("ray",)) -> tuple[str, int]:
@@ -120,11 +121,13 @@ def describe(address: str = "local", dashboard: str = "", started_here: bool = T
     import ray
 
     resources = ray.cluster_resources()
+    alive = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(
         address=address,
         dashboard_url=f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard,
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
-        nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+        nodes=len(alive),
         started_here=started_here,
+        max_node_cpus=max((float(n.get("Resources", {}).get("CPU", 0)) for n in alive), default=0.0),
     )

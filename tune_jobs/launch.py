@@ -41,6 +41,7 @@ def param_space(spec: SweepSpec) -> dict:
             "views": list(t.views),
             "train": asdict(spec.train_config(t)),
             "stop": asdict(spec.stop),
+            "replay_budget_s": spec.energy.replay_budget_s,
         }
         for t in spec.trials()
     ]
@@ -68,7 +69,7 @@ def trial_dirname(trial) -> str:
 
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
     return tune.with_resources(
-        tune.with_parameters(sweep_trial, dataset=dataset), spec.ray_resources(cluster.gpus)
+        tune.with_parameters(sweep_trial, dataset=dataset), spec.ray_resources(cluster.gpus, cluster.max_node_cpus)
     )
 
 

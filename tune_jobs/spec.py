@@ -30,7 +30,7 @@ from trainables.errors import InputError
 PRESETS_DIR = Path(__file__).with_name("sweeps")
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
-TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources")
+TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources", "energy")
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,31 @@ class Resources:
     cpus_per_trial: float = 1.0  # CPU cores per trial; also torch's threads on CPU
     gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
+    exclusive_node: bool = False  # one trial per node at a time: its node's CPU joules are then its own
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exclusive_node, bool):
+            raise InputError("resources.exclusive_node", f"must be true or false, got {self.exclusive_node!r}")
         if not _is_number(self.cpus_per_trial) or not self.cpus_per_trial > 0:
             raise InputError("resources.cpus_per_trial", f"must be a number > 0, got {self.cpus_per_trial!r}")
         if self.gpus_per_trial != "auto" and not (_is_number(self.gpus_per_trial) and self.gpus_per_trial >= 0):
             raise InputError("resources.gpus_per_trial", f"must be 'auto' or a number >= 0, got {self.gpus_per_trial!r}")
         if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise InputError("resources.max_failures", f"must be an integer >= 0, got {self.max_failures!r}")
+
+
+@dataclass(frozen=True)
+class EnergyOptions:
+    """How energy is measured and ranked."""
+
+    replay_budget_s: float = 10.0  # per trial: replaying a trial too short for the GPU counter stops here
+    eta: float | None = None  # also rank by Zeus's cost eta * energy + (1 - eta) * max_power * time
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.replay_budget_s) or not 0 <= self.replay_budget_s < math.inf:
+            raise InputError("energy.replay_budget_s", f"must be a number of seconds >= 0, got {self.replay_budget_s!r}")
+        if self.eta is not None and not (_is_number(self.eta) and 0 <= self.eta <= 1):
+            raise InputError("energy.eta", f"must be a number in [0, 1] (or null), got {self.eta!r}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class SweepSpec:
     stop: StopRule = field(default_factory=StopRule)
     repeats: int = 1
     resources: Resources = field(default_factory=Resources)
+    energy: EnergyOptions = field(default_factory=EnergyOptions)
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -124,12 +142,15 @@ class SweepSpec:
         cpus = max(1, int(self.resources.cpus_per_trial))
         return replace(self.train, lr=trial.lr, batch_size=trial.batch_size, seed=trial.seed, cpus=cpus)
 
-    def ray_resources(self, cluster_gpus: float) -> dict[str, float]:
-        """What one trial asks Ray for on a cluster that shows `cluster_gpus` GPUs."""
+    def ray_resources(self, cluster_gpus: float, node_cpus: float = 0.0) -> dict[str, float]:
+        """What one trial asks Ray for on a cluster that shows `cluster_gpus` GPUs and at most
+        `node_cpus` CPUs on one node (exclusive_node asks for all of them: one trial per node)."""
         gpus = self.resources.gpus_per_trial
         if gpus == "auto":
             gpus = 1.0 if cluster_gpus > 0 else 0.0
-        return {"cpu": float(self.resources.cpus_per_trial), "gpu": float(gpus)}
+        cpus = max(float(node_cpus), float(self.resources.cpus_per_trial)) if self.resources.exclusive_node \
+            else float(self.resources.cpus_per_trial)
+        return {"cpu": cpus, "gpu": float(gpus)}
 
     def check_batch_sizes(self, n_train_rows: int) -> None:
         """Every batch size must fit in the training split (after validation is held out)."""
@@ -146,7 +167,7 @@ class SweepSpec:
         from analysis.report import ExperimentInfo
 
         return ExperimentInfo(self.name, self.description, self.stop, tuple((v.name, v.swept) for v in self.views),
-                              self.repeats, from_spec=True)
+                              self.repeats, from_spec=True, eta=self.energy.eta)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that `spec_from_dict` reads back (what sweep.yaml records)."""
@@ -159,6 +180,7 @@ class SweepSpec:
             "views": {v.name: {axis: list(values) for axis, values in v.grid.items()} for v in self.views},
             "repeats": self.repeats,
             "resources": asdict(self.resources),
+            "energy": asdict(self.energy),
         }
 
 
@@ -241,6 +263,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     train = _dataclass_from("train", TrainConfig, raw.get("train") or {}, exclude=("cpus",))
     stop = _dataclass_from("stop", StopRule, raw.get("stop") or {})
     resources = _dataclass_from("resources", Resources, raw.get("resources") or {})
+    energy = _dataclass_from("energy", EnergyOptions, raw.get("energy") or {})
     views = _views_from(raw.get("views"))
     data = raw.get("data", "synthetic")
     if not isinstance(data, str) or not data:
@@ -257,6 +280,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         views=views,
         repeats=raw.get("repeats", 1),
         resources=resources,
+        energy=energy,
     )
 
 
