@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_sweep
+    from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_sweep, doctor
 
     parser = argparse.ArgumentParser(
         prog="instrument-sweep",
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_jobs.register(commands)
     cli_analyze.register(commands)
     cli_data.register(commands)
+    doctor.register(commands)
     return parser
 
 

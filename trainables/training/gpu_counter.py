@@ -50,6 +50,20 @@ def counter_changes(read_mj, n_changes: int, timeout_s: float) -> list[tuple[flo
     return changes if len(changes) == n_changes else []
 
 
+def measure_counter(read_mj, timeout_s: float = 5.0) -> tuple[float, float, float]:
+    """(update period s, mean power W, its error W) of an energy counter read by `read_mj`,
+    over MIN_IDLE_PERIODS periods (about 1.2 s at 100 ms); NaNs where it did not change."""
+    changes = counter_changes(read_mj, MIN_IDLE_PERIODS + 2, timeout_s)
+    if not changes:
+        return NAN, NAN, NAN
+    intervals = [b[0] - a[0] for a, b in zip(changes, changes[1:])]
+    (t0, e0), (t1, e1) = changes[1], changes[-1]  # the first change only aligns the clock
+    power_w = (e1 - e0) / 1000.0 / (t1 - t0)
+    # Each change is seen up to one poll (plus scheduling delay, seen in the intervals' spread) late.
+    jitter_s = 2 * POLL_S + max(intervals) - min(intervals)
+    return statistics.median(intervals), power_w, power_w * jitter_s / (t1 - t0)
+
+
 @functools.lru_cache(maxsize=None)
 def probe_gpu(index: int, timeout_s: float = 5.0) -> GpuProbe:
     """Measure GPU `index`'s counter period and idle power (about 1.2 s at a 100 ms period)."""
@@ -63,12 +77,5 @@ def probe_gpu(index: int, timeout_s: float = 5.0) -> GpuProbe:
         max_power_w = NAN
     if not gpus.supports_get_total_energy_consumption(index):
         return GpuProbe(index, name, NAN, NAN, NAN, max_power_w)
-    changes = counter_changes(lambda: gpus.get_total_energy_consumption(index), MIN_IDLE_PERIODS + 2, timeout_s)
-    if not changes:
-        return GpuProbe(index, name, NAN, NAN, NAN, max_power_w)
-    intervals = [b[0] - a[0] for a, b in zip(changes, changes[1:])]
-    (t0, e0), (t1, e1) = changes[1], changes[-1]  # the first change only aligns the clock
-    idle_w = (e1 - e0) / 1000.0 / (t1 - t0)
-    # Each change is seen up to one poll (plus scheduling delay, seen in the intervals' spread) late.
-    jitter_s = 2 * POLL_S + max(intervals) - min(intervals)
-    return GpuProbe(index, name, statistics.median(intervals), idle_w, idle_w * jitter_s / (t1 - t0), max_power_w)
+    period_s, idle_w, idle_err_w = measure_counter(lambda: gpus.get_total_energy_consumption(index), timeout_s)
+    return GpuProbe(index, name, period_s, idle_w, idle_err_w, max_power_w)
