@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 import analysis
@@ -17,6 +18,12 @@ def test_run_smoke_preset_end_to_end(tmp_path, process_tag):
     trials = analysis.load_trials(str(tmp_path / "smoke"))
     assert len(trials) == 2 and set(trials.status) <= {"reached_target", "max_epochs"}
     assert (tmp_path / "smoke" / "analysis" / "report.md").is_file()
+    table = pd.read_csv(tmp_path / "smoke" / "analysis" / "trials.csv")
+    for column in ("energy_j", "energy_err_j", "energy_method", "replays", "first_run_energy_j", "cpu_energy_j",
+                   "cpu_energy_shared", "gpu_idle_w", "dynamic_energy_j", "energy_source"):
+        assert column in table.columns, column
+    if (table.energy_source == "none").all():  # a host without a GPU counter or readable RAPL
+        assert (table.energy_method == "none").all() and table.energy_j.isna().all()
     trial_files = {p.name for d in (tmp_path / "smoke").glob("trial-*") for p in d.iterdir()}
     assert {"result.json", "progress.csv", "params.json"} <= trial_files
     assert not any(name.startswith("events.out.tfevents") for name in trial_files)  # no TensorBoard
