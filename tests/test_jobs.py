@@ -42,6 +42,7 @@ def test_submit_runs_the_sweep_as_a_job_until_succeeded(ray_head, tmp_path, blob
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = re.search(r"submitted: (\S+)", out.stdout).group(1)
     assert f"{url}/#/jobs/{job_id}" in out.stdout and "instrument-sweep logs" in out.stdout
+    assert "ray get-auth-token" in out.stdout  # how to get past the dashboard's token dialog
 
     def finished():
         status = cli("status", job_id, "--address", url, tag=tag).stdout.strip()

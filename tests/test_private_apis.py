@@ -1,7 +1,8 @@
 """Each private API the project relies on, tested by behaviour: a Ray, torch or Python that
 changes one fails here, by name, instead of somewhere downstream.
 
-- tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle.
+- tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
+  single-machine switch behind `ray_on_loopback` (tests/test_security.py).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py).

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from tune_jobs import jobs
+from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import load_spec, preset_names
 
 
@@ -37,6 +38,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     address = jobs.jobs_address(args.address)
     print(f"submitted: {job_id}")
     print(f"dashboard: {address}/#/jobs/{job_id}")
+    if hint := dashboard_login_hint():
+        print(f"token:     {hint}")
     print(f"follow:    instrument-sweep logs {job_id} --address {address} --follow")
     print(f"status:    instrument-sweep status {job_id} --address {address}")
     return 0

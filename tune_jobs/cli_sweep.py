@@ -25,6 +25,7 @@ from trainables.errors import InputError
 from trainables.training.stop import ENDED_BY_RULE, Status
 from analysis import storage
 from tune_jobs.cluster import connect, disconnect
+from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
 EXIT_TRIALS_FAILED = 1
@@ -163,6 +164,8 @@ def connect_and_describe(address: str | None, verbose: bool):
     print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)
     if cluster.dashboard_url:
         print(f"dashboard: {cluster.dashboard_url}", flush=True)
+        if hint := dashboard_login_hint():
+            print(f"token:     {hint}", flush=True)
     return cluster
 
 

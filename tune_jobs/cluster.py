@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from trainables.errors import InputError
 from tune_jobs import ray_private
+from tune_jobs.security import private_token_file
 
 CONNECT_TIMEOUT_S = 5.0
 DASHBOARD_HOST = "127.0.0.1"  # never opened to the network; reach it by SSH tunnel
@@ -81,6 +82,7 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     """Start a local Ray (address None) or join the cluster at `address`."""
     import ray
 
+    private_token_file(create=address is None)
     if address is not None:
         host, port = parse_address(address)
         if host != "auto":
@@ -96,8 +98,9 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
             # Ray starts a worker per CPU for the first driver; Tune's trial actors never use
             # them, and on a laptop they only slow Ray's own start (0.9 s of a seed sweep, 2 cores).
             os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-            context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
-                               log_to_driver=log_to_driver, logging_level=logging.WARNING)
+            with ray_private.ray_on_loopback():
+                context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+                                   log_to_driver=log_to_driver, logging_level=logging.WARNING)
         else:
             context = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     except ConnectionError as exc:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs.cluster import check_reachable, parse_address, use_token_if_available
+from tune_jobs.security import private_token_file
 from tune_jobs.spec import SweepSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,7 @@ def client(address: str | None):
     address = jobs_address(address)
     host, port = parse_address(address, "--address", schemes=("http",))
     check_reachable(host, port)
+    private_token_file()
     use_token_if_available()
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):  # upload chatter
         logging.getLogger(name).setLevel(logging.ERROR)

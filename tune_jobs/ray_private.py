@@ -5,12 +5,20 @@ checks each one's behaviour, so a Ray that changes them fails there, loudly.
   RAY_AUTH_MODE=token; its own helper switches that on when a token exists.
 - `stop_local_monitor()`: Ray stops its GCS before the autoscaler monitor, which then
   waits on the GCS until Ray kills it a second later; killing the monitor first saves that.
+- `ray_on_loopback()`: Ray's single-machine switch (`ray_constants.ENABLE_RAY_CLUSTER`),
+  off for one `ray.init`, keeps a local Ray's every listener on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
+# Ray's switch for single-machine clusters (ray_constants.ENABLE_RAY_CLUSTER, read when Ray is
+# imported): off, a new local Ray takes 127.0.0.1 as its node address and binds every port there.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -40,3 +48,31 @@ def stop_local_monitor() -> int:
         process_info.process.kill()
         process_info.process.wait()
     return len(monitors)
+
+
+@contextlib.contextmanager
+def ray_on_loopback() -> Iterator[None]:
+    """Start a local Ray inside: it takes 127.0.0.1 as its node address, so its GCS, raylet, object
+    manager, workers, agents and this driver listen on loopback only. Restored on leaving.
+
+    Ray rewrites a loopback `_node_ip_address` to the machine's address unless its single-machine
+    switch is off; the switch is read when Ray is imported (the driver usually has), so it is set
+    on Ray's module for this process and in the environment for the processes Ray starts.
+    Does nothing where RAY_ADDRESS makes ray.init() join an existing cluster.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = before_env
