@@ -135,6 +135,7 @@ def experiment_under(root: str, name_or_path: str) -> str:
 
 
 def load_data(spec: SweepSpec):
+    from trainables.data.dataset import class_counts
     from trainables.data.sources import resolve_dataset
 
     try:
@@ -142,6 +143,7 @@ def load_data(spec: SweepSpec):
     except InputError as exc:
         raise InputError(exc.where if exc.where != "data" else "--data", exc.problem) from None
     spec.check_batch_sizes(dataset.n_train)
+    spec.check_validation_split(class_counts(dataset.train_y, dataset.n_classes))
     print(f"data: {spec.data}: {dataset.n_train} train rows, {dataset.n_test} test rows, "
           f"{dataset.n_features} features, {dataset.n_classes} classes", flush=True)
     return dataset
