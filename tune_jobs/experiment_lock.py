@@ -5,7 +5,7 @@
 
     with hold(experiment, "resume") as lock:   # InputError("experiment", ...) while another holds it
         lock.previous                          # what the last holder recorded, if it never released
-        lock.record(ray_session_dir="/tmp/ray/session_...")
+        lock.record(local_ray=TAG)               # what a later holder may need to clean up
 
 Local (and NFS) storage: an OS file lock (fcntl.flock) on LOCK_FILE in the experiment
 directory, with the holder's pid, host and command written into it. The kernel releases
