@@ -33,6 +33,13 @@ def rows(result_json: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def status_of(result_json: Path) -> str:
     found = rows(result_json)
     return found[-1]["status"] if found else "pending"
@@ -134,6 +141,29 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_ta
     assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
     retried = rows(result)
     assert retried[-1]["epoch"] == 60 and retried[-1]["pid"] != last["pid"]
+    assert_epochs_continue(experiment)
+
+
+def test_a_trial_killed_before_its_first_checkpoint_is_retried_from_the_start(tmp_path, process_tag,
+                                                                                blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+
+    def a_trial_process():
+        return [pid for pid in tagged_pids(process_tag) if cmdline(pid).startswith(b"ray::ImplicitFunc")]
+
+    victim = wait_until(a_trial_process, 180, "a trial's process", interval_s=0.02)[0]
+    reported = sum(len(rows(r)) for r in experiment.glob("trial-*/result.json"))
+    os.kill(victim, signal.SIGKILL)  # while it starts: importing torch takes seconds, a first epoch more
+    assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    assert reported == 0, "killed too late: a trial had reported already"
+    log = (tmp_path / "c.log").read_text()
+    retry = re.findall(r"^\[\d/3 done\] retry  #\d .*$", log, re.MULTILINE)
+    assert len(retry) == 1 and "from the start (no checkpoint yet), retry 1 of 2" in retry[0], log
+    assert "Traceback" not in log, log
+    trials = analysis.load_trials(str(experiment))
+    assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
     assert_epochs_continue(experiment)
 
 
