@@ -104,6 +104,7 @@ def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, proc
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "failed to bind" not in out.stdout + out.stderr
     assert leftover.poll() is not None and bystander.poll() is None
+    assert f"leftover process(es) of the local Ray of the killed `instrument-sweep run` (pid {driver.pid})" in out.stdout
     assert not tagged_pids(dead_ray, LOCAL_RAY_ENV)  # nothing of the dead command's Ray is left
     bystander.kill()
     for name, before in finished.items():  # finished trials were not re-run

@@ -114,8 +114,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     dataset = load_data(spec)
     check_same_dataset(experiment, dataset)
     with experiment_lock.hold(experiment, "resume") as lock:  # exit 2 while another command works on it
-        if lock.previous:  # the last command here was killed: its local Ray's agents hold their ports
-            stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))
+        if lock.previous:  # the last command here was killed: its local Ray's agents may hold their ports
+            ended = stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))
+            if ended:
+                print(f"ended {ended} leftover process(es) of the local Ray of the killed "
+                      f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
+                      flush=True)
         cluster = connect_and_describe(args.address, args.verbose)
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)

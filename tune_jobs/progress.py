@@ -34,7 +34,7 @@ def result_line(report: EpochReport) -> str:
 def retry_line(trial) -> str:
     """Where a failed trial continues (its last checkpoint's epoch, or the start), which retry
     this is, and where Tune wrote the error (the console gets no traceback)."""
-    saved = getattr(trial.latest_checkpoint_result, "metrics", None) or {}
+    saved = getattr(getattr(trial, "latest_checkpoint_result", None), "metrics", None) or {}
     start = f"from epoch {saved['epoch']}'s checkpoint" if "epoch" in saved else "from the start (no checkpoint yet)"
     of = f" of {trial.max_failures}" if getattr(trial, "max_failures", -1) >= 0 else ""
     error = f"; error in {Path(trial.path).name}/error.txt" if trial.error_file else ""  # in the experiment
