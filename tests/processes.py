@@ -38,9 +38,10 @@ def spawn_cli(*args: str, tag: str, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=tagged_env(tag), start_new_session=True)
 
 
-def tagged_pids(tag: str) -> list[int]:
+def tagged_pids(tag: str, variable: str = TAG) -> list[int]:
+    """Processes whose environment holds `variable`=`tag`."""
     pids = []
-    needle = f"{TAG}={tag}".encode()
+    needle = f"{variable}={tag}".encode()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:

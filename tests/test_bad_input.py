@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import blob_dataset, write_dataset_dir
 from processes import free_port
 from tune_jobs.cli import main
+from tune_jobs.spec import load_spec
 
 SMOKE = ["run", "--preset", "smoke"]
 
@@ -55,6 +57,23 @@ def one_d_data(d: Path):
     np.save(d / "train_data.npy", np.load(d / "train_data.npy")[:, 0])
 
 
+def one_class(d: Path):
+    for part in ("train_labels", "test_labels"):
+        np.save(d / f"{part}.npy", np.zeros_like(np.load(d / f"{part}.npy")))
+
+
+def text_as_npy(d: Path):
+    (d / "train_data.npy").write_text("0.1,0.2,0.3\n0.4,0.5,0.6\n")
+
+
+def lonely_class(d: Path):
+    """Class 3 keeps a single training row: nothing of it is left to validate on."""
+    y = np.load(d / "train_labels.npy")
+    y[y == 3] = 2
+    y[0] = 3
+    np.save(d / "train_labels.npy", y)
+
+
 # (case id, argv after the command, text the error must contain). DATA / STORE / TMP are filled in.
 CASES = [
     # spec mistakes
@@ -95,12 +114,24 @@ CASES = [
     ("data-unseen-test-label", [*SMOKE, "--data", "BROKEN:unseen"], "test_labels.npy"),
     ("data-float-labels", [*SMOKE, "--data", "BROKEN:float"], "train_labels.npy"),
     ("data-1d", [*SMOKE, "--data", "BROKEN:1d"], "train_data.npy: must be 2-D"),
+    ("data-one-class", [*SMOKE, "--data", "BROKEN:oneclass"], "train_labels.npy: all 1200 training rows have "
+                                                                "label 0; a classifier needs at least 2 classes"),
+    ("data-symlink-loop", [*SMOKE, "--data", "TMP/loop"], "loop: is a symbolic link loop"),
+    ("data-text-as-npy", [*SMOKE, "--data", "BROKEN:text"], "train_data.npy: is a text file (starts '0.1,0.2"),
+    ("val-fraction-too-small", [*SMOKE, "--data", "DATA", "--set", "stop.threshold=0.98",
+                                "--set", "train.val_fraction=0.0001"],
+     "train.val_fraction: 0.0001 leaves 4 validation rows of 1200; the target 0.98 needs at least 50"),
+    ("val-class-without-rows", [*SMOKE, "--data", "BROKEN:lonely"],
+     "train.val_fraction: 0.2 leaves no validation rows for class(es) 3 (1 training row(s))"),
     # paths
     ("storage-is-a-file", [*SMOKE, "--data", "DATA", "--storage", "TMP/afile"], "--storage: "),
     ("storage-bad-scheme", [*SMOKE, "--data", "DATA", "--storage", "ftp://host/x"], "--storage: unsupported scheme ftp://"),
     ("name-with-slash", [*SMOKE, "--data", "DATA", "--storage", "STORE", "--name", "a/b"], "--name: must be a plain name"),
     ("resume-unknown", ["resume", "ghost", "--storage", "STORE"], "experiment: "),
     ("analyze-not-experiment", ["analyze", "TMP"], "PATH: "),
+    ("analyze-spec-not-yaml", ["analyze", "TMP/sweeps/badspec"], "badspec/sweep.yaml: is not valid YAML (line 3: expected"),
+    ("resume-spec-not-yaml", ["resume", "badspec", "--storage", "TMP/sweeps"], "sweep.yaml: is not valid YAML"),
+    ("analyze-no-trials-yet", ["analyze", "TMP/sweeps/speconly"], "speconly has no trial results yet"),
     # cluster addresses
     ("address-unreachable", [*SMOKE, "--data", "DATA", "--storage", "STORE", "--address", "127.0.0.1:PORT"],
      "--address: cannot reach 127.0.0.1"),
@@ -114,7 +145,8 @@ CASES = [
 
 DAMAGE = {"missing": lambda d: (d / "test_labels.npy").unlink(), "nan": nan_rows, "pickled": object_array,
           "fewer": fewer_labels, "features": other_features, "unseen": unseen_test_label,
-          "float": float_labels, "1d": one_d_data}
+          "float": float_labels, "1d": one_d_data, "oneclass": one_class, "text": text_as_npy,
+          "lonely": lonely_class}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +155,11 @@ def places(tmp_path_factory, blob_dataset_dir):
     (tmp / "bad.yaml").write_text("views: {lr: [0.1\n")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
     (tmp / "afile").write_text("not a directory")
+    (tmp / "loop").symlink_to(tmp / "loop")
+    for name, spec_text in (("badspec", "name: x\nviews: {lr: [0.1\n"),
+                            ("speconly", yaml.safe_dump(load_spec("smoke").to_dict()))):
+        (tmp / "sweeps" / name).mkdir(parents=True)
+        (tmp / "sweeps" / name / "sweep.yaml").write_text(spec_text)
     broken = {key: broken_dataset(tmp, key, damage) for key, damage in DAMAGE.items()}
     return {"TMP": str(tmp), "DATA": blob_dataset_dir, "PORT": str(free_port()), "broken": broken}
 
@@ -139,7 +176,7 @@ def fill(argv: list[str], places: dict, store: Path) -> list[str]:
 
 
 def test_the_table_is_broad():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 50
     assert len({case for case, _, _ in CASES}) == len(CASES)
 
 
@@ -149,14 +186,22 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(case, argv, exp
     argv = fill(argv, places, store)
     if "--storage" not in argv and argv[0] == "run":
         argv += ["--storage", str(store)]
+    before = tree(Path(places["TMP"]))
     started = time.monotonic()
     code = main(argv)
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and expected in err, err
+    assert err.count("\n") == 1, err  # one line
     assert elapsed < 15, f"took {elapsed:.1f} s"
     assert not store.exists() or not any(store.iterdir()), "something was written"
+    assert tree(Path(places["TMP"])) == before, "something was written beside the inputs"
+
+
+def tree(root: Path) -> dict[str, int]:
+    """Every path under `root` (links not followed) with its size: what a command may not change."""
+    return {str(p.relative_to(root)): p.lstat().st_size for p in root.rglob("*")}
 
 
 def test_real_process_exit_code_and_message(places):

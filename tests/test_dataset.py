@@ -95,6 +95,9 @@ BAD_CASES = {
     "complex data": ({"train_data": np.zeros((60, 5), np.complex64)}, "train_data.npy", "real numbers"),
     "object array": ({"train_data": np.array([[1.0, None]] * 60, dtype=object)}, "train_data.npy",
                      "refusing to unpickle"),
+    "one class": ({"train_labels": np.zeros(60, np.int64), "test_labels": np.zeros(20, np.int64)},
+                  "train_labels.npy", "all 60 training rows have label 0; a classifier needs at least 2 classes"),
+    "one class, not label 0": ({"train_labels": np.full(60, 2)}, "train_labels.npy", "have label 2; a classifier"),
 }
 
 
@@ -156,6 +159,41 @@ def test_other_unreadable_inputs(tmp_path):
     (tmp_path / "names" / "classes.json").write_text("{not json")
     with pytest.raises(InputError, match="not readable JSON"):
         load_dataset(tmp_path / "names")
+
+
+def test_links_and_non_npy_files_are_named_for_what_they_are(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(InputError, match="is a symbolic link loop"):
+        load_dataset(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match=r"is a broken symbolic link \(to .*gone, which does not exist\)"):
+        load_dataset(tmp_path / "dangling")
+
+    for name, content, words in (
+        ("text", b"1.0,2.0,3.0\n4.0,5.0,6.0\n", "is a text file (starts '1.0,2.0"),
+        ("empty", b"", "is empty (0 bytes)"),
+        ("pickle", b"\x80\x04\x95" + bytes(20), "holds pickled data"),
+        ("binary", bytes(range(256)), "is not a .npy array"),
+    ):
+        save(tmp_path / name)
+        (tmp_path / name / "train_data.npy").write_bytes(content)
+        with pytest.raises(InputError) as err:
+            load_dataset(tmp_path / name)
+        assert err.value.where == str(tmp_path / name / "train_data.npy")
+        assert words in err.value.problem, (name, err.value.problem)
+
+    save(tmp_path / "npz")
+    np.savez(tmp_path / "npz" / "x.npz", a=np.zeros(3))
+    (tmp_path / "npz" / "x.npz").replace(tmp_path / "npz" / "test_data.npy")
+    with pytest.raises(InputError, match="is an .npz archive"):
+        load_dataset(tmp_path / "npz")
+
+    save(tmp_path / "linked")
+    (tmp_path / "linked" / "test_labels.npy").unlink()
+    (tmp_path / "linked" / "test_labels.npy").symlink_to("test_labels.npy")
+    with pytest.raises(InputError, match="symbolic link loop") as err:
+        load_dataset(tmp_path / "linked")
+    assert err.value.where.endswith("test_labels.npy")
 
 
 def test_cli_exits_2_naming_the_file(tmp_path, capsys):

@@ -3,15 +3,19 @@ corrupted checkpoint, storage filling up, storage too small or read-only. Real p
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 import analysis
-from processes import cli, spawn_cli, wait_until
+from analysis.storage import LOCK_FILE
+from tune_jobs.cluster import LOCAL_RAY_ENV
+from processes import cli, spawn_cli, tagged_env, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +31,13 @@ CRAWL = {
 def rows(result_json: Path) -> list[dict]:
     text = result_json.read_text() if result_json.exists() else ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def status_of(result_json: Path) -> str:
@@ -80,8 +91,22 @@ def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, proc
     finished = finished_results(experiment)
     assert finished
 
+    dead_ray = json.loads((experiment / LOCK_FILE).read_text())["local_ray"]  # what the driver recorded
+    assert dead_ray
+    # A process of the dead driver's Ray that lives on (as its dashboard and agents can, for a minute,
+    # holding their ports), and one of another Ray that resume must leave alone.
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                env=tagged_env(process_tag, **{LOCAL_RAY_ENV: dead_ray}))
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                 env=tagged_env(process_tag, **{LOCAL_RAY_ENV: "another-ray"}))
+
     out = cli("resume", "c", "--storage", str(storage), "--no-analyze", tag=process_tag)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "failed to bind" not in out.stdout + out.stderr
+    assert leftover.poll() is not None and bystander.poll() is None
+    assert f"leftover process(es) of the local Ray of the killed `instrument-sweep run` (pid {driver.pid})" in out.stdout
+    assert not tagged_pids(dead_ray, LOCAL_RAY_ENV)  # nothing of the dead command's Ray is left
+    bystander.kill()
     for name, before in finished.items():  # finished trials were not re-run
         assert (experiment / name / "result.json").read_bytes() == before
     trials = analysis.load_trials(str(experiment))
@@ -106,12 +131,65 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_ta
     os.kill(last["pid"], signal.SIGKILL)  # the trial's Ray worker process
     assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
     log = (tmp_path / "c.log").read_text()
-    assert "retry" in log
+    # One line per retry, saying where the trial continues; the error is in the trial's error.txt.
+    retry = re.findall(r"^\[\d/3 done\] retry  #\d .*$", log, re.MULTILINE)
+    assert len(retry) == 1, log
+    assert re.search(rf"from epoch ({'|'.join(str(e) for e in range(5, 61))})'s checkpoint, retry 1 of 2; "
+                     rf"error in {result.parent.name}/error.txt$", retry[0]), retry[0]
+    assert "Traceback" not in log and "ActorDiedError" not in log, log
+    assert "worker process has died" in (result.parent / "error.txt").read_text()
     trials = analysis.load_trials(str(experiment))
     assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
     retried = rows(result)
     assert retried[-1]["epoch"] == 60 and retried[-1]["pid"] != last["pid"]
     assert_epochs_continue(experiment)
+
+
+def test_a_trial_killed_before_its_first_checkpoint_is_retried_from_the_start(tmp_path, process_tag,
+                                                                                blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+
+    def a_trial_process():
+        return [pid for pid in tagged_pids(process_tag) if cmdline(pid).startswith(b"ray::ImplicitFunc")]
+
+    victim = wait_until(a_trial_process, 180, "a trial's process", interval_s=0.02)[0]
+    reported = sum(len(rows(r)) for r in experiment.glob("trial-*/result.json"))
+    os.kill(victim, signal.SIGKILL)  # while it starts: importing torch takes seconds, a first epoch more
+    assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    assert reported == 0, "killed too late: a trial had reported already"
+    log = (tmp_path / "c.log").read_text()
+    retry = re.findall(r"^\[\d/3 done\] retry  #\d .*$", log, re.MULTILINE)
+    assert len(retry) == 1 and "from the start (no checkpoint yet), retry 1 of 2" in retry[0], log
+    assert "Traceback" not in log, log
+    trials = analysis.load_trials(str(experiment))
+    assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
+    assert_epochs_continue(experiment)
+
+
+def test_a_second_command_on_a_running_experiment_is_refused_and_harms_nothing(tmp_path, process_tag,
+                                                                               blob_dataset_dir):
+    storage = tmp_path / "sweeps"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    experiment = storage / "c"
+    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+
+    resume = cli("resume", "c", "--storage", str(storage), tag=process_tag, timeout=60)
+    again = cli("run", str(tmp_path / "crawl.yaml"), "--data", blob_dataset_dir, "--storage", str(storage),
+                "--name", "c", tag=process_tag, timeout=60)
+    assert resume.returncode == 2 and resume.stderr.count("\n") == 1, resume.stderr
+    assert resume.stderr.startswith(f"error: experiment: {experiment} is in use by `instrument-sweep run` "
+                                    f"(pid {driver.pid} on "), resume.stderr
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert again.stderr.startswith(f"error: --name: {experiment} already exists"), again.stderr
+    assert not (experiment / "analysis").exists()
+
+    assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]  # the first finishes unharmed
+    trials = analysis.load_trials(str(experiment))
+    assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
+    assert_epochs_continue(experiment)
+    assert "retry" not in (tmp_path / "c.log").read_text()  # no trial failed meanwhile
 
 
 def test_corrupted_checkpoint_fails_its_trial_only(tmp_path, process_tag, blob_dataset_dir):

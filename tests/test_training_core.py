@@ -12,7 +12,14 @@ from trainables.errors import InputError
 from trainables.training.loops import evaluate, make_loop
 from trainables.training.model import InstrumentNet
 from trainables.training.optim import make_optimizer
-from trainables.data.splits import prepare_splits, split_validation, standardize
+from trainables.data.splits import (
+    check_validation_split,
+    min_validation_rows,
+    prepare_splits,
+    split_validation,
+    standardize,
+    validation_rows,
+)
 from trainables.training.run import TrainingRun, train_to_accuracy
 
 from conftest import blobs
@@ -53,6 +60,27 @@ def test_validation_split_is_stratified_seeded_and_shuffled():
     assert not np.all(np.diff(tr_y) >= 0)  # no longer ordered by class
     again = split_validation(x, y, 0.2, seed=3)
     assert np.array_equal(again[0], tr_x) and np.array_equal(again[2], va_x)
+
+
+def test_validation_rows_are_the_split_s_own_counts():
+    y = np.repeat(np.arange(4), [1, 2, 7, 300])
+    x = np.zeros((len(y), 1), np.float32)
+    for fraction in (0.0001, 0.2, 0.5, 0.9):
+        va_y = split_validation(x, y, fraction, seed=0)[3]
+        assert np.bincount(va_y, minlength=4).tolist() == [validation_rows(n, fraction) for n in (1, 2, 7, 300)]
+
+
+def test_validation_split_check_names_the_numbers():
+    assert min_validation_rows(0.98) == 50 and min_validation_rows(0.9) == 10 and min_validation_rows(None) == 1
+    assert min_validation_rows(1.0) == 1  # "all correct" needs no finer steps
+    check_validation_split([300] * 4, 0.2, 0.98)  # 240 rows: fine
+    with pytest.raises(InputError) as err:
+        check_validation_split([300] * 4, 0.0001, 0.98)  # 1 row per class
+    assert err.value.where == "train.val_fraction"
+    assert "0.0001 leaves 4 validation rows of 1200; the target 0.98 needs at least 50" in err.value.problem
+    check_validation_split([300] * 4, 0.0001, 0.75)  # 4 rows resolve 0.75
+    with pytest.raises(InputError, match=r"no validation rows for class\(es\) 1 \(1 training row"):
+        check_validation_split([300, 1, 300], 0.2, None)
 
 
 @pytest.mark.parametrize("batch_size", [32, 100, 2048])

@@ -8,7 +8,8 @@
 
 Everything the user gives is validated before Ray starts: a bad spec, dataset,
 storage path or cluster address exits 2 with the key or file named, and
-nothing is written.
+nothing is written. One command works on an experiment at a time
+(tune_jobs.experiment_lock): a second `run --name` or `resume` of it exits 2.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 from trainables.errors import InputError
 from trainables.training.stop import ENDED_BY_RULE, Status
 from analysis import storage
-from tune_jobs.cluster import connect, disconnect
+from tune_jobs import experiment_lock
+from tune_jobs.cluster import connect, disconnect, stop_leftover_local_ray
 from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
@@ -101,12 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
     cluster = connect_and_describe(args.address, args.verbose)
-    from tune_jobs.launch import start_sweep
+    with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
+        lock.record(local_ray=cluster.ray_tag)
+        from tune_jobs.launch import start_sweep
 
-    print(f"results: {experiment}", flush=True)
-    grid = start_sweep(spec, dataset, root, name, cluster)
-    disconnect(cluster)
-    return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
+        print(f"results: {experiment}", flush=True)
+        grid = start_sweep(spec, dataset, root, name, cluster)
+        disconnect(cluster)
+        return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -118,11 +122,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     print_spec(spec, trials=False)
     dataset = load_data(spec)
     check_same_dataset(experiment, dataset)
-    cluster = connect_and_describe(args.address, args.verbose)
-    print(f"resuming: {experiment}", flush=True)
-    grid = resume_sweep(experiment, spec, dataset, cluster)
-    disconnect(cluster)
-    return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
+    with experiment_lock.hold(experiment, "resume") as lock:  # exit 2 while another command works on it
+        if lock.previous:  # the last command here was killed: its local Ray's agents may hold their ports
+            ended = stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))
+            if ended:
+                print(f"ended {ended} leftover process(es) of the local Ray of the killed "
+                      f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
+                      flush=True)
+        cluster = connect_and_describe(args.address, args.verbose)
+        lock.record(local_ray=cluster.ray_tag)
+        print(f"resuming: {experiment}", flush=True)
+        grid = resume_sweep(experiment, spec, dataset, cluster)
+        disconnect(cluster)
+        return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
 
 
 def experiment_under(root: str, name_or_path: str) -> str:
@@ -144,6 +156,7 @@ def experiment_under(root: str, name_or_path: str) -> str:
 
 
 def load_data(spec: SweepSpec):
+    from trainables.data.dataset import class_counts
     from trainables.data.sources import resolve_dataset
 
     try:
@@ -151,6 +164,7 @@ def load_data(spec: SweepSpec):
     except InputError as exc:
         raise InputError(exc.where if exc.where != "data" else "--data", exc.problem) from None
     spec.check_batch_sizes(dataset.n_train)
+    spec.check_validation_split(class_counts(dataset.train_y, dataset.n_classes))
     print(f"data: {spec.data}: {dataset.n_train} train rows, {dataset.n_test} test rows, "
           f"{dataset.n_features} features, {dataset.n_classes} classes", flush=True)
     return dataset

@@ -4,6 +4,7 @@
     info = connect("10.0.0.5:6379")            # join a running cluster (GCS address)
     info = connect("ray://10.0.0.5:10001")     # Ray Client
     disconnect(info)                           # a local Ray stops here
+    stop_leftover_local_ray(ray_tag, host)     # `resume`: what is left of a killed command's local Ray
 
 Addresses are checked before Ray is touched, so a typo or an unreachable host
 fails in seconds with exit code 2 instead of hanging.
@@ -11,10 +12,15 @@ fails in seconds with exit code 2 instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs import ray_private
@@ -22,6 +28,7 @@ from tune_jobs.security import private_token_file
 
 CONNECT_TIMEOUT_S = 5.0
 DASHBOARD_HOST = "127.0.0.1"  # never opened to the network; reach it by SSH tunnel
+LOCAL_RAY_ENV = "INSTRUMENT_SWEEP_LOCAL_RAY"  # tags the processes of a local Ray started by a command
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class ClusterInfo:
     nodes: int
     started_here: bool
     max_node_cpus: float = 0.0  # the most CPUs any one node has
+    ray_tag: str = ""  # a Ray started here: the LOCAL_RAY_ENV value every one of its processes inherits
 
 
 def parse_address(address: str, flag: str = "--address", schemes: tuple[str, ...] = ("ray",)) -> tuple[str, int]:
@@ -89,8 +97,12 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
             check_reachable(host, port)
         use_token_if_available()
     quiet_ray_logs()
+    tag = uuid.uuid4().hex if address is None else ""
     try:
         if address is None:
+            # Every process of this Ray (GCS, raylet, dashboard, agents, workers) inherits the tag,
+            # which is how a later `resume` knows what is left of it if this command is killed.
+            os.environ[LOCAL_RAY_ENV] = tag
             # Trials come and go in reused Ray actors, each in a new thread; glibc gives every new
             # thread a malloc arena it never returns (~5 MB a trial). One arena keeps trial memory
             # flat; the workers of a local Ray inherit this. cluster.yaml sets it on its nodes.
@@ -106,7 +118,7 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     except ConnectionError as exc:
         raise InputError("--address", f"could not join a Ray cluster at {address!r}: {exc}") from None
     dashboard = getattr(context, "dashboard_url", "") or ""
-    return describe(address or "local", dashboard, started_here=address is None)
+    return replace(describe(address or "local", dashboard, started_here=address is None), ray_tag=tag)
 
 
 def disconnect(cluster: ClusterInfo) -> None:
@@ -117,6 +129,50 @@ def disconnect(cluster: ClusterInfo) -> None:
     if cluster.started_here:
         ray_private.stop_local_monitor()
     ray.shutdown()
+
+
+def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> int:
+    """End what is left of a local Ray an earlier command started and did not stop (it was killed):
+    its dashboard and agents can hold their ports for a minute. Returns how many processes ended.
+
+    Only this user's processes on this host whose environment carries LOCAL_RAY_ENV=`ray_tag`,
+    the tag the earlier command gave its own Ray (recorded in tune_jobs.experiment_lock), are touched.
+    """
+    if not ray_tag or host != socket.gethostname():
+        return 0
+    leftover = [pid for pid in _pids_tagged(ray_tag) if pid != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in leftover:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(_alive(pid) for pid in leftover):
+            time.sleep(0.1)
+    return len(leftover)
+
+
+def _pids_tagged(ray_tag: str) -> list[int]:
+    """This user's processes whose environment holds LOCAL_RAY_ENV=`ray_tag`."""
+    entry, uid, pids = f"{LOCAL_RAY_ENV}={ray_tag}".encode(), os.getuid(), []
+    if not Path("/proc").is_dir():
+        return pids  # no procfs (macOS): the leftovers end on their own within a minute
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if proc.stat().st_uid == uid and entry in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has ended; its parent reaps it
 
 
 def describe(address: str = "local", dashboard: str = "", started_here: bool = True) -> ClusterInfo:

@@ -77,11 +77,14 @@ def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
 def tune_settings(auto_loggers: bool) -> Iterator[None]:
     """Tune's environment switches for the span of one `fit()`, restored afterwards.
 
-    Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0), Tune's
-    snapshot warning would fire on every checkpoint, and `auto_loggers=False`
+    Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0) and its
+    traceback of each failed trial (TUNE_PRINT_ALL_TRIAL_ERRORS=0: one retry or
+    error line instead; Tune still writes the error to the trial's error.txt),
+    Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
     keeps Tune to the loggers a sweep names (no TensorBoard files).
     """
-    wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+              "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
               "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0" if auto_loggers else "1"}
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray import tune
 
@@ -28,6 +29,16 @@ def result_line(report: EpochReport) -> str:
     """epoch, validation accuracy, hits, time and energy so far."""
     return (f"epoch {report.epoch:>3}  val_acc {report.val_acc:.4f}  hits {report.hits_in_a_row}  "
             f"{report.time_s:.1f} s  {fmt_energy(report.energy_j)}")
+
+
+def retry_line(trial) -> str:
+    """Where a failed trial continues (its last checkpoint's epoch, or the start), which retry
+    this is, and where Tune wrote the error (the console gets no traceback)."""
+    saved = getattr(getattr(trial, "latest_checkpoint_result", None), "metrics", None) or {}
+    start = f"from epoch {saved['epoch']}'s checkpoint" if "epoch" in saved else "from the start (no checkpoint yet)"
+    of = f" of {trial.max_failures}" if getattr(trial, "max_failures", -1) >= 0 else ""
+    error = f"; error in {Path(trial.path).name}/error.txt" if trial.error_file else ""  # in the experiment
+    return f"{start}, retry {max(trial.num_failures, 1)}{of}{error}"
 
 
 class SweepProgress(tune.Callback):
@@ -64,7 +75,7 @@ class SweepProgress(tune.Callback):
         self._print(trials, f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})", trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(trials, f"retry  {trial_label(trial.config)} from its last checkpoint")
+        self._print(trials, f"retry  {trial_label(trial.config)}  {retry_line(trial)}")
 
     def __getstate__(self) -> dict:
         return {"n_trials": self.n_trials, "heartbeat_s": self.heartbeat_s}

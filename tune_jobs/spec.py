@@ -23,6 +23,7 @@ import yaml
 
 from analysis import storage
 from analysis.storage import SPEC_FILE
+from trainables.data import splits
 from trainables.training.config import TrainConfig
 from trainables.training.stop import StopRule
 from trainables.errors import InputError
@@ -162,6 +163,11 @@ class SweepSpec:
                     raise InputError(where, f"{b} is larger than the training split ({n_fit} rows after "
                                             f"holding out {self.train.val_fraction:g} for validation)")
 
+    def check_validation_split(self, train_class_counts) -> None:
+        """The validation split must leave every class rows and resolve an accuracy target."""
+        target = self.stop.threshold if self.stop.metric == "val_acc" else None
+        splits.check_validation_split(train_class_counts, self.train.val_fraction, target)
+
     def report_info(self):
         """What the analysis needs of this spec (`analysis.report.ExperimentInfo`)."""
         from analysis.report import ExperimentInfo
@@ -197,7 +203,7 @@ def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise InputError(str(path), f"is not valid YAML: {exc}") from None
+        raise InputError(str(path), f"is not valid YAML{_yaml_where(exc)}") from None
     except OSError as exc:
         raise InputError(str(path), f"cannot be read: {exc.strerror}") from None
     if not isinstance(raw, dict):
@@ -214,14 +220,21 @@ def read_spec(experiment: str) -> SweepSpec:
     try:
         raw = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError(path, f"is not valid YAML{where}; restore it or start a new sweep") from None
+        raise InputError(path, f"is not valid YAML{_yaml_where(exc)}; restore it or start a new sweep") from None
     except OSError as exc:
         raise InputError(path, f"cannot be read: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise InputError(path, "must be a YAML mapping (the sweep's resolved spec)")
     return spec_from_dict(raw)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """" (line N: what the parser expected)", one line, for a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ""
+    problem = " ".join(str(getattr(exc, "problem", "") or "").split())
+    return f" (line {mark.line + 1}{': ' + problem if problem else ''})"
 
 
 def _spec_path(source: str | Path | None) -> Path:

@@ -15,6 +15,7 @@ none. Every problem is an `InputError` naming the file; nothing is ever unpickle
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -33,6 +34,7 @@ from trainables.errors import InputError
 CLASSES_FILE = "classes.json"
 METADATA_FILE = "metadata.json"
 PARTS = ("train_data", "train_labels", "test_data", "test_labels")
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     """
     directory = Path(path).expanduser()
     if not directory.is_dir():
-        what = "does not exist" if not directory.exists() else "is not a directory"
+        what = _missing(directory) if not directory.exists() else "is not a directory"
         raise InputError(str(directory), f"{what}; expected a dataset directory (or 'synthetic')")
     prefix = find_prefix(directory)
     files = {part: directory / f"{prefix}{part}.npy" for part in PARTS}
@@ -145,6 +147,12 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
             str(files["test_data"]),
             f"has {test_x.shape[1]} features per row but {files['train_data'].name} has {train_x.shape[1]}",
         )
+    present = np.unique(train_y)
+    if len(present) < 2:
+        raise InputError(
+            str(files["train_labels"]),
+            f"all {len(train_y)} training rows have label {int(present[0])}; a classifier needs at least 2 classes",
+        )
     n_classes = int(train_y.max()) + 1
     missing = np.flatnonzero(class_counts(train_y, n_classes) == 0)
     if len(missing):
@@ -163,9 +171,26 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     return Dataset(train_x, train_y, test_x, test_y, classes, metadata, str(directory))
 
 
+def _missing(path: Path) -> str:
+    """Why `path`, which does not resolve to an existing file or directory, is not there."""
+    if not path.is_symlink():
+        return "does not exist"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "is a symbolic link loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+    return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+
+
 def _load_array(file: Path) -> np.ndarray:
     if not file.is_file():
-        raise InputError(str(file), "missing file")
+        if file.exists():
+            raise InputError(str(file), "is not a regular file")
+        raise InputError(str(file), _missing(file) if file.is_symlink() else "missing file")
+    _check_npy_header(file)
     try:
         array = np.load(file, allow_pickle=False)
     except ValueError as exc:  # pickled or object data, or a truncated file
@@ -175,12 +200,31 @@ def _load_array(file: Path) -> np.ndarray:
         raise InputError(str(file), f"is not a readable .npy array ({text})") from None
     except (OSError, EOFError) as exc:
         raise InputError(str(file), f"is not a readable .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for .npz archives
-        array.close()
-        raise InputError(str(file), "is an .npz archive, not a single .npy array")
     if array.dtype.hasobject:
         raise InputError(str(file), "holds object data; refusing to unpickle it")
     return array
+
+
+def _check_npy_header(file: Path) -> None:
+    """InputError unless `file` starts like a .npy array (np.load would try to unpickle anything else)."""
+    try:
+        with file.open("rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise InputError(str(file), f"cannot be read ({exc.strerror or exc})") from None
+    if head.startswith(NPY_MAGIC):
+        return
+    if not head:
+        raise InputError(str(file), "is empty (0 bytes), not a .npy array")
+    if head.startswith(b"PK"):
+        raise InputError(str(file), "is an .npz archive, not a single .npy array")
+    if head[:1] == b"\x80":
+        raise InputError(str(file), "holds pickled data, not a .npy array; refusing to unpickle it")
+    text = head.decode("latin-1")
+    if all(c.isprintable() or c in "\t\r\n" for c in text):
+        raise InputError(str(file), f"is a text file (starts {text[:24]!r}), not a .npy array; "
+                                    "save arrays with numpy.save")
+    raise InputError(str(file), "is not a .npy array (a .npy file starts with \\x93NUMPY); save arrays with numpy.save")
 
 
 def _features(array: np.ndarray, file: Path) -> np.ndarray:

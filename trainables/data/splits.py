@@ -1,10 +1,17 @@
-"""Pure data preparation for one trial: validation split and standardization."""
+"""Pure data preparation for one trial: validation split and standardization.
+
+    instrument-sweep run --set train.val_fraction=0.2   # checked by check_validation_split before Ray starts
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from trainables.errors import InputError
 
 MIN_STD = 1e-8  # features with a smaller training std are centred, not scaled
 
@@ -26,6 +33,42 @@ class Splits:
         return int(self.train_x.shape[1])
 
 
+def validation_rows(n_rows: int, val_fraction: float) -> int:
+    """How many of a class's `n_rows` training rows `split_validation` holds out: about
+    `val_fraction`, at least 1 and at most all but 1 (a class of 1 row keeps it for training)."""
+    n_val = int(round(n_rows * val_fraction))
+    return min(max(n_val, 1), n_rows - 1) if n_rows > 1 else n_val
+
+
+def min_validation_rows(threshold: float | None) -> int:
+    """Validation rows needed to tell an accuracy `threshold` from 1.0: one row must weigh at most
+    1 - threshold (50 rows at 0.98). 1 where there is no accuracy target (or it is 1.0)."""
+    if threshold is None or threshold >= 1.0:
+        return 1
+    return math.ceil(round(1.0 / (1.0 - threshold), 9))
+
+
+def check_validation_split(class_counts: Sequence[int], val_fraction: float, threshold: float | None) -> None:
+    """InputError("train.val_fraction", ...) unless the split leaves every class validation rows
+    and, for an accuracy `threshold`, at least `min_validation_rows(threshold)` in all.
+
+    `class_counts`: training rows per label. Numbers in the message are the split's own.
+    """
+    per_class = [validation_rows(int(n), val_fraction) for n in class_counts]
+    empty = [label for label, n in enumerate(per_class) if n < 1 and class_counts[label] > 0]
+    if empty:
+        names = ", ".join(f"{label} ({class_counts[label]} training row(s))" for label in empty[:8])
+        raise InputError("train.val_fraction", f"{val_fraction:g} leaves no validation rows for class(es) {names}; "
+                                               "every class needs at least 2 training rows")
+    n_val, needed = sum(per_class), min_validation_rows(threshold)
+    if n_val < needed:
+        n_train = int(sum(class_counts))
+        raise InputError("train.val_fraction",
+                         f"{val_fraction:g} leaves {n_val} validation rows of {n_train}; the target {threshold:g} "
+                         f"needs at least {needed} (1 / (1 - {threshold:g}); with fewer, one row weighs more than the "
+                         f"margin {1 - threshold:.3g}); use about {needed / n_train:.2g} or more")
+
+
 def split_validation(
     x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -39,10 +82,7 @@ def split_validation(
     for label in np.unique(y):
         rows = np.flatnonzero(y == label)
         rng.shuffle(rows)
-        n_val = int(round(len(rows) * val_fraction))
-        if len(rows) > 1:
-            n_val = min(max(n_val, 1), len(rows) - 1)
-        val_rows.append(rows[:n_val])
+        val_rows.append(rows[: validation_rows(len(rows), val_fraction)])
     val_idx = rng.permutation(np.concatenate(val_rows))
     mask = np.ones(len(y), dtype=bool)
     mask[val_idx] = False

@@ -1,0 +1,94 @@
+"""One command per experiment: the lock refuses a second holder, names the first, and is freed
+when its holder dies; what is left of a killed command's local Ray is ended, nothing else.
+Real processes and real OS locks; no Ray."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from trainables.errors import InputError
+from tune_jobs import experiment_lock
+from tune_jobs.cluster import LOCAL_RAY_ENV, stop_leftover_local_ray
+from analysis.storage import LOCK_FILE
+
+
+def holder_process(experiment, **record) -> subprocess.Popen:
+    """Another process that takes the lock, records `record`, says "held" and waits."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from tune_jobs import experiment_lock
+        lock = experiment_lock.acquire({str(experiment)!r}, "run")
+        lock.record(**{record!r})
+        print("held", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_command_is_refused_naming_the_holder(tmp_path):
+    holder = holder_process(tmp_path)
+    try:
+        with pytest.raises(InputError) as err:
+            experiment_lock.acquire(str(tmp_path), "resume")
+        assert err.value.where == "experiment"
+        assert f"is in use by `instrument-sweep run` (pid {holder.pid} on " in err.value.problem
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_frees_the_lock_and_leaves_its_record(tmp_path):
+    holder = holder_process(tmp_path, local_ray="abc123")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with experiment_lock.hold(str(tmp_path), "resume") as lock:
+        assert lock.previous["pid"] == holder.pid and lock.previous["local_ray"] == "abc123"
+    with experiment_lock.hold(str(tmp_path), "resume") as lock:
+        assert lock.previous == {}  # released normally: nothing left to clean up
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def test_run_creates_the_experiment_or_refuses_an_existing_one(tmp_path):
+    with experiment_lock.hold(str(tmp_path / "new"), "run", create=True):
+        assert (tmp_path / "new" / LOCK_FILE).is_file()
+    with pytest.raises(InputError) as err:
+        experiment_lock.acquire(str(tmp_path / "new"), "run", create=True)
+    assert err.value.where == "--name" and "already exists" in err.value.problem
+
+
+def test_cloud_experiments_are_not_locked():
+    with experiment_lock.hold("s3://bucket/sweeps/x", "run") as first:
+        with experiment_lock.hold("s3://bucket/sweeps/x", "resume") as second:
+            assert first.previous == second.previous == {}
+
+
+def sleeper(tag: str) -> subprocess.Popen:
+    """A process that carries `tag` the way a local Ray's processes do: in its environment."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                            env={**os.environ, LOCAL_RAY_ENV: tag})
+
+
+def test_leftovers_of_the_recorded_local_ray_end_and_nothing_else():
+    ours = [sleeper("dead-command-ray"), sleeper("dead-command-ray")]
+    others = [sleeper("dead-command-ray2"), sleeper("another-ray")]  # e.g. a Ray another command started
+    try:
+        time.sleep(0.3)
+        assert stop_leftover_local_ray("dead-command-ray", "another-host") == 0  # another machine's: not here
+        assert all(proc.poll() is None for proc in ours)
+        assert stop_leftover_local_ray("dead-command-ray", socket.gethostname()) == 2
+        for proc in ours:
+            assert proc.wait(10) is not None
+        assert all(proc.poll() is None for proc in others)
+        assert stop_leftover_local_ray("", socket.gethostname()) == 0
+    finally:
+        for proc in ours + others:
+            proc.kill()
+            proc.wait()
