@@ -51,6 +51,7 @@ def test_submit_runs_the_sweep_as_a_job_until_succeeded(ray_head, tmp_path, blob
         cli("logs", job_id, "--address", url, tag=tag).stdout[-3000:]
     logs = cli("logs", job_id, "--address", url, tag=tag).stdout
     assert "[2/2 done]" in logs
+    assert "cluster: Ray cluster at " in logs and "local Ray" not in logs  # the job joined the head's cluster
     assert len(analysis.load_trials(str(tmp_path / "job"))) == 2
 
 

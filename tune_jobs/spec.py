@@ -169,8 +169,11 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """A preset name or a YAML path (default: the `seed` preset), with `key=value` overrides."""
+def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+              values: dict | None = None) -> SweepSpec:
+    """A preset name or a YAML path (default: the `seed` preset), with `key=value` overrides
+    (`--set`) and then `values`: {"repeats": 3, "stop.threshold": 0.95} or nested
+    {"stop": {"threshold": 0.95}}, merged key by key (the notebook API's keywords)."""
     path = _spec_path(source)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -183,7 +186,21 @@ def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str
     raw.setdefault("name", path.stem)
     for override in overrides:
         _apply_override(raw, override)
+    for key, value in _dotted(values or {}):
+        _set_key(raw, key, value, where=key)
     return spec_from_dict(raw)
+
+
+def _dotted(values: dict) -> list[tuple[str, object]]:
+    """{"repeats": 3, "stop": {"threshold": 0.9}} -> [("repeats", 3), ("stop.threshold", 0.9)]: a section's
+    keys are set one by one (a view, one level down, is replaced whole)."""
+    pairs: list[tuple[str, object]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            pairs += [(f"{key}.{inner}", item) for inner, item in value.items()]
+        else:
+            pairs.append((key, value))
+    return pairs
 
 
 def read_spec(experiment: str) -> SweepSpec:
@@ -226,12 +243,17 @@ def _apply_override(raw: dict, override: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    _set_key(raw, key.strip(), value, where=f"--set {key}")
+
+
+def _set_key(raw: dict, key: str, value: object, where: str) -> None:
+    """Set dotted `key` in `raw`, making sections on the way; errors name `where`."""
     node = raw
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise InputError(f"--set {key}", f"{part!r} is not a section")
+            raise InputError(where, f"{part!r} is not a section")
     node[parts[-1]] = value
 
 
