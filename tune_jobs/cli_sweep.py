@@ -41,6 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
+    run.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                     help="track each trial as a run: mlflow[=TRACKING_URI] (default ./mlruns) or "
+                          "wandb[=PROJECT]; repeatable (extras: pip install -e '.[mlflow]' / '.[wandb]')")
     add_place_arguments(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit without starting Ray")
@@ -69,6 +72,12 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     if args.spec and args.preset:
         raise InputError("--preset", "give either a spec file/preset or --preset, not both")
     spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, args.overrides)
+    if args.log:
+        from tune_jobs.trackers import parse_target
+
+        for target in args.log:
+            parse_target(target, where="--log")
+        spec = replace(spec, log=tuple(args.log))
     return replace(spec, data=args.data) if args.data else spec
 
 
@@ -93,6 +102,9 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
               verbose: bool = False, analyze: bool = True) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (InputError, nothing
     written), connect to Ray, run every trial, summarize and analyze. The notebook API calls it too."""
+    from tune_jobs.trackers import check_installed
+
+    check_installed(spec.log)
     dataset = load_data(spec)
     if spec.data != "synthetic":
         spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))

@@ -110,6 +110,8 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     except ConnectionError as exc:
         raise InputError(flag, f"could not join a Ray cluster at {address!r}: {exc}") from None
     dashboard = getattr(context, "dashboard_url", "") or ""
+    if address is not None:  # "auto" or RAY_ADDRESS: say which cluster it found
+        address = (getattr(context, "address_info", None) or {}).get("gcs_address") or address
     return describe(address or "local", dashboard, started_here=address is None)
 
 

@@ -30,7 +30,7 @@ from trainables.errors import InputError
 PRESETS_DIR = Path(__file__).with_name("sweeps")
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
-TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources")
+TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources", "log")
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,13 @@ class SweepSpec:
     stop: StopRule = field(default_factory=StopRule)
     repeats: int = 1
     resources: Resources = field(default_factory=Resources)
+    log: tuple[str, ...] = ()  # experiment trackers: "mlflow", "mlflow=TRACKING_URI", "wandb", "wandb=PROJECT"
 
     def __post_init__(self) -> None:
+        from tune_jobs.trackers import parse_target
+
+        for i, target in enumerate(self.log):
+            parse_target(target, where=f"log[{i}]")
         if not self.views:
             raise InputError("views", "must name at least one view, e.g. views: {lr: {lr: [0.001, 0.01]}}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
@@ -159,6 +164,7 @@ class SweepSpec:
             "views": {v.name: {axis: list(values) for axis, values in v.grid.items()} for v in self.views},
             "repeats": self.repeats,
             "resources": asdict(self.resources),
+            "log": list(self.log),
         }
 
 
@@ -279,7 +285,18 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         views=views,
         repeats=raw.get("repeats", 1),
         resources=resources,
+        log=_log_from(raw.get("log")),
     )
+
+
+def _log_from(raw: Any) -> tuple[str, ...]:
+    """`log: mlflow` or `log: [mlflow=URI, wandb]`."""
+    if raw is None:
+        return ()
+    raw = [raw] if isinstance(raw, str) else raw
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise InputError("log", f"must be a tracker or a list of them (mlflow[=URI], wandb[=PROJECT]), got {raw!r}")
+    return tuple(raw)
 
 
 def _views_from(raw: Any) -> tuple[View, ...]:
