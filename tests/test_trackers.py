@@ -24,6 +24,8 @@ def test_a_missing_tracker_exits_2_naming_the_pip_command(module, monkeypatch, t
 def test_unknown_trackers_are_refused_in_flags_and_specs(capsys):
     assert main(["run", "smoke", "--log", "tensorboard", "--dry-run"]) == 2
     assert "error: --log: unknown tracker 'tensorboard'" in capsys.readouterr().err
+    assert main(["submit", "smoke", "--log", "neptune", "--address", "http://127.0.0.1:1"]) == 2
+    assert "error: --log: unknown tracker 'neptune'" in capsys.readouterr().err
     with pytest.raises(Exception, match=r"log\[1\]: unknown tracker 'neptune'"):
         load_spec("smoke", ["log=[wandb, neptune]"])
 
