@@ -117,8 +117,12 @@ def test_a_sweep_publishes_every_metric_with_its_trial_tags(tmp_path, blob_datas
 
     epochs = analysis.load_epochs(str(tmp_path / "live"))
     trials = {str(r.trial_number): r for r in analysis.load_trials(str(tmp_path / "live")).itertuples()}
-    measured = bool(epochs.energy_j.notna().any())  # a GPU or readable RAPL on this host
-    expected = set(METRICS) - (set() if measured else ENERGY_METRICS)
+    # What each trial set, from what it reported: energy and power only where measured (a GPU, or
+    # readable RAPL while the trial had the node's CPUs to itself), never on this CPU-only machine.
+    rule = StopRule(**SWEEP["stop"])
+    published = {str(n): set().union(*(epoch_values(EpochReport.from_dict(row), rule) for row in rows.to_dict("records")))
+                 for n, rows in epochs.groupby("trial_number")}
+    measured = bool(epochs.energy_j.notna().any())
     assert samples, "no instrument_sweep metric was scraped:\n" + log.read_text()[-2000:]
     seen = {}
     for name, labels, value in samples:
@@ -130,7 +134,10 @@ def test_a_sweep_publishes_every_metric_with_its_trial_tags(tmp_path, blob_datas
         seen.setdefault(labels["trial"], set()).add(name)
     assert set(seen) == set(trials)  # every trial published
     for number, names in seen.items():
+        expected = published[number]
         assert names == expected, f"trial {number}: missing {expected - names}, unexpected {names - expected}"
+        assert expected >= set(METRICS) - ENERGY_METRICS
+        assert (ENERGY_METRICS <= expected) == bool(epochs[epochs.trial_number == int(number)].energy_j.notna().any())
     assert dashboard_metrics() - ENERGY_METRICS <= set().union(*seen.values())
     if measured:
         assert dashboard_metrics() <= set().union(*seen.values())
