@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from analysis import plots, storage, summary
 from analysis.frames import load_epochs, load_trials, trial_paths
@@ -91,6 +92,14 @@ def write_report(experiment: str, out: str | None = None, info: ExperimentInfo |
     path = folder / REPORT
     path.write_text(render_report(trials, info, figures, experiment))
     return str(path)
+
+
+def experiment_figures(experiment: str, info: ExperimentInfo | None = None) -> dict[str, Figure]:
+    """The report's figures of `experiment`, by file name, without writing anything."""
+    check_experiment(experiment)
+    trials, epochs = load_trials(experiment), load_epochs(experiment)
+    info = info or experiment_info(experiment, trials, epochs)
+    return {file: figure for file, (figure, _) in make_figures(trials, epochs, info).items()}
 
 
 def check_experiment(experiment: str) -> None:
@@ -199,26 +208,35 @@ def views_summary(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:
     return stacked[["view", *[c for c in stacked.columns if c != "view"]]]
 
 
-def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path) -> dict[str, str]:
-    """Save the PNGs; return {file name: caption} in report order."""
-    figures: dict[str, str] = {}
+def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo) -> dict[str, tuple[Figure, str]]:
+    """{file name: (figure, caption)} in report order: per view the seed's 4 panels, the Pareto
+    front (where there is a target), then the loss and accuracy curves."""
+    figures: dict[str, tuple[Figure, str]] = {}
     if trials.empty or epochs.empty:
         return figures
     views = views_with_trials(trials, info)
     if not info.fixed_epochs:
         for name, axes in views:
-            file = f"view-{_safe(name)}.png"
-            _save(plots.plot_view(trials, name, axes, info.target), folder / file)
-            figures[file] = f"view {name}: time, energy, test accuracy and epochs to the target"
-        _save(plots.plot_pareto(trials), folder / "pareto.png")
-        figures["pareto.png"] = ("time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
+            figures[f"view-{_safe(name)}.png"] = (plots.plot_view(trials, name, axes, info.target),
+                                                  f"view {name}: time, energy, test accuracy and epochs to the target")
+        figures["pareto.png"] = (plots.plot_pareto(trials),
+                                 "time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
                                  else "time to accuracy per configuration (energy not measured)")
-    _save(plots.plot_loss_curves(epochs, views), folder / "loss.png")
-    figures["loss.png"] = "training" + (" and test" if info.fixed_epochs else "") + " loss per epoch (log scale)"
-    _save(plots.plot_accuracy_curves(epochs, views, info.threshold, info.patience if not info.fixed_epochs else None),
-          folder / "accuracy.png")
-    figures["accuracy.png"] = "validation accuracy per epoch" + ("" if info.fixed_epochs else " with the target line")
+    figures["loss.png"] = (plots.plot_loss_curves(epochs, views),
+                           "training" + (" and test" if info.fixed_epochs else "") + " loss per epoch (log scale)")
+    figures["accuracy.png"] = (
+        plots.plot_accuracy_curves(epochs, views, info.threshold, info.patience if not info.fixed_epochs else None),
+        "validation accuracy per epoch" + ("" if info.fixed_epochs else " with the target line"))
     return figures
+
+
+def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path) -> dict[str, str]:
+    """Save the PNGs; return {file name: caption} in report order."""
+    captions = {}
+    for file, (figure, caption) in make_figures(trials, epochs, info).items():
+        _save(figure, folder / file)
+        captions[file] = caption
+    return captions
 
 
 def _save(figure, path: Path) -> None:

@@ -6,6 +6,7 @@ can find and end them all (a SIGKILLed driver leaves Ray's agents behind).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,8 +84,13 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
 
 
 def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,
-                   num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None) -> subprocess.Popen:
-    """`ray start --block` for a head or a worker node on this machine, token auth on."""
+                   num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None,
+                   metrics_port: int | None = None, metrics_interval_ms: int | None = None) -> subprocess.Popen:
+    """`ray start --block` for a head or a worker node on this machine, token auth on.
+
+    `metrics_port`: where the node serves its Prometheus metrics (default: a free port);
+    `metrics_interval_ms`: how often Ray pushes metrics there (Ray's default: 10 s).
+    """
     ray = str(Path(sys.executable).with_name("ray"))
     # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
     subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
@@ -92,7 +98,9 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
     # the defaults, and a head whose job agent cannot bind accepts no jobs.
     args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}"]
+    if metrics_interval_ms:
+        args.append("--system-config=" + json.dumps({"metrics_report_interval_ms": metrics_interval_ms}))
     if head:
         args += ["--head", f"--port={head_port}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]

@@ -212,3 +212,14 @@ def test_real_process_exit_code_and_message(places):
     assert out.stderr.strip() == ("error: stop.treshold: unknown key; did you mean 'threshold'? "
                                   "allowed: threshold, patience, max_epochs, metric")
     assert out.stdout == ""
+
+
+def test_a_ray_job_driver_joins_the_cluster_in_ray_address(monkeypatch):
+    """Inside a Ray Job (RAY_ADDRESS set by Ray), `run` joins that cluster, and a bad value is named."""
+    from trainables.errors import InputError
+    from tune_jobs.cluster import connect
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(InputError) as raised:
+        connect(None)
+    assert raised.value.where == "RAY_ADDRESS" and "unsupported scheme http://" in raised.value.problem

@@ -52,6 +52,7 @@ def test_submit_runs_the_sweep_as_a_job_until_succeeded(ray_head, tmp_path, blob
         cli("logs", job_id, "--address", url, tag=tag).stdout[-3000:]
     logs = cli("logs", job_id, "--address", url, tag=tag).stdout
     assert "[2/2 done]" in logs
+    assert "cluster: Ray cluster at " in logs and "local Ray" not in logs  # the job joined the head's cluster
     assert len(analysis.load_trials(str(tmp_path / "job"))) == 2
 
 
@@ -82,3 +83,25 @@ def test_dashboard_and_jobs_api_listen_on_loopback_only(ray_head):
         pytest.skip("this machine has no non-loopback address")
     assert http_status(f"http://{ip}:{port}/api/jobs/") == 0  # nothing answers from outside
     assert http_status(f"{url}/api/jobs/") == 401
+
+
+def test_rays_own_job_cli_needs_token_mode_and_run_joins_the_jobs_cluster(ray_head, tmp_path, blob_dataset_dir):
+    """`ray job submit -- instrument-sweep run ...` (no --address): the driver joins the head's
+    cluster through RAY_ADDRESS, and says so. Ray's CLI sends the token only with RAY_AUTH_MODE=token."""
+    import subprocess
+    import sys
+
+    from processes import tagged_env
+
+    url, tag = ray_head
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    entrypoint = [sys.executable, "-m", "tune_jobs", "run", "smoke", "--data", blob_dataset_dir,
+                  "--storage", str(tmp_path), "--name", "raycli", "--no-analyze"]
+    without = subprocess.run([ray_cli, "job", "list", "--address", url], capture_output=True, text=True,
+                             timeout=60, env={k: v for k, v in tagged_env(tag).items() if k != "RAY_AUTH_MODE"})
+    assert without.returncode != 0  # refused: no token sent
+    out = subprocess.run([ray_cli, "job", "submit", "--address", url, "--", *entrypoint], capture_output=True,
+                         text=True, timeout=300, env=tagged_env(tag, RAY_AUTH_MODE="token"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "cluster: Ray cluster at " in out.stdout and "local Ray" not in out.stdout
+    assert "[2/2 done]" in out.stdout

@@ -16,6 +16,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--address", help=f"Ray Jobs API, http://HOST:8265 (default: {jobs.DEFAULT_JOBS_ADDRESS})")
     submit.add_argument("--data", help="dataset directory on the cluster, or 'synthetic'")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                        help="mlflow[=TRACKING_URI] or wandb[=PROJECT], installed on the cluster (see `run --help`)")
     submit.add_argument("--storage", help="results root as the cluster sees it: s3://..., gs://... or NFS "
                                            "(default: the head's $INSTRUMENT_SWEEP_STORAGE, else ~/instrument-sweep/sweeps)")
     submit.add_argument("--name", help="experiment name (default: SPEC-DATE-TIME)")
@@ -31,7 +33,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.overrides)
+    from tune_jobs.trackers import parse_target
+
+    for target in args.log:
+        parse_target(target, where="--log")
+    spec = load_spec(args.spec, args.overrides, values={"log": args.log} if args.log else None)
     if args.data:
         spec = replace(spec, data=args.data)
     job_id = jobs.submit(spec, args.address, args.storage, args.name)

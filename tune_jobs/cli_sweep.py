@@ -19,7 +19,7 @@ import importlib
 import json
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainables.errors import InputError
@@ -44,6 +44,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
+    run.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                     help="track each trial as a run: mlflow[=TRACKING_URI] (default ./mlruns) or "
+                          "wandb[=PROJECT]; repeatable (extras: pip install -e '.[mlflow]' / '.[wandb]')")
     add_place_arguments(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     add_eta_argument(run)
@@ -80,6 +83,12 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         raise InputError("--preset", "give either a spec file/preset or --preset, not both")
     overrides = [*args.overrides, *([f"energy.eta={args.eta!r}"] if args.eta is not None else [])]
     spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, overrides)
+    if args.log:
+        from tune_jobs.trackers import parse_target
+
+        for target in args.log:
+            parse_target(target, where="--log")
+        spec = replace(spec, log=tuple(args.log))
     return replace(spec, data=args.data) if args.data else spec
 
 
@@ -88,29 +97,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_spec(spec)
     if args.dry_run:
         return 0
+    return run_sweep(spec, args.storage, args.name, args.address, args.verbose, analyze=not args.no_analyze).exit_code
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """Where a sweep's experiment is, its report (None when not analyzed) and the command's exit code."""
+
+    experiment: str
+    report_path: str | None
+    exit_code: int
+
+
+def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
+              verbose: bool = False, analyze: bool = True) -> SweepOutcome:
+    """What `run` does after printing the spec: check data, storage and name (InputError, nothing
+    written), connect to Ray, run every trial, summarize and analyze. The notebook API calls it too."""
+    from tune_jobs.trackers import check_installed
+
+    check_installed(spec.log)
     dataset = load_data(spec)
     if spec.data != "synthetic":
         spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))
     from tune_jobs.storage_space import check_free_space
 
-    root = storage.resolve_storage(args.storage)
+    root = storage.resolve_storage(storage_arg)
     check_free_space(root)
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in ("", ".", ".."):
         raise InputError("--name", f"must be a plain name without '/', got {name!r}")
     experiment = storage.join(root, name)
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
-    cluster = connect_and_describe(args.address, args.verbose)
+    cluster = connect_and_describe(address, verbose)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
         from tune_jobs.launch import start_sweep
 
         print(f"results: {experiment}", flush=True)
-        grid = start_sweep(spec, dataset, root, name, cluster)
-        disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
+        try:
+            grid = start_sweep(spec, dataset, root, name, cluster)
+        finally:
+            disconnect(cluster)
+        return finish(spec, root, experiment, grid, analyze=analyze)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -134,7 +164,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"resuming: {experiment}", flush=True)
         grid = resume_sweep(experiment, spec, dataset, cluster)
         disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
+        return finish(spec, root, experiment, grid, analyze=not args.no_analyze).exit_code
 
 
 def experiment_under(root: str, name_or_path: str) -> str:
@@ -198,7 +228,7 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     print(flush=True)
 
 
-def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> int:
+def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> SweepOutcome:
     """Summary table, then tables/plots/report unless told not to.
 
     Exit 0 when every trial ended by the rule, 1 when some failed, 2 when low
@@ -214,18 +244,19 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> 
     if unfinished:
         check_stopped_for_space(root, experiment)
         print(f"interrupted with {unfinished} trial(s) unfinished; continue with `instrument-sweep resume {experiment}`")
-        return EXIT_INTERRUPTED
+        return SweepOutcome(experiment, None, EXIT_INTERRUPTED)
+    report = None
     if analyze:
         from analysis.report import write_report
 
-        out = write_report(experiment, info=spec.report_info())
-        print(f"report: {out}")
+        report = write_report(experiment, info=spec.report_info())
+        print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
         print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `instrument-sweep resume "
               f"{experiment}` retries them")
-        return EXIT_TRIALS_FAILED
-    return 0
+        return SweepOutcome(experiment, report, EXIT_TRIALS_FAILED)
+    return SweepOutcome(experiment, report, 0)
 
 
 def print_summary(trials) -> None:

@@ -3,6 +3,7 @@
     info = connect(None)                       # local Ray on this machine
     info = connect("10.0.0.5:6379")            # join a running cluster (GCS address)
     info = connect("ray://10.0.0.5:10001")     # Ray Client
+    info = connect(None)                       # inside a Ray Job (RAY_ADDRESS set): joins its cluster
     disconnect(info)                           # a local Ray stops here
     stop_leftover_local_ray(ray_tag, host)     # `resume`: what is left of a killed command's local Ray
 
@@ -90,11 +91,18 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     """Start a local Ray (address None) or join the cluster at `address`."""
     import ray
 
+    if ray.is_initialized():
+        raise InputError("ray", "this process is already connected to Ray; call ray.shutdown() first (a sweep "
+                                "connects itself: give the cluster as address)")
+    flag = "--address"
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        # A driver that Ray started (a Ray Job's entrypoint) finds its cluster here: join it.
+        address, flag = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     private_token_file(create=address is None)
     if address is not None:
-        host, port = parse_address(address)
+        host, port = parse_address(address, flag)
         if host != "auto":
-            check_reachable(host, port)
+            check_reachable(host, port, flag)
         use_token_if_available()
     quiet_ray_logs()
     tag = uuid.uuid4().hex if address is None else ""
@@ -116,8 +124,10 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
         else:
             context = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     except ConnectionError as exc:
-        raise InputError("--address", f"could not join a Ray cluster at {address!r}: {exc}") from None
+        raise InputError(flag, f"could not join a Ray cluster at {address!r}: {exc}") from None
     dashboard = getattr(context, "dashboard_url", "") or ""
+    if address is not None:  # "auto" or RAY_ADDRESS: say which cluster it found
+        address = (getattr(context, "address_info", None) or {}).get("gcs_address") or address
     return replace(describe(address or "local", dashboard, started_here=address is None), ray_tag=tag)
 
 

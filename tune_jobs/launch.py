@@ -25,9 +25,10 @@ from trainables.errors import InputError
 from trainables.tuning.stopper import StatusStopper
 from trainables.tuning.trial import sweep_trial
 from tune_jobs.cluster import ClusterInfo
-from tune_jobs.progress import SweepProgress
+from tune_jobs.progress import progress_callback
 from tune_jobs.spec import SweepSpec
 from tune_jobs.storage_guard import StorageGuard
+from tune_jobs.trackers import tracker_callbacks
 
 
 def param_space(spec: SweepSpec) -> dict:
@@ -120,7 +121,8 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), StorageGuard(storage_root),
-                       *([SweepProgress(len(spec.trials()))] if progress else [])],
+                       *tracker_callbacks(spec.log, name, experiment),
+                       *([progress_callback(len(spec.trials()))] if progress else [])],
             verbose=0,
         ),
     )

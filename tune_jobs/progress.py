@@ -1,4 +1,9 @@
-"""Live progress of a sweep: a line when a trial starts, ends or fails, and a periodic heartbeat."""
+"""Live progress of a sweep: in a terminal, a line when a trial starts, ends or fails and a
+periodic heartbeat; in Jupyter, a progress bar of finished trials.
+
+    instrument-sweep run                    # lines
+    from tune_jobs import sweep; sweep("smoke")   # in a notebook: a bar (tqdm.auto, ipywidgets)
+"""
 
 from __future__ import annotations
 
@@ -82,3 +87,48 @@ class SweepProgress(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
+
+
+class NotebookProgress(tune.Callback):
+    """A tqdm.auto bar of finished trials, the last result of a running trial beside it."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+        self._bar = None
+
+    def _progress(self, trials: list):
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.n_trials, unit="trial", desc="trials")
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        if done != self._bar.n:
+            self._bar.update(done - self._bar.n)
+        return self._bar
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._progress(trials).set_postfix_str(f"{trial_label(trial.config)}  {result_line(EpochReport.from_dict(result))}")
+
+    def on_step_end(self, iteration, trials, **info):
+        self._progress(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._progress(trials).close()
+
+    def __getstate__(self) -> dict:
+        return {"n_trials": self.n_trials}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm.auto draws a widget)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def progress_callback(n_trials: int) -> tune.Callback:
+    """A progress bar in Jupyter, progress lines elsewhere."""
+    return NotebookProgress(n_trials) if in_notebook() else SweepProgress(n_trials)

@@ -31,7 +31,7 @@ from trainables.errors import InputError
 PRESETS_DIR = Path(__file__).with_name("sweeps")
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
-TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources", "energy")
+TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources", "energy", "log")
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,13 @@ class SweepSpec:
     repeats: int = 1
     resources: Resources = field(default_factory=Resources)
     energy: EnergyOptions = field(default_factory=EnergyOptions)
+    log: tuple[str, ...] = ()  # experiment trackers: "mlflow", "mlflow=TRACKING_URI", "wandb", "wandb=PROJECT"
 
     def __post_init__(self) -> None:
+        from tune_jobs.trackers import parse_target
+
+        for i, target in enumerate(self.log):
+            parse_target(target, where=f"log[{i}]")
         if not self.views:
             raise InputError("views", "must name at least one view, e.g. views: {lr: {lr: [0.001, 0.01]}}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
@@ -187,6 +192,7 @@ class SweepSpec:
             "repeats": self.repeats,
             "resources": asdict(self.resources),
             "energy": asdict(self.energy),
+            "log": list(self.log),
         }
 
 
@@ -197,8 +203,11 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """A preset name or a YAML path (default: the `seed` preset), with `key=value` overrides."""
+def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+              values: dict | None = None) -> SweepSpec:
+    """A preset name or a YAML path (default: the `seed` preset), with `key=value` overrides
+    (`--set`) and then `values`: {"repeats": 3, "stop.threshold": 0.95} or nested
+    {"stop": {"threshold": 0.95}}, merged key by key (the notebook API's keywords)."""
     path = _spec_path(source)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -211,7 +220,21 @@ def load_spec(source: str | Path | None = None, overrides: list[str] | tuple[str
     raw.setdefault("name", path.stem)
     for override in overrides:
         _apply_override(raw, override)
+    for key, value in _dotted(values or {}):
+        _set_key(raw, key, value, where=key)
     return spec_from_dict(raw)
+
+
+def _dotted(values: dict) -> list[tuple[str, object]]:
+    """{"repeats": 3, "stop": {"threshold": 0.9}} -> [("repeats", 3), ("stop.threshold", 0.9)]: a section's
+    keys are set one by one (a view, one level down, is replaced whole)."""
+    pairs: list[tuple[str, object]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            pairs += [(f"{key}.{inner}", item) for inner, item in value.items()]
+        else:
+            pairs.append((key, value))
+    return pairs
 
 
 def read_spec(experiment: str) -> SweepSpec:
@@ -261,12 +284,17 @@ def _apply_override(raw: dict, override: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    _set_key(raw, key.strip(), value, where=f"--set {key}")
+
+
+def _set_key(raw: dict, key: str, value: object, where: str) -> None:
+    """Set dotted `key` in `raw`, making sections on the way; errors name `where`."""
     node = raw
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise InputError(f"--set {key}", f"{part!r} is not a section")
+            raise InputError(where, f"{part!r} is not a section")
     node[parts[-1]] = value
 
 
@@ -294,7 +322,18 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         repeats=raw.get("repeats", 1),
         resources=resources,
         energy=energy,
+        log=_log_from(raw.get("log")),
     )
+
+
+def _log_from(raw: Any) -> tuple[str, ...]:
+    """`log: mlflow` or `log: [mlflow=URI, wandb]`."""
+    if raw is None:
+        return ()
+    raw = [raw] if isinstance(raw, str) else raw
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise InputError("log", f"must be a tracker or a list of them (mlflow[=URI], wandb[=PROJECT]), got {raw!r}")
+    return tuple(raw)
 
 
 def _views_from(raw: Any) -> tuple[View, ...]:

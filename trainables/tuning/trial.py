@@ -26,6 +26,7 @@ from ray import tune
 
 from trainables.training.config import TrainConfig
 from trainables.training.stop import StopRule
+from trainables.tuning import metrics
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STATE_FILE = "state.pt"
@@ -117,6 +118,7 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
             report = report.labelled(**labels, started_at_s=started_at_s, ended_at_s=time.time(),
                                      rss_mib=resident_mib())
             result = report.to_dict()
+            metrics.publish(report, rule)  # live gauges for Ray's dashboard / Prometheus
             with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
                 torch.save(state, Path(path) / STATE_FILE)
                 (Path(path) / RESULT_FILE).write_text(json.dumps(result))
