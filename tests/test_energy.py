@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.training.energy import EnergyMeter, EnergyWindow, energy_source
+from trainables.training.energy import EnergyMeter, EnergyWindow, energy_source, rapl_readable
 
 
 def _has_measurable_energy() -> bool:
@@ -192,3 +192,14 @@ def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():
         print(json.dumps([meter.source, meter.gpu_indices, w.energy_j]))
     """, CUDA_VISIBLE_DEVICES="")
     assert got[0] in ("none", "cpu") and got[1] == []
+
+
+def test_rapl_readable_says_whether_a_cpu_energy_counter_can_be_read(tmp_path):
+    """What `race: energy` checks before a local sweep on CPUs (RAPL files faked; the real ones may exist)."""
+    assert rapl_readable(str(tmp_path)) is False  # no RAPL at all
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("not a number\n")
+    assert rapl_readable(str(tmp_path)) is False
+    (zone / "energy_uj").write_text("123456789\n")
+    assert rapl_readable(str(tmp_path)) is True

@@ -4,6 +4,7 @@
     instrument-sweep run --preset smoke                   # seconds
     instrument-sweep run my_sweep.yaml --data ~/uiowa --set repeats=3 --storage s3://bucket/sweeps
     instrument-sweep run --dry-run                        # list the trials, start nothing
+    instrument-sweep run --race time                      # stop trials that can no longer be fastest
     instrument-sweep resume seed-20261125-200102          # finish an interrupted sweep
 
 Everything the user gives is validated before Ray starts: a bad spec, dataset,
@@ -22,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from trainables.errors import InputError
-from trainables.training.stop import ENDED_BY_RULE, Status
+from trainables.training.stop import ENDED_BY_RULE, RACES, Status
 from analysis import storage
 from tune_jobs.cluster import connect, disconnect
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
@@ -41,6 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
+    run.add_argument("--race", choices=tuple(RACES),
+                     help="stop a trial once it can no longer be the fastest (time) or the cheapest (energy) "
+                          "to the target; its figures are then lower bounds (spec key `race`)")
     add_place_arguments(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit without starting Ray")
@@ -68,7 +72,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         return spec_from_dict(json.loads(args.spec_json))
     if args.spec and args.preset:
         raise InputError("--preset", "give either a spec file/preset or --preset, not both")
-    spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, args.overrides)
+    overrides = [*args.overrides, *([f"race={args.race}"] if args.race else [])]
+    spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, overrides)
     return replace(spec, data=args.data) if args.data else spec
 
 
@@ -92,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
     cluster = connect_and_describe(args.address, args.verbose)
+    check_race(spec, cluster)
     from tune_jobs.launch import start_sweep
 
     print(f"results: {experiment}", flush=True)
@@ -114,6 +120,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     grid = resume_sweep(experiment, spec, dataset, cluster)
     disconnect(cluster)
     return finish(spec, root, experiment, grid, analyze=not args.no_analyze)
+
+
+def check_race(spec: SweepSpec, cluster) -> None:
+    """`race: energy` needs measured energy: trials that own a GPU, or RAPL readable on this machine's local Ray."""
+    if spec.race != "energy" or spec.ray_resources(cluster.gpus)["gpu"] > 0:
+        return
+    from trainables.training.energy import rapl_readable
+
+    if cluster.started_here and rapl_readable():
+        return
+    disconnect(cluster)
+    raise InputError("race", "energy needs measured energy, and no trial would measure any: they get no GPU and "
+                             "RAPL is not readable here; use race: time, or run on GPUs")
 
 
 def experiment_under(root: str, name_or_path: str) -> str:
@@ -163,7 +182,7 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     t = spec.train
     print(f"sweep: {spec.name} -- {spec.description}".rstrip(" -"))
     print(f"train: {t.n_hidden} {t.activation} units, {t.optimizer}, loader {t.loader}, "
-          f"validation {t.val_fraction:g}; stop: {goal}")
+          f"validation {t.val_fraction:g}; stop: {goal}" + (f"; race: {spec.race}" if spec.race else ""))
     if trials:
         listed = spec.trials()
         print(f"trials: {len(listed)} ({spec.repeats} seed(s) per point; views: "

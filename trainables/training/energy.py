@@ -55,6 +55,20 @@ def energy_source(has_gpu: bool, has_cpu: bool) -> str:
     return "none"
 
 
+def rapl_readable(powercap: str = "/sys/class/powercap") -> bool:
+    """Whether this machine's CPU energy counter (RAPL, as Zeus reads it) can be read by this user."""
+    import glob
+
+    for path in glob.glob(f"{powercap}/intel-rapl:*/energy_uj"):
+        try:
+            with open(path) as counter:
+                int(counter.read())
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def _visible_gpu_indices() -> list[int]:
     """Indices of the CUDA devices this process sees; [] without a GPU."""
     import torch
