@@ -14,6 +14,8 @@ bars of configurations that missed the target are grey with a red "xx" hatch;
 energy whose counter error exceeds 5% is hatched "//", and measured energy carries
 the counter's error bars (red); where energy was not
 measured the panel says "energy not measured" instead of drawing zeros.
+Trials outpaced in a race stopped early: their time, energy and epochs are labelled
+"≥" (at least).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from analysis import summary
+from trainables.training.stop import Status
 
 REACHED_COLOR = "tab:blue"
 MISSED_FACE, MISSED_EDGE, MISSED_HATCH = "0.85", "tab:red", "xx"
@@ -36,7 +39,10 @@ LOW_RES_HATCH = "//"
 FRONT_COLOR = "tab:red"
 NOT_MEASURED = "energy not measured"
 NOT_MEASURED_WHY = "no GPU energy counter and no readable RAPL\non the nodes (energy_source: none)"
-MISSED_LABEL = "missed the target (max_epochs, diverged, error or still running)"
+MISSED_LABEL = "missed the target (max_epochs, diverged, outpaced, error or still running)"
+AT_LEAST = "≥ "  # race mode: an outpaced trial stopped early, so its time, energy and epochs are lower bounds
+AT_LEAST_LABEL = "≥: outpaced in the race (stopped once it could not win): at least this much"
+LOWER_BOUND_METRICS = ("time_s", "energy_j", "epochs")
 LOW_RES_LABEL = "energy error above 5% (the GPU counter's ~100 ms steps): indicative only"
 COUNTER_ERR_COLOR = "tab:red"  # error bars of the energy counter (energy_err_j)
 BAR_PANELS = (  # (metric, y-axis label, value format)
@@ -76,6 +82,8 @@ def plot_view(trials: pd.DataFrame, view: str, axes: Sequence[str] | None = None
         handles.append(Patch(facecolor=MISSED_FACE, edgecolor=MISSED_EDGE, hatch=MISSED_HATCH, label=MISSED_LABEL))
     if len(table) and (table["energy_uncertain"] & table["energy_j_mean"].notna()).any():
         handles.append(Patch(facecolor=REACHED_COLOR, edgecolor="black", hatch=LOW_RES_HATCH, label=LOW_RES_LABEL))
+    if len(table) and table["statuses"].str.contains(Status.OUTPACED.value).any():
+        handles.append(Line2D([], [], linestyle="none", label=AT_LEAST_LABEL))
     if repeats:
         handles.append(Line2D([], [], color="black", marker="|", linestyle="none", markersize=10,
                               label=f"mean ± 1 std over seeds (up to {int(table['runs'].max())})"))
@@ -118,6 +126,8 @@ def _bars(ax, table: pd.DataFrame, members: pd.DataFrame, metric: str, fmt: str,
             text = "not measured" if metric == "energy_j" else _status_word(row.statuses)
         else:
             text = fmt.format(value)
+            if metric in LOWER_BOUND_METRICS and Status.OUTPACED.value in row.statuses:
+                text = AT_LEAST + text
             if row.reached < row.runs and not crowded:
                 text += (f"\n{row.reached}/{row.runs} reached" if row.runs > 1 else f"\n{_status_word(row.statuses)}")
         ax.annotate(text, (i, tops[i]), xytext=(0, 2), textcoords="offset points",

@@ -32,6 +32,9 @@ from trainables.training.stop import Status, StopRule
 REPORT = "report.md"
 DPI = 120
 NOT_MEASURED = "not measured"
+OUTPACED_NOTE = ("≥: outpaced in the race: the trial stopped once it was already slower (or used more energy) "
+                 "than one that reached the target, so it could not win; its time, energy and epochs are "
+                 "at least these.")
 
 
 @dataclass(frozen=True)
@@ -427,6 +430,8 @@ def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
     if pd.isna(mean):
         return NOT_MEASURED if metric == "energy_j" else "–"
     text = format(mean, digits)
+    if metric in plots.LOWER_BOUND_METRICS and Status.OUTPACED.value in row["statuses"]:
+        text = plots.AT_LEAST + text
     if row[f"{metric}_n"] > 1:
         text += (f" ± {format(row[f'{metric}_std'], '.2g')} "
                  f"[{format(row[f'{metric}_ci95_lo'], digits)}, {format(row[f'{metric}_ci95_hi'], digits)}]")
@@ -452,6 +457,8 @@ def _view_table(table: pd.DataFrame, info: ExperimentInfo) -> list[str]:
     if not fixed and len(table) and not table["all_reached"].all():
         note += ["", "Configurations that did not reach the target in every run show the time and energy "
                      "until they stopped, not to accuracy."]
+    if len(table) and table["statuses"].str.contains(Status.OUTPACED.value).any():
+        note += ["", OUTPACED_NOTE]
     return [*md_table(headers, rows), *note]
 
 
@@ -474,13 +481,17 @@ def _front_table(trials: pd.DataFrame) -> list[str]:
 def _trials_table(trials: pd.DataFrame) -> list[str]:
     headers = ["#", "lr", "batch size", "seed", "views", "status", "epochs", "time (s)", "energy (J)",
                "test accuracy", "device", "node"]
-    rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status, str(r.epochs),
-             "–" if pd.isna(r.time_s) else f"{r.time_s:.3g}",
-             "–" if not r.epochs else _joules(r.energy_j, r.energy_uncertain).replace(" J", "")
-             .replace("energy ", ""),
+    at_least = lambda r, text: (plots.AT_LEAST + text  # noqa: E731
+                                if r.status == Status.OUTPACED.value and text[:1].isdigit() else text)
+    rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status,
+             at_least(r, str(r.epochs)),
+             "–" if pd.isna(r.time_s) else at_least(r, f"{r.time_s:.3g}"),
+             "–" if not r.epochs else at_least(r, _joules(r.energy_j, r.energy_uncertain).replace(" J", "")
+                                                 .replace("energy ", "")),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
             for r in trials.itertuples()]
-    return md_table(headers, rows)
+    outpaced = (trials["status"] == Status.OUTPACED.value).any()
+    return [*md_table(headers, rows), *(["", OUTPACED_NOTE] if outpaced else [])]
 
 
 def _num(value) -> str:

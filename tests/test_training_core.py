@@ -234,3 +234,28 @@ def test_a_checkpoint_refuses_other_data_or_another_trial_config():
         check_provenance({"trial": {**trial, "lr": 0.1}, "dataset": data}, trial, data)
     with pytest.raises(CheckpointMismatch):
         check_provenance({}, trial, data)  # a checkpoint that does not say what produced it
+
+
+@pytest.fixture
+def denormals_kept():
+    """Flushing is process-wide: start from torch's default, and restore it afterwards."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_a_trial_flushes_denormals_and_learns_the_same(small_splits, denormals_kept):
+    """Saturated sigmoids at large lr make denormal gradients, which made late CPU epochs 4-7x slower."""
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+    assert (tiny * 1.0).item() != 0.0
+    config, rule = TrainConfig(lr=0.1, batch_size=64, n_hidden=32), StopRule(threshold=None, max_epochs=4)
+    kept = train_to_accuracy(small_splits, config, rule, device=torch.device("cpu"))
+    run = TrainingRun(small_splits, config, rule)  # picks the trial's device, as a Tune trial does
+    assert run.device.type in ("cpu", "cuda") and (tiny * 1.0).item() == 0.0
+    flushed = [run.run_epoch() for _ in range(4)]
+    run.close()
+    for a, b in zip(kept.history, flushed):
+        assert a.train_acc == pytest.approx(b.train_acc, abs=0.01)
+        assert a.test_acc == pytest.approx(b.test_acc, abs=0.01)

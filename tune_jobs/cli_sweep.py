@@ -4,6 +4,7 @@
     instrument-sweep run --preset smoke                   # seconds
     instrument-sweep run my_sweep.yaml --data ~/uiowa --set repeats=3 --storage s3://bucket/sweeps
     instrument-sweep run --dry-run                        # list the trials, start nothing
+    instrument-sweep run --race time                      # stop trials that can no longer be fastest
     instrument-sweep resume seed-20261125-200102          # finish an interrupted sweep
 
 Everything the user gives is validated before Ray starts: a bad spec, dataset,
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainables.errors import InputError
-from trainables.training.stop import ENDED_BY_RULE, Status
+from trainables.training.stop import ENDED_BY_RULE, RACES, Status
 from analysis import storage
 from tune_jobs import experiment_lock
 from tune_jobs.cluster import connect, disconnect, stop_leftover_local_ray
@@ -47,6 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--log", action="append", default=[], metavar="TRACKER",
                      help="track each trial as a run: mlflow[=TRACKING_URI] (default ./mlruns) or "
                           "wandb[=PROJECT]; repeatable (extras: pip install -e '.[mlflow]' / '.[wandb]')")
+    run.add_argument("--race", choices=tuple(RACES),
+                     help="stop a trial once it can no longer be the fastest (time) or the cheapest (energy) "
+                          "to the target; its figures are then lower bounds (spec key `race`)")
     add_place_arguments(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     add_eta_argument(run)
@@ -81,7 +85,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         return spec_from_dict(json.loads(args.spec_json))
     if args.spec and args.preset:
         raise InputError("--preset", "give either a spec file/preset or --preset, not both")
-    overrides = [*args.overrides, *([f"energy.eta={args.eta!r}"] if args.eta is not None else [])]
+    overrides = [*args.overrides, *([f"energy.eta={args.eta!r}"] if args.eta is not None else []),
+                 *([f"race={args.race}"] if args.race else [])]
     spec = load_spec(args.spec or args.preset or DEFAULT_PRESET, overrides)
     if args.log:
         from tune_jobs.trackers import parse_target
@@ -131,6 +136,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
     cluster = connect_and_describe(address, verbose)
+    check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
         from tune_jobs.launch import start_sweep
@@ -165,6 +171,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         grid = resume_sweep(experiment, spec, dataset, cluster)
         disconnect(cluster)
         return finish(spec, root, experiment, grid, analyze=not args.no_analyze).exit_code
+
+
+def check_race(spec: SweepSpec, cluster) -> None:
+    """`race: energy` needs energy measured while trials run: GPU joules, so trials that own a GPU
+    (a node's CPU joules are attributed to a trial only after the sweep, see analysis.frames)."""
+    if spec.race != "energy" or spec.ray_resources(cluster.gpus)["gpu"] > 0:
+        return
+    disconnect(cluster)
+    raise InputError("race", "energy needs GPU energy, and no trial would measure any: they get no GPU; "
+                             "use race: time, or run on GPUs")
 
 
 def experiment_under(root: str, name_or_path: str) -> str:
@@ -218,7 +234,7 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     t = spec.train
     print(f"sweep: {spec.name} -- {spec.description}".rstrip(" -"))
     print(f"train: {t.n_hidden} {t.activation} units, {t.optimizer}, loader {t.loader}, "
-          f"validation {t.val_fraction:g}; stop: {goal}")
+          f"validation {t.val_fraction:g}; stop: {goal}" + (f"; race: {spec.race}" if spec.race else ""))
     if trials:
         listed = spec.trials()
         print(f"trials: {len(listed)} ({spec.repeats} seed(s) per point; views: "

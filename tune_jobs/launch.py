@@ -116,7 +116,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_root,
-            stop=StatusStopper(),
+            stop=StatusStopper(spec.racer),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),

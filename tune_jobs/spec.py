@@ -8,6 +8,8 @@ A sweep has named views. Each view is a small grid over `lr` and `batch_size`
 (a list sweeps that axis, a scalar fixes it). The union of all views' points
 runs once, and each trial remembers every view it belongs to; `repeats: N`
 runs every point with seeds train.seed, train.seed+1, ...
+`race: time` (or `energy`) stops trials that can no longer be the fastest
+(or cheapest) to the target (`trainables.training.stop.Race`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from analysis import storage
 from analysis.storage import SPEC_FILE
 from trainables.data import splits
 from trainables.training.config import TrainConfig
-from trainables.training.stop import StopRule
+from trainables.training.stop import Race, StopRule
 from trainables.errors import InputError
 
 PRESETS_DIR = Path(__file__).with_name("sweeps")
 DEFAULT_PRESET = "seed"
 AXES = ("lr", "batch_size")
-TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "resources", "energy", "log")
+TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", "race", "resources", "energy", "log")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class SweepSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     stop: StopRule = field(default_factory=StopRule)
     repeats: int = 1
+    race: str | None = None  # "time" or "energy": stop trials that can no longer win; None: run all to the rule
     resources: Resources = field(default_factory=Resources)
     energy: EnergyOptions = field(default_factory=EnergyOptions)
     log: tuple[str, ...] = ()  # experiment trackers: "mlflow", "mlflow=TRACKING_URI", "wandb", "wandb=PROJECT"
@@ -125,6 +128,15 @@ class SweepSpec:
             raise InputError("views", "must name at least one view, e.g. views: {lr: {lr: [0.001, 0.01]}}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise InputError("repeats", f"must be an integer >= 1, got {self.repeats!r}")
+        if self.race is not None:
+            Race(self.race)  # InputError("race", ...) unless time or energy
+            if self.stop.fixed_epochs:
+                raise InputError("race", "needs a target to race to; stop.threshold is null (fixed epochs)")
+
+    @property
+    def racer(self) -> Race | None:
+        """The race the Tune stopper runs, or None."""
+        return Race(self.race) if self.race is not None else None
 
     @property
     def fixed_epochs(self) -> bool:
@@ -190,6 +202,7 @@ class SweepSpec:
             "stop": asdict(self.stop),
             "views": {v.name: {axis: list(values) for axis, values in v.grid.items()} for v in self.views},
             "repeats": self.repeats,
+            "race": self.race,
             "resources": asdict(self.resources),
             "energy": asdict(self.energy),
             "log": list(self.log),
@@ -320,6 +333,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         stop=stop,
         views=views,
         repeats=raw.get("repeats", 1),
+        race=raw.get("race"),
         resources=resources,
         energy=energy,
         log=_log_from(raw.get("log")),

@@ -1,0 +1,55 @@
+"""Race mode on real sweeps: trials that cannot win stop as "outpaced", and the winner does not change."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import analysis
+from conftest import run_tiny_sweep
+from processes import cli
+from trainables.training.energy import EnergyMeter
+
+RACE_SWEEP = {  # lr 0.05 stops at the target after 2 epochs, 3e-4 after 10-17, 1e-5 never (40 epochs)
+    "name": "race",
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 40},
+    "views": {"lr": {"lr": [0.05, 3.0e-4, 1.0e-5], "batch_size": 64}},
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_race_by_time_keeps_the_winner_and_stops_a_trial_that_cannot_win(ray_local, tmp_path, seed):
+    raw = {**RACE_SWEEP, "train": {**RACE_SWEEP["train"], "seed": seed}}
+    plain = analysis.load_trials(run_tiny_sweep(raw, tmp_path, "plain"))
+    raced_dir = run_tiny_sweep({**raw, "race": "time"}, tmp_path, "raced")
+    raced = analysis.load_trials(raced_dir)
+
+    assert set(plain.status) <= {"reached_target", "max_epochs"}
+    never = raced[raced.lr == 1e-5].iloc[0]
+    assert never.status == "outpaced" and never.epochs < 40  # stopped early, once it could not win
+    best = raced[raced.status == "reached_target"].time_s.min()
+    assert never.time_s > best  # it was behind the best finished trial when it stopped
+    win_plain, win_raced = analysis.recommend(plain).loc["fastest"], analysis.recommend(raced).loc["fastest"]
+    assert (win_raced.lr, win_raced.batch_size) == (win_plain.lr, win_plain.batch_size)
+    assert win_raced.epochs == win_plain.epochs  # same training, deterministic per seed
+    assert win_raced.time_s == pytest.approx(win_plain.time_s, rel=2.0)  # the same within this machine's noise
+    assert raced.time_s.sum() < plain.time_s.sum()
+
+    # result.json records the status, and the report marks the figures as lower bounds.
+    results = [json.loads(line) for path in Path(raced_dir).glob("trial-*/result.json")
+               for line in path.read_text().splitlines()]
+    assert sum(r["status"] == "outpaced" for r in results) == (raced.status == "outpaced").sum() >= 1
+    report = Path(analysis.write_report(raced_dir)).read_text()
+    assert f"| outpaced | ≥ {never.epochs} | ≥ {never.time_s:.3g} |" in report
+
+
+@pytest.mark.slow
+def test_race_by_energy_needs_gpu_energy(tmp_path, process_tag, blob_dataset_dir):
+    if "gpu" in EnergyMeter().source:
+        pytest.skip("this machine has a GPU energy counter, so race: energy may run here")
+    out = cli("run", "--preset", "smoke", "--race", "energy", "--data", blob_dataset_dir, "--storage",
+              str(tmp_path / "store"), "--name", "e", tag=process_tag, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stderr.startswith("error: race: energy needs GPU energy")
+    assert not (tmp_path / "store" / "e").exists()  # nothing written
