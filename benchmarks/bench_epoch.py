@@ -4,7 +4,8 @@
     python benchmarks/bench_epoch.py --data ~/uiowa --epochs 7 --threads 2
 
 Per batch size in [32, 128, 512, 2048] and device: one warm-up epoch, then the
-median of --epochs epochs, each loop on a fresh model. Prints one JSON line per
+median of --epochs epochs, each loop on a fresh model (a GPU synchronised before
+each clock read; benchmarks/gpu_check.py reuses these rows). Prints one JSON line per
 (loader, batch size, device) with loader, batch_size, device, rows, epoch_s,
 train_acc (after the last epoch: the loops must learn alike) and, for the fast
 loop, ratio = dataloader epoch_s / fast epoch_s; then a table.
@@ -48,21 +49,49 @@ def dataset(spec: str):
     return splits.train_x, splits.train_y, splits.n_classes
 
 
+def fresh_model(loader: str, n_features: int, n_classes: int, device: torch.device):
+    """The seed's model (seeded) and the optimizer TrainingRun gives `loader` (fused Adam for the fast loop)."""
+    torch.manual_seed(0)
+    model = InstrumentNet(n_features, 256, n_classes).to(device)
+    return model, make_optimizer("adam", model.parameters(), 1e-3, fused=loader == "fast")
+
+
+def train_timed(loader: str, x, y, n_classes: int, batch_size: int, device: torch.device,
+                epochs: int) -> tuple[list[float], float, torch.nn.Module]:
+    """Seconds of each of `epochs` epochs on a fresh model (the device synchronised before each clock
+    read), the last epoch's training accuracy, and the trained model."""
+    model, optimizer = fresh_model(loader, x.shape[1], n_classes, device)
+    loop = make_loop(loader, x, y, batch_size, device, seed=0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(epochs):
+        sync()
+        started = time.perf_counter()
+        stats = loop.train_epoch(model, optimizer)
+        sync()
+        times.append(time.perf_counter() - started)
+    return times, stats.acc, model
+
+
 def epoch_seconds(loader: str, x, y, n_classes: int, batch_size: int, device: torch.device,
                   epochs: int) -> tuple[float, float]:
     """Median epoch seconds after warm-up, and the training accuracy of the last epoch (same results?)."""
-    torch.manual_seed(0)
-    model = InstrumentNet(x.shape[1], 256, n_classes).to(device)
-    optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=loader == "fast")  # as TrainingRun does
-    loop = make_loop(loader, x, y, batch_size, device, seed=0)
-    times = []
-    for _ in range(epochs + 1):  # the first epoch warms up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        stats = loop.train_epoch(model, optimizer)  # returns once the epoch's metrics reached the host
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:]), stats.acc
+    times, acc, _ = train_timed(loader, x, y, n_classes, batch_size, device, epochs + 1)  # the first warms up
+    return statistics.median(times[1:]), acc
+
+
+def bench_rows(x, y, n_classes: int, batch_size: int, device: torch.device, epochs: int) -> list[dict]:
+    """The dataloader row and the fast row (with `ratio`) of one batch size and device, as printed."""
+    measured = {loader: epoch_seconds(loader, x, y, n_classes, batch_size, device, epochs)
+                for loader in ("dataloader", "fast")}
+    rows = []
+    for loader, (seconds, train_acc) in measured.items():
+        row = {"loader": loader, "batch_size": batch_size, "device": device.type, "rows": int(len(y)),
+               "epoch_s": round(seconds, 5), "train_acc": round(train_acc, 4)}
+        if loader == "fast":
+            row["ratio"] = round(measured["dataloader"][0] / seconds, 2)
+        rows.append(row)
+    return rows
 
 
 def late_over_early(x, y, n_classes: int, flush: bool) -> tuple[float, float, float]:
@@ -97,13 +126,7 @@ def main() -> None:
     rows = []
     for device in devices:
         for batch_size in BATCH_SIZES:
-            measured = {loader: epoch_seconds(loader, x, y, n_classes, batch_size, device, args.epochs)
-                        for loader in ("dataloader", "fast")}
-            for loader, (seconds, train_acc) in measured.items():
-                row = {"loader": loader, "batch_size": batch_size, "device": device.type, "rows": int(len(y)),
-                       "epoch_s": round(seconds, 5), "train_acc": round(train_acc, 4)}
-                if loader == "fast":
-                    row["ratio"] = round(measured["dataloader"][0] / seconds, 2)
+            for row in bench_rows(x, y, n_classes, batch_size, device, args.epochs):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\n{'device':<6} {'batch':>5} {'rows':>7} {'dataloader_s':>12} {'fast_s':>9} {'ratio':>6} "
