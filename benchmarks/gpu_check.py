@@ -63,7 +63,7 @@ ACCURACY_BATCH, ACCURACY_EPOCHS, ACCURACY_TOLERANCE = 128, 10, 0.005
 VARIANTS = [("cuda-graph", 128), ("cuda-graph", 32), ("compile", 128)]  # (kind, batch size), run in this order
 SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source"]
 ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$")
-TERMINAL = {"reached_target", "max_epochs", "diverged"}
+TERMINAL = {"reached_target", "max_epochs", "diverged", "outpaced"}
 GRACE_S = 15  # after the interrupt, before a stage's subprocess is killed
 
 
