@@ -70,7 +70,7 @@ def test_grafana_dashboard_queries_only_published_metrics():
 SWEEP = {
     "name": "live",
     "train": {"n_hidden": 32, "loader": "dataloader"},  # the seed's slow loop: epochs last long enough
-    "stop": {"threshold": 0.999, "patience": 2, "max_epochs": 12},
+    "stop": {"threshold": 0.995, "patience": 2, "max_epochs": 12},
     "views": {"lr": {"lr": [1.0e-4, 1.0e-5], "batch_size": 4}},
 }
 SAMPLE = re.compile(r"^ray_" + PREFIX + r"(\w+)\{(.*)\} (\S+)$")

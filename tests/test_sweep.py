@@ -39,7 +39,7 @@ def test_trials_stop_by_the_rule(tiny_experiment):
 def test_per_epoch_reports_carry_time_energy_and_labels(tiny_experiment):
     epochs = analysis.load_epochs(tiny_experiment)
     for column in ("epoch", "train_acc", "train_loss", "val_acc", "val_loss", "hits_in_a_row", "epoch_time_s",
-                   "time_s", "epoch_energy_j", "energy_j", "energy_uncertain",
+                   "time_s", "epoch_energy_j", "energy_j", "energy_err_j", "energy_method",
                    "energy_source", "status", "test_acc", "test_loss", "lr", "batch_size", "device", "node"):
         assert column in epochs.columns, column
     for _, mine in epochs.groupby("trial_id"):

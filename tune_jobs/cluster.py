@@ -91,18 +91,19 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
     """Start a local Ray (address None) or join the cluster at `address`."""
     import ray
 
-    if ray.is_initialized():
-        raise InputError("ray", "this process is already connected to Ray; call ray.shutdown() first (a sweep "
-                                "connects itself: give the cluster as address)")
     flag = "--address"
     if address is None and os.environ.get("RAY_ADDRESS"):
         # A driver that Ray started (a Ray Job's entrypoint) finds its cluster here: join it.
         address, flag = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
-    private_token_file(create=address is None)
     if address is not None:
         host, port = parse_address(address, flag)
         if host != "auto":
             check_reachable(host, port, flag)
+    private_token_file(create=address is None)
+    if ray.is_initialized():
+        raise InputError("ray", "this process is already connected to Ray; call ray.shutdown() first (a sweep "
+                                "connects itself: give the cluster as address)")
+    if address is not None:
         use_token_if_available()
     quiet_ray_logs()
     tag = uuid.uuid4().hex if address is None else ""
