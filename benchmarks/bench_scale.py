@@ -156,16 +156,10 @@ def ray_env(tag: str) -> dict:
 
 def end_tagged(tag: str) -> None:
     """SIGKILL every process carrying `tag`: the nodes, their raylets, agents and trial workers."""
-    needle = f"{TAG}={tag}".encode()
+    from tune_jobs.cluster import pids_with_env
+
     for _ in range(3):
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                try:
-                    if needle in (proc / "environ").read_bytes().split(b"\0"):
-                        pids.append(int(proc.name))
-                except OSError:
-                    continue
+        pids = pids_with_env(TAG, tag)
         if not pids:
             return
         for pid in pids:

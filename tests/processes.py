@@ -41,16 +41,9 @@ def spawn_cli(*args: str, tag: str, log: Path) -> subprocess.Popen:
 
 def tagged_pids(tag: str, variable: str = TAG) -> list[int]:
     """Processes whose environment holds `variable`=`tag`."""
-    pids = []
-    needle = f"{variable}={tag}".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
+    from tune_jobs.cluster import pids_with_env
+
+    return pids_with_env(variable, tag)
 
 
 def kill_tagged(tag: str) -> None:

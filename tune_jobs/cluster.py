@@ -151,7 +151,7 @@ def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> in
     """
     if not ray_tag or host != socket.gethostname():
         return 0
-    leftover = [pid for pid in _pids_tagged(ray_tag) if pid != os.getpid()]
+    leftover = pids_with_env(LOCAL_RAY_ENV, ray_tag)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -162,13 +162,13 @@ def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> in
     return len(leftover)
 
 
-def _pids_tagged(ray_tag: str) -> list[int]:
-    """This user's processes whose environment holds LOCAL_RAY_ENV=`ray_tag`."""
-    entry, uid, pids = f"{LOCAL_RAY_ENV}={ray_tag}".encode(), os.getuid(), []
+def pids_with_env(variable: str, value: str) -> list[int]:
+    """This user's processes (not this one) whose environment holds `variable`=`value`; [] without procfs."""
+    entry, uid, pids = f"{variable}={value}".encode(), os.getuid(), []
     if not Path("/proc").is_dir():
-        return pids  # no procfs (macOS): the leftovers end on their own within a minute
+        return pids  # no procfs (macOS): a killed command's leftovers end on their own within a minute
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             if proc.stat().st_uid == uid and entry in (proc / "environ").read_bytes().split(b"\0"):
