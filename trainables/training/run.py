@@ -71,8 +71,7 @@ class TrainingRun:
         self.model = InstrumentNet(
             splits.n_features, config.n_hidden, splits.n_classes, config.activation
         ).to(self.device)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr,
-                                        fused=config.loader == "fast")
+        self.optimizer = self._new_optimizer()
         self.loop = make_loop(
             config.loader, splits.train_x, splits.train_y, config.batch_size, self.device, config.seed
         )
@@ -97,6 +96,11 @@ class TrainingRun:
         self.status = Status.RUNNING
         self._window: str | None = None  # which window is open: None, "epoch" or "between"
 
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the model (the fused kernel for the fast loop)."""
+        return make_optimizer(self.config.optimizer, self.model.parameters(), self.config.lr,
+                              fused=self.config.loader == "fast")
+
     def restart(self, rule: StopRule, meter) -> None:
         """Start the same work again from scratch: same seed, weights, shuffling; `rule`, `meter`.
 
@@ -104,8 +108,7 @@ class TrainingRun:
         self.rule, self.meter = rule, meter
         torch.manual_seed(self.config.seed)
         self.model.load_state_dict(self._initial_model)
-        self.optimizer = make_optimizer(self.config.optimizer, self.model.parameters(), self.config.lr,
-                                        fused=self.config.loader == "fast")
+        self.optimizer = self._new_optimizer()
         self.loop.generator.manual_seed(self.config.seed)
         self._reset_counters()
 
