@@ -18,7 +18,7 @@ leaves unused passes to the next):
          on UIowa-shaped random data (66,247 + 14,904 rows, 120 features, 10 classes); test accuracy
          of both loops after 10 epochs at batch 128; then, in a child process so a failure cannot
          take this one down, experimental variants of the fast loop: a whole epoch's steps captured
-         in one CUDA graph (batch 32 and 128) and torch.compile'd forward_backward (batch 128)
+         in one CUDA graph (batch 32 and 128) and torch.compile'd forward_backward_fn (batch 128)
   sweep  `python -m tune_jobs run --preset seed` (a temporary storage), read back from its analysis
          folder: one row per trial, and checks (GPU joules, epoch windows adding up, Ray GPU ids,
          no two trials on one GPU at once, the report's energy measured)
@@ -358,28 +358,32 @@ def epoch_stage(report: Report, device, args, deadline: float) -> None:
 
 def variant_epoch(kind: str, model, optimizer, x, y, n_classes: int, batch_size: int, device):
     """The fast loop's epoch, experimental: `cuda-graph` replays one CUDA graph holding every step of the
-    epoch (captured after one eager warm-up epoch); `compile` runs torch.compile'd forward_backward.
+    epoch (captured after one eager warm-up epoch); `compile` runs the model's torch.compile'd forward_backward_fn.
     Returns epoch() -> training accuracy; the setup (capture, compilation) happens here or in the first epoch."""
     import torch
 
+    from trainables.training.model import descent_targets
+
     n = x.shape[0]
     generator = torch.Generator(device=device).manual_seed(0)
-    onehot = torch.nn.functional.one_hot(y, n_classes).float()
-    xs, ys, ts = torch.empty_like(x), torch.empty_like(y), torch.empty_like(onehot)
+    xs, ys = torch.empty_like(x), torch.empty_like(y)
     step = optimizer.batch_stepper()  # FusedAdam's: the fast loop's optimizer step
-    forward_backward = torch.compile(model.forward_backward) if kind == "compile" else model.forward_backward
+    forward_backward = model.forward_backward_fn()
+    forward_backward = torch.compile(forward_backward) if kind == "compile" else forward_backward
+    ts = descent_targets(y, n_classes, batch_size)
 
     def shuffle() -> None:
         perm = torch.randperm(n, device=device, generator=generator)
-        for source, target in ((x, xs), (y, ys), (onehot, ts)):
+        for source, target in ((x, xs), (y, ys)):
             torch.index_select(source, 0, perm, out=target)
+        ts.copy_(descent_targets(ys, n_classes, batch_size))
 
     def steps():
-        log_probs = []
+        logits = []
         for xb, tb in zip(xs.split(batch_size), ts.split(batch_size)):
-            log_probs.append(forward_backward(xb, tb))
+            logits.append(forward_backward(xb, tb))
             step()
-        return (torch.cat(log_probs).argmax(dim=1) == ys).sum()
+        return (torch.cat(logits).argmax(dim=1) == ys).sum()
 
     if kind == "compile":
         def epoch() -> float:

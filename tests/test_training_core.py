@@ -9,8 +9,8 @@ import torch
 from trainables.training.config import TrainConfig
 from trainables.training.stop import StopRule
 from trainables.errors import InputError
-from trainables.training.loops import evaluate, make_loop
-from trainables.training.model import InstrumentNet
+from trainables.training.loops import evaluate, make_loop, summed_loss_and_hits
+from trainables.training.model import InstrumentNet, descent_targets
 from trainables.training.optim import make_optimizer
 from trainables.data.splits import (
     check_validation_split,
@@ -109,11 +109,30 @@ def test_hand_written_backward_matches_autograd(activation):
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=False)  # written over, not added to
     with torch.no_grad():
-        log_probs = model.forward_backward(x, torch.nn.functional.one_hot(y, 5).float())
-    assert -log_probs.gather(1, y[:, None]).mean() == pytest.approx(loss.item(), rel=1e-6)
+        logits = model.forward_backward_fn()(x, descent_targets(y, 5, 64))
+    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(loss.item(), rel=1e-6)
     for got, want in zip((p.grad for p in model.parameters()), expected):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_descent_targets_scale_each_row_by_its_batch_including_the_short_last_one():
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    targets = descent_targets(y, 3, batch_size=4)  # batches of 4, 4 and 2 rows
+    assert torch.equal(targets.argmin(dim=1), y)
+    assert torch.allclose(targets.sum(dim=1), torch.tensor([-0.25] * 8 + [-0.5] * 2))
+
+
+def test_epoch_loss_and_hits_match_cross_entropy_and_argmax_also_on_ties():
+    torch.manual_seed(0)
+    logits, y = torch.randn(1000, 10) * 30, torch.randint(0, 10, (1000,))
+    logits[:100] = 1.0  # every class tied: argmax predicts class 0
+    loss_sum, hits = summed_loss_and_hits(logits, y)
+    assert loss_sum.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum").item(),
+                                            rel=1e-6)
+    assert hits.item() == (logits.argmax(dim=1) == y).sum().item()
+    assert not math.isfinite(summed_loss_and_hits(torch.full((4, 10), float("nan")), y[:4])[0].item())
 
 
 def test_train_to_accuracy_reaches_target_and_tests_once(small_splits):
@@ -207,13 +226,13 @@ def test_fused_adam_steps_exactly_like_adam_and_checkpoints_alike():
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
     # The per-batch stepper the fast loop uses takes the same steps.
-    step = lean.batch_stepper()
+    step, forward_backward = lean.batch_stepper(), b.forward_backward_fn()
     for _ in range(5):
         reference.zero_grad()
         torch.nn.functional.cross_entropy(a(x), y).backward()
         reference.step()
         with torch.no_grad():
-            b.forward_backward(x, torch.nn.functional.one_hot(y, 5).float())
+            forward_backward(x, descent_targets(y, 5, 64))
             step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+_ACTIVATION_INPLACE = {"sigmoid": torch.sigmoid_, "relu": torch.relu_, "tanh": torch.tanh_}
 # d(activation)/d(input) from the activation's output h, as autograd computes it.
 _ACTIVATION_BACKWARD = {
-    "sigmoid": lambda grad, h: torch.ops.aten.sigmoid_backward(grad, h),
-    "tanh": lambda grad, h: torch.ops.aten.tanh_backward(grad, h),
+    "sigmoid": torch.ops.aten.sigmoid_backward,
+    "tanh": torch.ops.aten.tanh_backward,
     "relu": lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0),
 }
 
@@ -34,22 +37,50 @@ class InstrumentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def forward_backward(self, x: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-        """One training step's forward and backward pass without autograd; returns log-probabilities.
+    def forward_backward_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A training step's forward and backward pass without autograd: fn(x, targets) -> logits.
 
-        Sets every parameter's `.grad` to the gradient of the mean cross-entropy
-        (nn.CrossEntropyLoss) over the batch: the same math autograd does, in about
-        a dozen tensor ops and no graph, which is what a step of this small network
-        costs on a CPU. `target_onehot` is float (batch, n_classes). Call it under
-        torch.no_grad() (once around the whole epoch: entering it per step costs time).
+        fn writes into every parameter's `.grad` (allocated here, then overwritten in
+        place) the gradient of the mean cross-entropy (nn.CrossEntropyLoss) over the
+        batch: the same math autograd does, in a dozen tensor ops and no graph, which is
+        what a step of this small network costs on a CPU. `targets` is
+        `descent_targets`' slice for the batch: -one_hot(y) / len(x). fn binds the
+        parameters' tensors, so take a new one if they are replaced (load_state_dict
+        copies into them: that is fine), and call it under torch.no_grad() (once around
+        the whole epoch: entering it per step costs time).
         """
         first, last = self.net[0], self.net[2]
-        hidden = self.net[1](torch.addmm(first.bias, x, first.weight.t()))
-        log_probs = torch.log_softmax(torch.addmm(last.bias, hidden, last.weight.t()), dim=1)
-        grad_logits = log_probs.exp().sub_(target_onehot).div_(x.shape[0])
-        grad_hidden = _ACTIVATION_BACKWARD[self.activation](grad_logits @ last.weight, hidden)
-        last.weight.grad = grad_logits.t() @ hidden
-        last.bias.grad = grad_logits.sum(0)
-        first.weight.grad = grad_hidden.t() @ x
-        first.bias.grad = grad_hidden.sum(0)
-        return log_probs
+        w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias
+        w1_t, w2_t = w1.t(), w2.t()
+        g_w1, g_b1, g_w2, g_b2 = (_grad(p) for p in (w1, b1, w2, b2))
+        activation, activation_backward = _ACTIVATION_INPLACE[self.activation], _ACTIVATION_BACKWARD[self.activation]
+        addmm, mm, add, softmax, sum_ = torch.addmm, torch.mm, torch.add, torch.softmax, torch.sum  # local: per step
+
+        def forward_backward(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            hidden = activation(addmm(b1, x, w1_t))
+            logits = addmm(b2, hidden, w2_t)
+            grad_logits = add(targets, softmax(logits, 1), alpha=1.0 / x.shape[0])
+            grad_hidden = activation_backward(grad_logits @ w2, hidden)
+            mm(grad_logits.t(), hidden, out=g_w2)
+            sum_(grad_logits, 0, out=g_b2)
+            mm(grad_hidden.t(), x, out=g_w1)
+            sum_(grad_hidden, 0, out=g_b1)
+            return logits
+
+        return forward_backward
+
+
+def descent_targets(y: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:
+    """Per row, -one_hot(y) / (rows in its batch): `forward_backward`'s targets for batches that are
+    consecutive `batch_size`-row slices of `y`'s order (the last one may be shorter)."""
+    n = y.shape[0]
+    rows = torch.full((n, 1), float(batch_size), device=y.device)
+    rows[n - n % batch_size:] = float(n % batch_size or batch_size)
+    return nn.functional.one_hot(y, n_classes).float().div_(rows).neg_()
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """`p.grad`, allocated on first use."""
+    if p.grad is None:
+        p.grad = torch.empty_like(p)
+    return p.grad
