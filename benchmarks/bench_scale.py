@@ -7,11 +7,12 @@ Starts Ray's multi-node setup on this machine (as tests/test_multinode.py does):
 head that runs no trials and --nodes worker nodes with --gpus-per-node logical GPUs
 each. Each size is one sweep driven by a fresh driver process through the production
 launch path (`tune_jobs.launch.start_sweep`: the Tuner, its stopper, loggers, storage
-guard, progress lines and a checkpoint per report), one trial per logical GPU. Only
+guard, progress lines and checkpoints), one trial per logical GPU. Only
 the trial function is swapped for a lean one, so 32 trial processes fit on 2 cores
 and 24 GiB: it imports no torch, reads the tiny dataset from Ray's object store,
 scores it with a nearest-class-mean rule for 2 epochs, and reports an `EpochReport`
-with a checkpoint after each, as `sweep_trial` does. What is measured is scheduling,
+after each, with a checkpoint as `sweep_trial` makes them (after the last epoch, and
+every `resources.checkpoint_every_s`). What is measured is scheduling,
 reporting and bookkeeping, not training.
 
 Overhead per trial = (wall_s - sum of trial times / GPUs) / trials: the sweep's wall
@@ -89,7 +90,7 @@ def lean_trial(config: dict, dataset) -> None:
               "seed": trial["seed"], "views": ",".join(trial["views"]), "device": "cpu",
               "node": socket.gethostname(), **ray_placement()}
     hits, time_s, epoch = 0, 0.0, 0
-    done = False
+    done, checkpointed_at = False, time.monotonic()
     while not done:
         epoch += 1
         began = time.perf_counter()
@@ -105,6 +106,10 @@ def lean_trial(config: dict, dataset) -> None:
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
         result = report.to_dict()
+        if not done and time.monotonic() - checkpointed_at < trial["checkpoint_every_s"]:
+            tune.report(result)  # as sweep_trial: a checkpoint only every checkpoint_every_s and at the end
+            continue
+        checkpointed_at = time.monotonic()
         with tmp.TemporaryDirectory(prefix="bench-scale-ckpt-") as path:
             Path(path, STATE_FILE).write_text(json.dumps({"epoch": epoch}))
             Path(path, RESULT_FILE).write_text(json.dumps(result))

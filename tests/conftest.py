@@ -74,12 +74,14 @@ TINY_SWEEP = {
         "lr": {"lr": [0.05, 0.005, 1.0e-5], "batch_size": 64},
         "batch_size": {"batch_size": [32, 256], "lr": 0.005},
     },
+    "resources": {"checkpoint_every_s": 0},  # a checkpoint after every epoch (test_sweep counts them)
 }
 TINY_FIXED_SWEEP = {
     "name": "tiny-fixed",
     "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": 4},
     "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
+    "resources": {"checkpoint_every_s": 60},  # only after the last epoch: trials take a second or two
 }
 
 

@@ -98,6 +98,8 @@ CASES = [
     ("val-fraction-one", [*SMOKE, "--set", "train.val_fraction=1"], "train.val_fraction: must be in (0, 1)"),
     ("cpus-zero", [*SMOKE, "--set", "resources.cpus_per_trial=0"], "resources.cpus_per_trial: must be a number > 0"),
     ("gpus-word", [*SMOKE, "--set", "resources.gpus_per_trial=many"], "resources.gpus_per_trial: must be 'auto' or"),
+    ("checkpoint-every-negative", [*SMOKE, "--set", "resources.checkpoint_every_s=-1"],
+     "resources.checkpoint_every_s: must be a number of seconds >= 0, got -1"),
     ("race-unknown", [*SMOKE, "--set", "race=speed"], "race: must be one of time, energy; got 'speed'"),
     ("race-fixed-epochs", ["run", "--preset", "seed-fixed", "--race", "time"], "race: needs a target to race to"),
     ("set-without-value", [*SMOKE, "--set", "repeats"], "--set: expects KEY=VALUE"),

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_run_smoke_preset_end_to_end(tmp_path, process_tag):
     out = cli("run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "smoke", tag=process_tag)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "dashboard: http://127.0.0.1:" in out.stdout
+    assert "dashboard:" not in out.stdout  # a local Ray starts without it unless --dashboard (test_security)
     assert "[2/2 done]" in out.stdout and "status" in out.stdout  # live progress, then the summary table
     trials = analysis.load_trials(str(tmp_path / "smoke"))
     assert len(trials) == 2 and set(trials.status) <= {"reached_target", "max_epochs"}

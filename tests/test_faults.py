@@ -25,6 +25,7 @@ CRAWL = {
     "train": {"n_hidden": 32, "loader": "dataloader"},
     "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 60},
     "views": {"lr": {"lr": [0.05, 1.0e-6], "batch_size": 8}, "batch": {"lr": 1.0e-6, "batch_size": [16]}},
+    "resources": {"checkpoint_every_s": 0},  # a checkpoint after every epoch: a retry redoes one at most
 }
 
 

@@ -68,7 +68,7 @@ def test_sweep_returns_the_experiments_frames_report_and_figures(tmp_path, blob_
         import json
         import analysis
         from tune_jobs import sweep
-        result = sweep("smoke", data={blob_dataset_dir!r}, storage={str(tmp_path)!r}, name="api")
+        result = sweep("smoke", data={blob_dataset_dir!r}, storage={str(tmp_path)!r}, name="api", dashboard=True)
         same = (result.trials.equals(analysis.load_trials(result.path))
                 and result.epochs.equals(analysis.load_epochs(result.path)))
         figures = result.figures()
@@ -84,7 +84,7 @@ def test_sweep_returns_the_experiments_frames_report_and_figures(tmp_path, blob_
     assert got["trials"] == 2 and got["epochs"] >= 2
     assert got["figures"] == {"view-lr.png": "Figure", "pareto.png": "Figure", "loss.png": "Figure",
                               "accuracy.png": "Figure"}
-    assert "[2/2 done] done" in out.stdout and "dashboard: http://127.0.0.1:" in out.stdout  # lines, as the CLI
+    assert "[2/2 done] done" in out.stdout and "dashboard: http://127.0.0.1:" in out.stdout  # lines, as the CLI (--dashboard)
 
 
 @pytest.mark.slow

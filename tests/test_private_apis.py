@@ -2,10 +2,11 @@
 changes one fails here, by name, instead of somewhere downstream.
 
 - tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
-  single-machine switch behind `ray_on_loopback` (tests/test_security.py).
+  single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally.
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
-  its step-for-step equality with Adam is in test_training_core.py).
+  its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
+  `torch._disable_dynamo` on Optimizer's methods.
 - trainables/training/zeus_import.py: Zeus's module-level scikit-learn import (test_energy.py).
 """
 
@@ -52,6 +53,58 @@ def test_local_ray_has_one_autoscaler_monitor_that_can_be_stopped_first():
     """)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stopped 1" in out.stdout and "after 0" in out.stdout
+
+
+def test_tunes_callback_tally_imports_trackers_and_is_skipped_inside_callbacks_not_tallied():
+    out = python("""
+        import inspect, sys
+        import ray.tune.tune as tune_module
+        from ray.tune import Callback
+        from tune_jobs import ray_private
+        print("air_usage.tag_callbacks(callbacks)" in inspect.getsource(tune_module.run))
+        with ray_private.callbacks_not_tallied():
+            print(tune_module.air_usage.tag_callbacks([Callback()]))
+        print("ray.air.integrations.wandb" in sys.modules)
+        print(dict(tune_module.air_usage._count_callbacks([Callback()])))  # what the tally does
+        print("ray.air.integrations.wandb" in sys.modules)
+        print(tune_module.air_usage.tag_callbacks is not None and tune_module.air_usage.tag_callbacks.__name__)
+    """)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["True", "False", "False", "{'CustomCallback': 1}", "True", "tag_callbacks"]
+
+
+def test_fast_loops_optimizer_works_without_importing_torch_dynamo():
+    out = python("""
+        import sys, torch
+        from trainables.training.optim import make_optimizer
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        weights = []
+        for fused in (True, False):  # FusedAdam, then torch's Adam (whose step imports torch._dynamo)
+            model.load_state_dict(state)
+            opt = make_optimizer("adam", model.parameters(), 0.1, fused=fused)
+            for _ in range(3):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            opt.load_state_dict(opt.state_dict())
+            weights.append(model.weight.detach().clone())
+            print("torch._dynamo" in sys.modules)
+        print(torch.allclose(weights[0], weights[1], atol=1e-6))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # with torch._dynamo loaded: as torch has it
+        opt.zero_grad(); opt.load_state_dict(opt.state_dict())
+    """)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]
+    # Without the cache set, torch's wrapper imports torch._dynamo as soon as an optimizer is made (1.4 s).
+    plain = python("""
+        import sys, torch
+        torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        print("torch._dynamo" in sys.modules)
+    """)
+    assert plain.stdout.split() == ["True"], plain.stderr[-2000:]
 
 
 def test_quick_exit_runs_exit_handlers_and_waits_for_threads():

@@ -187,7 +187,7 @@ def test_a_local_run_listens_on_loopback_only_and_leaves_a_private_token(tmp_pat
     with stdout.open("w") as out_file, stderr.open("w") as err_file:
         run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", "--preset", "smoke", "--data",
                                 blob_dataset_dir, "--set", "stop.threshold=null", "--set", "stop.max_epochs=20",
-                                "--no-analyze", "--storage", str(tmp_path / "sweeps"), "--name", "s"],
+                                "--no-analyze", "--dashboard", "--storage", str(tmp_path / "sweeps"), "--name", "s"],
                                stdout=out_file, stderr=err_file, env=env)
         deadline = time.monotonic() + 300
         while run.poll() is None and time.monotonic() < deadline:

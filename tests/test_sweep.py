@@ -1,5 +1,7 @@
-"""A real sweep on a real local Ray: every trial ends by the rule, reports and checkpoints per epoch."""
+"""A real sweep on a real local Ray: every trial ends by the rule, reports every epoch and checkpoints
+as `resources.checkpoint_every_s` says."""
 
+import json
 import math
 import subprocess
 import sys
@@ -63,6 +65,16 @@ def test_each_trial_keeps_its_latest_checkpoints(tiny_experiment):
         assert 1 <= len(checkpoints) <= 3 and len(checkpoints) == min(3, epochs)  # one per epoch, 3 kept
         assert all((c / "state.pt").is_file() for c in checkpoints)
     assert len(list(Path(tiny_experiment).glob("trial-*"))) == len(trials)
+
+
+def test_checkpoints_come_every_checkpoint_every_s_and_after_the_last_epoch(tiny_fixed_experiment):
+    epochs = analysis.load_epochs(tiny_fixed_experiment)
+    for trial_dir in Path(tiny_fixed_experiment).glob("trial-*"):
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        mine = epochs[epochs.trial_id == trial_dir.name.rsplit("-", 1)[1]]
+        assert list(mine.epoch) == [1, 2, 3, 4]  # every epoch reported
+        assert len(checkpoints) == 1  # 4 epochs within checkpoint_every_s = 60: only the last is saved
+        assert json.loads((checkpoints[0] / "result.json").read_text())["epoch"] == 4
 
 
 def test_fixed_epochs_sweep_reports_test_every_epoch(tiny_fixed_experiment):

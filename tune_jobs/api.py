@@ -8,7 +8,7 @@
     result.figures()["pareto.png"]          # matplotlib Figures (inline in Jupyter)
 
 It runs the CLI's own code (`tune_jobs.cli_sweep.run_sweep`): the same checks,
-Ray settings (dashboard on 127.0.0.1, token auth) and outputs. Bad input raises
+Ray settings (loopback only, token auth) and outputs. Bad input raises
 `InputError` whose message is the CLI's `WHERE: PROBLEM`, before anything is written.
 Progress is a bar in Jupyter and lines elsewhere.
 """
@@ -62,13 +62,14 @@ class SweepResult:
 
 def sweep(spec: str | Path = DEFAULT_PRESET, data: str | None = None, storage: str = storage.DEFAULT_STORAGE,
           address: str | None = None, name: str | None = None, analyze: bool = True, verbose: bool = False,
-          **overrides) -> SweepResult:
+          dashboard: bool = False, **overrides) -> SweepResult:
     """Run a sweep as `instrument-sweep run` does and return its result.
 
     `spec`: a preset name or a sweep YAML path; `data`: a dataset directory or
     "synthetic" (default: the spec's, synthetic in every preset); `overrides`: spec
     fields, e.g. `repeats=3, stop={"threshold": 0.95}`; `address`: a Ray cluster to
-    join (default: start a local Ray and stop it afterwards).
+    join (default: start a local Ray and stop it afterwards); `dashboard`: start the
+    local Ray with its dashboard, as `run --dashboard`.
     """
     from tune_jobs.cli_sweep import print_spec, run_sweep
 
@@ -76,5 +77,5 @@ def sweep(spec: str | Path = DEFAULT_PRESET, data: str | None = None, storage: s
     if data is not None:
         loaded = replace(loaded, data=str(data))
     print_spec(loaded)
-    outcome = run_sweep(loaded, storage, name, address, verbose, analyze=analyze)
+    outcome = run_sweep(loaded, storage, name, address, verbose, analyze=analyze, dashboard=dashboard)
     return SweepResult(outcome.experiment, outcome.report_path, outcome.exit_code, loaded)

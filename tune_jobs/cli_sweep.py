@@ -78,6 +78,9 @@ def add_place_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join: HOST:6379, ray://HOST:10001 or auto "
                                           "(default: start a local Ray)")
     parser.add_argument("--verbose", action="store_true", help="show the trials' own logs")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start the local Ray with its dashboard, on 127.0.0.1 (about 1 s more to start; "
+                             "a cluster joined with --address keeps its own)")
 
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
@@ -102,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_spec(spec)
     if args.dry_run:
         return 0
-    return run_sweep(spec, args.storage, args.name, args.address, args.verbose, analyze=not args.no_analyze).exit_code
+    return run_sweep(spec, args.storage, args.name, args.address, args.verbose, analyze=not args.no_analyze,
+                     dashboard=args.dashboard).exit_code
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class SweepOutcome:
 
 
 def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
-              verbose: bool = False, analyze: bool = True) -> SweepOutcome:
+              verbose: bool = False, analyze: bool = True, dashboard: bool = False) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (InputError, nothing
     written), connect to Ray, run every trial, summarize and analyze. The notebook API calls it too."""
     from tune_jobs.trackers import check_installed
@@ -135,7 +139,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
-    cluster = connect_and_describe(address, verbose)
+    cluster = connect_and_describe(address, verbose, dashboard, preload=("analysis.report",) if analyze else ())
     check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
@@ -165,7 +169,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 print(f"ended {ended} leftover process(es) of the local Ray of the killed "
                       f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
                       flush=True)
-        cluster = connect_and_describe(args.address, args.verbose)
+        cluster = connect_and_describe(args.address, args.verbose, args.dashboard,
+                                       preload=() if args.no_analyze else ("analysis.report",))
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
         grid = resume_sweep(experiment, spec, dataset, cluster)
@@ -216,10 +221,13 @@ def load_data(spec: SweepSpec):
     return dataset
 
 
-def connect_and_describe(address: str | None, verbose: bool):
-    # Import Ray Tune (about 1 s) while Ray starts, which mostly waits on its processes.
-    threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
-    cluster = connect(address, log_to_driver=verbose)
+def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, preload: tuple = ()):
+    """Connect (see cluster.connect) and say where. Meanwhile, as Ray's start mostly waits on its
+    processes, Ray Tune (about 1 s) and the `preload` modules are imported in the background: the
+    analysis (matplotlib, 0.7 s) is then ready when the sweep ends."""
+    modules = ("tune_jobs.launch", *preload)
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True).start()
+    cluster = connect(address, log_to_driver=verbose, dashboard=dashboard)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
     print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)
     if cluster.dashboard_url:

@@ -1,4 +1,4 @@
-"""Connecting to Ray: a local instance (dashboard on 127.0.0.1) or an existing cluster.
+"""Connecting to Ray: a local instance (on 127.0.0.1; its dashboard where asked) or an existing cluster.
 
     info = connect(None)                       # local Ray on this machine
     info = connect("10.0.0.5:6379")            # join a running cluster (GCS address)
@@ -87,8 +87,9 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
-def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
-    """Start a local Ray (address None) or join the cluster at `address`."""
+def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = False) -> ClusterInfo:
+    """Start a local Ray (address None), with its dashboard where asked (1.2 s more to start: Ray
+    waits for it), or join the cluster at `address`."""
     import ray
 
     flag = "--address"
@@ -120,7 +121,7 @@ def connect(address: str | None, log_to_driver: bool = False) -> ClusterInfo:
             # them, and on a laptop they only slow Ray's own start (0.9 s of a seed sweep, 2 cores).
             os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
             with ray_private.ray_on_loopback():
-                context = ray.init(include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+                context = ray.init(include_dashboard=dashboard, dashboard_host=DASHBOARD_HOST,
                                    log_to_driver=log_to_driver, logging_level=logging.WARNING)
         else:
             context = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)

@@ -24,6 +24,7 @@ from analysis.storage import DATASET_FILE, SPEC_FILE
 from trainables.errors import InputError
 from trainables.tuning.stopper import StatusStopper
 from trainables.tuning.trial import sweep_trial
+from tune_jobs import ray_private
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import progress_callback
 from tune_jobs.spec import SweepSpec
@@ -43,6 +44,7 @@ def param_space(spec: SweepSpec) -> dict:
             "train": asdict(spec.train_config(t)),
             "stop": asdict(spec.stop),
             "replay_budget_s": spec.energy.replay_budget_s,
+            "checkpoint_every_s": spec.resources.checkpoint_every_s,
         }
         for t in spec.trials()
     ]
@@ -82,7 +84,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     traceback of each failed trial (TUNE_PRINT_ALL_TRIAL_ERRORS=0: one retry or
     error line instead; Tune still writes the error to the trial's error.txt),
     Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
-    keeps Tune to the loggers a sweep names (no TensorBoard files).
+    keeps Tune to the loggers a sweep names (no TensorBoard files). Tune's telemetry tally
+    of callbacks, which imports every tracker Ray integrates, is skipped.
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -90,7 +93,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:
-        yield
+        with ray_private.callbacks_not_tallied():
+            yield
     finally:
         for key, value in saved.items():
             if value is None:

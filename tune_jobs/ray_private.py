@@ -7,6 +7,10 @@ checks each one's behaviour, so a Ray that changes them fails there, loudly.
   waits on the GCS until Ray kills it a second later; killing the monitor first saves that.
 - `ray_on_loopback()`: Ray's single-machine switch (`ray_constants.ENABLE_RAY_CLUSTER`),
   off for one `ray.init`, keeps a local Ray's every listener on 127.0.0.1.
+- `callbacks_not_tallied()`: Tune's usage-telemetry tally of a run's callbacks
+  (`ray.air._internal.usage.tag_callbacks`) imports every tracker integration Ray has to
+  count callbacks by class: W&B, MLflow and Comet where installed, 1.7 s before the first
+  trial. Skipped for one `fit()`.
 """
 
 from __future__ import annotations
@@ -76,3 +80,17 @@ def ray_on_loopback() -> Iterator[None]:
             os.environ.pop(SINGLE_MACHINE_ENV, None)
         else:
             os.environ[SINGLE_MACHINE_ENV] = before_env
+
+
+@contextlib.contextmanager
+def callbacks_not_tallied() -> Iterator[None]:
+    """Inside, Tune does not tally the run's callbacks for Ray's usage telemetry (which imports
+    wandb, mlflow and comet where installed, to compare classes). Restored on leaving."""
+    from ray.air._internal import usage
+
+    tally = usage.tag_callbacks
+    usage.tag_callbacks = lambda callbacks: False  # as Ray's own does when given no callbacks
+    try:
+        yield
+    finally:
+        usage.tag_callbacks = tally

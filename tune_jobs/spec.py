@@ -44,6 +44,7 @@ class Resources:
     gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
     exclusive_node: bool = False  # one trial per node at a time: its node's CPU joules are then its own
+    checkpoint_every_s: float = 1.0  # a trial checkpoints after an epoch once this long since its last (0: every epoch)
 
     def __post_init__(self) -> None:
         if not isinstance(self.exclusive_node, bool):
@@ -54,6 +55,9 @@ class Resources:
             raise InputError("resources.gpus_per_trial", f"must be 'auto' or a number >= 0, got {self.gpus_per_trial!r}")
         if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise InputError("resources.max_failures", f"must be an integer >= 0, got {self.max_failures!r}")
+        if not _is_number(self.checkpoint_every_s) or not 0 <= self.checkpoint_every_s < math.inf:
+            raise InputError("resources.checkpoint_every_s",
+                             f"must be a number of seconds >= 0, got {self.checkpoint_every_s!r}")
 
 
 @dataclass(frozen=True)
