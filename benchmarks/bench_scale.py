@@ -10,9 +10,10 @@ launch path (`tune_jobs.launch.start_sweep`: the Tuner, its stopper, loggers, st
 guard, progress lines and checkpoints), one trial per logical GPU. Only
 the trial function is swapped for a lean one, so 32 trial processes fit on 2 cores
 and 24 GiB: it imports no torch, reads the tiny dataset from Ray's object store,
-scores it with a nearest-class-mean rule for 2 epochs, and reports an `EpochReport`
-after each, with a checkpoint as `sweep_trial` makes them (after the last epoch, and
-every `resources.checkpoint_every_s`). What is measured is scheduling,
+scores it with a nearest-class-mean rule for 2 epochs, and reports its `EpochReport`s
+and checkpoints as `sweep_trial` does (the epochs since the last report in one report
+every `resources.report_every_s` and after the last epoch, a checkpoint after the last
+epoch and every `resources.checkpoint_every_s`). What is measured is scheduling,
 reporting and bookkeeping, not training.
 
 Overhead per trial = (wall_s - sum of trial times / GPUs) / trials: the sweep's wall
@@ -79,7 +80,7 @@ def lean_trial(config: dict, dataset) -> None:
     import numpy as np
     from ray import tune
 
-    from trainables.training.report import EpochReport
+    from trainables.training.report import EpochReport, batched
     from trainables.training.stop import StopRule
     from trainables.tuning.trial import RESULT_FILE, STATE_FILE, ray_placement, resident_mib
 
@@ -90,7 +91,7 @@ def lean_trial(config: dict, dataset) -> None:
               "seed": trial["seed"], "views": ",".join(trial["views"]), "device": "cpu",
               "node": socket.gethostname(), **ray_placement()}
     hits, time_s, epoch = 0, 0.0, 0
-    done, checkpointed_at = False, time.monotonic()
+    done, checkpointed_at, reported_at, unreported = False, time.monotonic(), time.monotonic(), []
     while not done:
         epoch += 1
         began = time.perf_counter()
@@ -105,9 +106,13 @@ def lean_trial(config: dict, dataset) -> None:
         report = EpochReport(epoch=epoch, train_acc=train_acc, val_acc=train_acc, test_acc=test_acc,
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
-        result = report.to_dict()
-        if not done and time.monotonic() - checkpointed_at < trial["checkpoint_every_s"]:
-            tune.report(result)  # as sweep_trial: a checkpoint only every checkpoint_every_s and at the end
+        unreported.append(report.to_dict())
+        checkpoint = done or time.monotonic() - checkpointed_at >= trial["checkpoint_every_s"]
+        if not checkpoint and time.monotonic() - reported_at < trial["report_every_s"]:
+            continue  # as sweep_trial: the epochs since the last report go in one report
+        result, unreported, reported_at = batched(unreported), [], time.monotonic()
+        if not checkpoint:
+            tune.report(result)
             continue
         checkpointed_at = time.monotonic()
         with tmp.TemporaryDirectory(prefix="bench-scale-ckpt-") as path:

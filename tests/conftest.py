@@ -81,7 +81,8 @@ TINY_FIXED_SWEEP = {
     "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": 4},
     "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
-    "resources": {"checkpoint_every_s": 60},  # only after the last epoch: trials take a second or two
+    # Only after the last epoch: trials take a second or two. One report for all 4 epochs.
+    "resources": {"checkpoint_every_s": 60, "report_every_s": 60},
 }
 
 

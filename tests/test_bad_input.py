@@ -100,6 +100,8 @@ CASES = [
     ("gpus-word", [*SMOKE, "--set", "resources.gpus_per_trial=many"], "resources.gpus_per_trial: must be 'auto' or"),
     ("checkpoint-every-negative", [*SMOKE, "--set", "resources.checkpoint_every_s=-1"],
      "resources.checkpoint_every_s: must be a number of seconds >= 0, got -1"),
+    ("report-every-word", [*SMOKE, "--set", "resources.report_every_s=often"],
+     "resources.report_every_s: must be a number, got 'often'"),
     ("race-unknown", [*SMOKE, "--set", "race=speed"], "race: must be one of time, energy; got 'speed'"),
     ("race-fixed-epochs", ["run", "--preset", "seed-fixed", "--race", "time"], "race: needs a target to race to"),
     ("set-without-value", [*SMOKE, "--set", "repeats"], "--set: expects KEY=VALUE"),

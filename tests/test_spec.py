@@ -88,3 +88,14 @@ def test_dry_run_lists_trials_and_views_without_ray():
     assert [int(line.split()[0]) for line in lines] == list(range(1, 10))
     assert "views: lr, batch_size" in lines[2]
     assert "ray" not in out.stderr.lower()
+
+
+def test_trials_report_every_report_every_s_but_every_epoch_for_a_tracker_or_a_race():
+    from tune_jobs.launch import param_space
+
+    def trials(*overrides):
+        return param_space(load_spec("smoke", list(overrides)))["trial"]["grid_search"]
+
+    assert {t["report_every_s"] for t in trials()} == {0.5} and {t["checkpoint_every_s"] for t in trials()} == {1.0}
+    assert {t["report_every_s"] for t in trials("log=[mlflow]")} == {0.0}  # a tracker logs each report as a step
+    assert {t["report_every_s"] for t in trials("race=time")} == {0.0}  # the race stops trials at reports

@@ -77,6 +77,18 @@ def test_checkpoints_come_every_checkpoint_every_s_and_after_the_last_epoch(tiny
         assert json.loads((checkpoints[0] / "result.json").read_text())["epoch"] == 4
 
 
+def test_a_trial_reports_its_epochs_since_the_last_report_at_once_and_files_keep_a_row_per_epoch(
+        tiny_fixed_experiment):
+    for trial_dir in Path(tiny_fixed_experiment).glob("trial-*"):
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+        assert {r["training_iteration"] for r in rows} == {1}  # all in Tune's one report (report_every_s 60)
+        assert not any("earlier_epochs" in r for r in rows)
+        assert [int(e) for e in pd.read_csv(trial_dir / "progress.csv").epoch] == [1, 2, 3, 4]
+        times = [r["time_s"] for r in rows]  # each row its own epoch's figures, not the report's
+        assert times == sorted(times) and len(set(times)) == 4
+
+
 def test_fixed_epochs_sweep_reports_test_every_epoch(tiny_fixed_experiment):
     epochs = analysis.load_epochs(tiny_fixed_experiment)
     trials = analysis.load_trials(tiny_fixed_experiment)

@@ -135,6 +135,19 @@ def test_epoch_loss_and_hits_match_cross_entropy_and_argmax_also_on_ties():
     assert not math.isfinite(summed_loss_and_hits(torch.full((4, 10), float("nan")), y[:4])[0].item())
 
 
+def test_a_batched_report_gives_back_each_epochs_row():
+    from trainables.training.report import EARLIER_EPOCHS, EpochReport, batched, unbatched
+
+    rows = [EpochReport(epoch=e, time_s=0.1 * e).to_dict() for e in (1, 2, 3)]
+    report = batched(rows)
+    assert report[EARLIER_EPOCHS] == rows[:2] and report["epoch"] == 3  # Tune sees the latest epoch
+    tune_keys = {"trial_id": "abc", "training_iteration": 7}
+    got = unbatched({**report, **tune_keys})
+    assert [EpochReport.from_dict(r) for r in got] == [EpochReport.from_dict(r) for r in rows]
+    assert all(r["trial_id"] == "abc" and EARLIER_EPOCHS not in r for r in got)
+    assert batched(rows[:1]) == rows[0] and unbatched(rows[0]) == rows[:1]  # one epoch: as it is
+
+
 def test_train_to_accuracy_reaches_target_and_tests_once(small_splits):
     rule = StopRule(threshold=0.95, patience=3, max_epochs=50)
     result = train_to_accuracy(small_splits, TrainConfig(lr=1e-2, batch_size=64), rule)

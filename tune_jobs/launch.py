@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
 
 from analysis import storage
 from analysis.storage import DATASET_FILE, SPEC_FILE
 from trainables.errors import InputError
+from trainables.training.report import unbatched
 from trainables.tuning.stopper import StatusStopper
 from trainables.tuning.trial import sweep_trial
 from tune_jobs import ray_private
@@ -45,6 +46,9 @@ def param_space(spec: SweepSpec) -> dict:
             "stop": asdict(spec.stop),
             "replay_budget_s": spec.energy.replay_budget_s,
             "checkpoint_every_s": spec.resources.checkpoint_every_s,
+            # Every epoch is reported where a tracker logs each Tune report as a step, and in a
+            # race, whose stopper can stop a trial only at a report.
+            "report_every_s": 0.0 if spec.log or spec.race else spec.resources.report_every_s,
         }
         for t in spec.trials()
     ]
@@ -68,6 +72,24 @@ def trial_dirname(trial) -> str:
     """Short, readable trial directories: trial-003-lr0.001-bs128-s0-<id>."""
     t = trial.config["trial"]
     return f"trial-{t['number']:03d}-lr{t['lr']:g}-bs{t['batch_size']}-s{t['seed']}-{trial.trial_id}"
+
+
+class PerEpochRows(LoggerCallback):
+    """Mixin for Tune's file loggers: a report that carries several epochs (trainables'
+    `report.batched`) is written as one row per epoch, so result.json and progress.csv keep a
+    line per epoch however often trials report."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        for row in unbatched(result):
+            super().log_trial_result(iteration, trial, row)
+
+
+class EpochJsonLogger(PerEpochRows, JsonLoggerCallback):
+    """Tune's result.json logger, a line per epoch."""
+
+
+class EpochCsvLogger(PerEpochRows, CSVLoggerCallback):
+    """Tune's progress.csv logger, a row per epoch."""
 
 
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
@@ -124,7 +146,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), StorageGuard(storage_root),
+            callbacks=[EpochJsonLogger(), EpochCsvLogger(), StorageGuard(storage_root),
                        *tracker_callbacks(spec.log, name, experiment),
                        *([progress_callback(len(spec.trials()))] if progress else [])],
             verbose=0,

@@ -45,6 +45,7 @@ class Resources:
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
     exclusive_node: bool = False  # one trial per node at a time: its node's CPU joules are then its own
     checkpoint_every_s: float = 1.0  # a trial checkpoints after an epoch once this long since its last (0: every epoch)
+    report_every_s: float = 0.5  # ... and reports to Tune once this long since its last report (0: every epoch)
 
     def __post_init__(self) -> None:
         if not isinstance(self.exclusive_node, bool):
@@ -55,9 +56,10 @@ class Resources:
             raise InputError("resources.gpus_per_trial", f"must be 'auto' or a number >= 0, got {self.gpus_per_trial!r}")
         if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise InputError("resources.max_failures", f"must be an integer >= 0, got {self.max_failures!r}")
-        if not _is_number(self.checkpoint_every_s) or not 0 <= self.checkpoint_every_s < math.inf:
-            raise InputError("resources.checkpoint_every_s",
-                             f"must be a number of seconds >= 0, got {self.checkpoint_every_s!r}")
+        for key in ("checkpoint_every_s", "report_every_s"):
+            value = getattr(self, key)
+            if not _is_number(value) or not 0 <= value < math.inf:
+                raise InputError(f"resources.{key}", f"must be a number of seconds >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

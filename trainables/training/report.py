@@ -2,8 +2,13 @@
 
     report = run.run_epoch()                        # training fills the metrics
     report = report.labelled(trial_number=3, ...)   # the Tune trial adds who and where
-    tune.report(report.to_dict())                   # -> result.json, one line per epoch
-    EpochReport.from_dict(row)                      # how progress lines and analysis read it back
+    tune.report(batched([earlier..., report.to_dict()]))  # one Tune report for the epochs since the last
+    unbatched(result)                               # -> the epochs' rows: result.json, one line per epoch
+    EpochReport.from_dict(row)                      # how progress lines and analysis read a row back
+
+A Tune report is the latest epoch's row; where the trial reports less often than every
+epoch, it carries the epochs since its last report under EARLIER_EPOCHS (`batched`), and
+the loggers that write result.json and progress.csv write one row per epoch (`unbatched`).
 
 Times are seconds, energies joules; NaN means "not measured" (never 0).
 """
@@ -92,3 +97,19 @@ class EpochReport:
 
 
 FIELDS = tuple(f.name for f in fields(EpochReport))
+
+
+EARLIER_EPOCHS = "earlier_epochs"  # a report's key for the epochs it carries besides its own, oldest first
+
+
+def batched(rows: list[dict]) -> dict:
+    """One Tune report for the epochs' rows `rows` (oldest first): the last row, carrying the others."""
+    *earlier, last = rows
+    return {**last, EARLIER_EPOCHS: earlier} if earlier else last
+
+
+def unbatched(line: dict) -> list[dict]:
+    """The epochs' rows one report holds, oldest first (see `batched`). The earlier epochs' rows
+    also take the report's keys that are not EpochReport's (Tune's: trial_id, timestamp, ...)."""
+    own = {k: v for k, v in line.items() if k != EARLIER_EPOCHS}
+    return [*({**own, **row} for row in line.get(EARLIER_EPOCHS) or ()), own]
