@@ -49,11 +49,11 @@ class EpochLoop(Protocol):
 class FastLoop:
     """Device-resident tensors, one permutation per epoch, slicing, one sync per epoch.
 
-    Each step runs InstrumentNet.forward_backward (the gradient of the mean
-    cross-entropy without autograd's graph) and the optimizer (FusedAdam's
-    `batch_stepper` where the optimizer is one); the step's logits are kept,
-    and the epoch's loss and accuracy are computed from them once at the end,
-    with one transfer to the host.
+    Each step runs the function InstrumentNet.forward_backward_fn returns (the
+    gradient of the mean cross-entropy without autograd's graph) and the
+    optimizer (FusedAdam's `batch_stepper` where the optimizer is one); the
+    step's logits are kept, and the epoch's loss and accuracy are computed from
+    them once at the end (`summed_loss_and_hits`), with one transfer to the host.
     """
 
     def __init__(self, x, y, batch_size: int, device: torch.device, seed: int) -> None:
@@ -88,7 +88,8 @@ def summed_loss_and_hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     top, predicted = logits.max(dim=1)
     # Clamped: exp(-80) adds nothing next to the largest term's exp(0) = 1 in float32, and torch's
     # CPU exp takes a slow path below about -88 (60x: 1.5 ms an epoch once logits spread at large lr).
-    sum_exp = (logits - top[:, None]).clamp_(min=-80.0).exp_() @ torch.ones(logits.shape[1], device=logits.device)
+    ones = torch.ones(logits.shape[1], device=logits.device)
+    sum_exp = (logits - top[:, None]).clamp_(min=-80.0).exp_() @ ones
     loss_sum = (sum_exp.log_().add_(top) - logits.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
     return loss_sum, (predicted == y).sum()
 

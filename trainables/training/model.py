@@ -71,8 +71,8 @@ class InstrumentNet(nn.Module):
 
 
 def descent_targets(y: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:
-    """Per row, -one_hot(y) / (rows in its batch): `forward_backward`'s targets for batches that are
-    consecutive `batch_size`-row slices of `y`'s order (the last one may be shorter)."""
+    """Per row, -one_hot(y) / (rows in its batch): the targets of `InstrumentNet.forward_backward_fn`'s
+    function for batches that are consecutive `batch_size`-row slices of `y` (the last may be shorter)."""
     n = y.shape[0]
     rows = torch.full((n, 1), float(batch_size), device=y.device)
     rows[n - n % batch_size:] = float(n % batch_size or batch_size)
