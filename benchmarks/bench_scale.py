@@ -80,9 +80,9 @@ def lean_trial(config: dict, dataset) -> None:
     import numpy as np
     from ray import tune
 
-    from trainables.training.report import EpochReport, batched
+    from trainables.training.report import EpochReport
     from trainables.training.stop import StopRule
-    from trainables.tuning.trial import RESULT_FILE, STATE_FILE, ray_placement, resident_mib
+    from trainables.tuning.trial import RESULT_FILE, STATE_FILE, Cadence, ray_placement, resident_mib
 
     started_at_s = time.time()
     trial = config["trial"]
@@ -91,7 +91,7 @@ def lean_trial(config: dict, dataset) -> None:
               "seed": trial["seed"], "views": ",".join(trial["views"]), "device": "cpu",
               "node": socket.gethostname(), **ray_placement()}
     hits, time_s, epoch = 0, 0.0, 0
-    done, checkpointed_at, reported_at, unreported = False, time.monotonic(), time.monotonic(), []
+    done, cadence = False, Cadence(trial)
     while not done:
         epoch += 1
         began = time.perf_counter()
@@ -106,15 +106,13 @@ def lean_trial(config: dict, dataset) -> None:
         report = EpochReport(epoch=epoch, train_acc=train_acc, val_acc=train_acc, test_acc=test_acc,
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
-        unreported.append(report.to_dict())
-        checkpoint = done or time.monotonic() - checkpointed_at >= trial["checkpoint_every_s"]
-        if not checkpoint and time.monotonic() - reported_at < trial["report_every_s"]:
-            continue  # as sweep_trial: the epochs since the last report go in one report
-        result, unreported, reported_at = batched(unreported), [], time.monotonic()
+        checkpoint = cadence.checkpoint_due(done)
+        result = cadence.report_due(report.to_dict(), checkpoint)  # as sweep_trial
+        if result is None:
+            continue
         if not checkpoint:
             tune.report(result)
             continue
-        checkpointed_at = time.monotonic()
         with tmp.TemporaryDirectory(prefix="bench-scale-ckpt-") as path:
             Path(path, STATE_FILE).write_text(json.dumps({"epoch": epoch}))
             Path(path, RESULT_FILE).write_text(json.dumps(result))

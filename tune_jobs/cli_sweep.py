@@ -139,7 +139,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
-    cluster = connect_and_describe(address, verbose, dashboard, preload=("analysis.report",) if analyze else ())
+    cluster = connect_and_describe(address, verbose, dashboard, analyze)
     check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
@@ -169,8 +169,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 print(f"ended {ended} leftover process(es) of the local Ray of the killed "
                       f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
                       flush=True)
-        cluster = connect_and_describe(args.address, args.verbose, args.dashboard,
-                                       preload=() if args.no_analyze else ("analysis.report",))
+        cluster = connect_and_describe(args.address, args.verbose, args.dashboard, not args.no_analyze)
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
         grid = resume_sweep(experiment, spec, dataset, cluster)
@@ -221,11 +220,11 @@ def load_data(spec: SweepSpec):
     return dataset
 
 
-def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, preload: tuple = ()):
+def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, analyze: bool = False):
     """Connect (see cluster.connect) and say where. Meanwhile, as Ray's start mostly waits on its
-    processes, Ray Tune (about 1 s) and the `preload` modules are imported in the background: the
-    analysis (matplotlib, 0.7 s) is then ready when the sweep ends."""
-    modules = ("tune_jobs.launch", *preload)
+    processes, Ray Tune (about 1 s) is imported in the background, and where the sweep will be
+    analyzed, the analysis (matplotlib, 0.7 s), then ready when the sweep ends."""
+    modules = ("tune_jobs.launch", *(("analysis.report",) if analyze else ()))
     threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True).start()
     cluster = connect(address, log_to_driver=verbose, dashboard=dashboard)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"

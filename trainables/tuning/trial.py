@@ -74,6 +74,36 @@ def check_provenance(saved: dict, trial: dict, fingerprint: dict) -> None:
         raise CheckpointMismatch(f"checkpoint was written by another trial config ({', '.join(changed)} differ)")
 
 
+class Cadence:
+    """When a trial reports to Tune and when it checkpoints (see the module docstring), from the
+    trial config's `report_every_s` and `checkpoint_every_s` (0 or missing: every epoch).
+
+        checkpoint = cadence.checkpoint_due(last_epoch)   # decide before the epoch's report is made
+        result = cadence.report_due(row, checkpoint)      # None: the row waits for the next report
+    """
+
+    def __init__(self, trial: dict) -> None:
+        self.report_every_s = float(trial.get("report_every_s", 0.0))
+        self.checkpoint_every_s = float(trial.get("checkpoint_every_s", 0.0))
+        self.reported_at = self.checkpointed_at = time.monotonic()
+        self.unreported: list[dict] = []  # epochs' rows since the last report, oldest first
+
+    def checkpoint_due(self, last_epoch: bool) -> bool:
+        return last_epoch or time.monotonic() - self.checkpointed_at >= self.checkpoint_every_s
+
+    def report_due(self, row: dict, checkpoint: bool) -> dict | None:
+        """The report to send now (`row` and those waiting, `batched`), or None while it waits."""
+        self.unreported.append(row)
+        now = time.monotonic()
+        if not checkpoint and now - self.reported_at < self.report_every_s:
+            return None
+        self.reported_at = now
+        if checkpoint:
+            self.checkpointed_at = now
+        result, self.unreported = batched(self.unreported), []
+        return result
+
+
 def sweep_trial(config: dict, dataset: "Dataset") -> None:
     """One sweep trial. `config["trial"]` holds number, lr, batch_size, seed, views, train, stop,
     replay_budget_s, checkpoint_every_s, report_every_s."""
@@ -116,32 +146,25 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
             if run.done:  # finished, but the final result may not have reached Tune
                 tune.report(json.loads((Path(path) / RESULT_FILE).read_text()))
                 return
-    checkpoint_every_s = float(trial.get("checkpoint_every_s", 0.0))
-    report_every_s = float(trial.get("report_every_s", 0.0))
-    checkpointed_at = reported_at = time.monotonic()
-    unreported: list[dict] = []  # epochs' rows since the last report, oldest first
+    cadence = Cadence(trial)
     try:
         while not run.done:
             report = run.run_epoch()
-            checkpoint_now = run.done or time.monotonic() - checkpointed_at >= checkpoint_every_s
-            state = {**run.state_dict(), "provenance": provenance} if checkpoint_now else None
+            state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint_due(run.done) else None
             if run.done:  # too short for the GPU's counter? replay it now, on its own GPU
                 report = settle_energy(run, report, float(trial.get("replay_budget_s", 0.0)))
             report = report.labelled(**labels, started_at_s=started_at_s, ended_at_s=time.time(),
                                      rss_mib=resident_mib())
             metrics.publish(report, rule)  # live gauges for Ray's dashboard / Prometheus
-            unreported.append(report.to_dict())
-            if state is None and time.monotonic() - reported_at < report_every_s:
-                continue  # reported with the next one
-            result, unreported = batched(unreported), []
+            result = cadence.report_due(report.to_dict(), checkpoint=state is not None)
+            if result is None:
+                continue  # reported with a later epoch
             if state is None:
                 tune.report(result)
-            else:
-                with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
-                    torch.save(state, Path(path) / STATE_FILE)
-                    (Path(path) / RESULT_FILE).write_text(json.dumps(result))
-                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
-                checkpointed_at = time.monotonic()
-            reported_at = time.monotonic()
+                continue
+            with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
+                torch.save(state, Path(path) / STATE_FILE)
+                (Path(path) / RESULT_FILE).write_text(json.dumps(result))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
     finally:
         run.close()
