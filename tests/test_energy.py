@@ -200,6 +200,7 @@ def test_trial_without_gpu_on_a_gpu_node_measures_no_gpu():
 
 SHORT_TRIALS = """
     import json, sys, time
+    import torch
     sys.path.insert(0, "tests")
     from conftest import blobs
     from trainables.data.splits import prepare_splits
@@ -220,10 +221,13 @@ SHORT_TRIALS = """
             if run.done:
                 break
             time.sleep(GAP_S)  # reporting and checkpointing between epochs
+        trained = [w.clone() for w in run.model.parameters()]
         settled = settle_energy(run, report, BUDGET_S)
+        same_work = run.epoch == report.epoch and all(
+            torch.equal(a, b) for a, b in zip(trained, run.model.parameters()))
         rows.append([report.energy_j, report.time_s, report.energy_err_j, settled.energy_method,
                      settled.energy_j, settled.time_s, settled.energy_err_j, settled.replays,
-                     settled.first_run_energy_j])
+                     settled.first_run_energy_j, same_work])
     print(json.dumps(rows))
 """
 
@@ -255,17 +259,19 @@ def test_error_bars_cover_the_counter_error_of_direct_sums_and_are_not_vacuous()
 def test_a_short_trial_is_replayed_to_within_5_percent_of_the_true_energy():
     """60 epochs of a few ms with 6 ms gaps on a 100 ms counter: the sum of epoch windows is off by
     far more than 5%; replayed back to back in one window, the per-run energy is within 5%."""
-    (first_j, first_s, first_err_j, method, energy_j, time_s, err_j, replays, first_run_j), = short_trials(
+    (first_j, first_s, first_err_j, method, energy_j, time_s, err_j, replays, first_run_j, same_work), = short_trials(
         trials=1, epochs=60, gap_s=0.006, budget_s=10.0)
     assert first_err_j > 0.05 * first_j  # the direct figure is too coarse, and says so
     assert method == "replay" and replays >= 2 and first_run_j == first_j
     assert energy_j == pytest.approx(POWER_W * time_s, rel=0.05)
     assert err_j < 0.05 * energy_j and abs(energy_j - POWER_W * time_s) <= err_j
-    assert time_s == pytest.approx(first_s, rel=0.5)  # the same work, run again
+    assert same_work  # each replay trains the same epochs to the same weights
+    # Back to back, caches stay warm: a replayed run took 0.35-1.3x the first (gaps of 6 ms) here.
+    assert first_s / 4 < time_s < 2 * first_s
 
 
 def test_a_long_trial_stays_direct():
-    (first_j, first_s, first_err_j, method, energy_j, time_s, err_j, replays, _), = short_trials(
+    (first_j, first_s, first_err_j, method, energy_j, time_s, err_j, replays, *_), = short_trials(
         trials=1, epochs=20, gap_s=0.0, budget_s=10.0, train_rows=60_000, period_s=0.01)
     assert first_s > 25 * 0.01, "the trial must span over 25 counter periods"
     assert method == "direct" and replays == 0 and (energy_j, time_s) == (first_j, first_s)
