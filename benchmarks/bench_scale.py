@@ -107,11 +107,12 @@ def lean_trial(config: dict, dataset) -> None:
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
         checkpoint = cadence.checkpoint_due(done)
-        result = cadence.report_due(report.to_dict(), checkpoint)  # as sweep_trial
-        if result is None:
-            continue
+        reports = cadence.reports_due(report.to_dict(), checkpoint)  # as sweep_trial
+        if checkpoint:
+            *reports, result = reports
+        for plain in reports:
+            tune.report(plain)
         if not checkpoint:
-            tune.report(result)
             continue
         with tmp.TemporaryDirectory(prefix="bench-scale-ckpt-") as path:
             Path(path, STATE_FILE).write_text(json.dumps({"epoch": epoch}))

@@ -2,7 +2,8 @@
 changes one fails here, by name, instead of somewhere downstream.
 
 - tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
-  single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally.
+  single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
+  Tune's reuse of cached actors (`starting_actors_kept`).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
@@ -10,6 +11,7 @@ changes one fails here, by name, instead of somewhere downstream.
 - trainables/training/zeus_import.py: Zeus's module-level scikit-learn import (test_energy.py).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +137,83 @@ def test_torch_private_fused_adam_kernels_exist_and_step_like_adam():
         theirs.step()
     assert torch.allclose(a, b, atol=1e-6)
     assert float(ours.state[a]["step"]) == 3.0
+
+
+SLOW_START_TRIAL = '''
+import os, time
+with open(os.environ["STARTS_FILE"], "a+") as f:  # the driver imports it first
+    f.seek(0)
+    before = len(f.read().split())
+    f.write(f"{os.getpid()}\\n")
+# Actors that start in 2.5, 4, 5.5 and 7 s (Ray, torch and the dataset), far longer than their trials.
+time.sleep(1.0 + 1.5 * min(before, 4))
+
+
+def trial(config):
+    from ray import tune
+    time.sleep(0.05)
+    tune.report({"pid": os.getpid()})
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kept", [True, False])
+def test_tune_kills_starting_actors_to_reuse_cached_ones_unless_kept(tmp_path, kept):
+    """16 trials of 50 ms on 4 slots, actors that take 2.5-7 s to start: inside `starting_actors_kept`,
+    each started process runs trials (all 4 slots in use); Tune alone kills starting actors
+    to hand their trials to the first actor up."""
+    (tmp_path / "slow_start.py").write_text(SLOW_START_TRIAL)
+    starts = tmp_path / "starts.txt"
+    out = python(f"""
+        import contextlib, json, os
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+        from slow_start import trial
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(trial, param_space={{"i": tune.grid_search(list(range(16)))}},
+                           tune_config=tune.TuneConfig(reuse_actors=True),
+                           run_config=tune.RunConfig(storage_path={str(tmp_path / "runs")!r}, verbose=0))
+        with ray_private.starting_actors_kept() if {kept} else contextlib.nullcontext():
+            grid = tuner.fit()
+        print("RESULT", json.dumps([os.getpid(), len(grid.errors), sorted({{r.metrics["pid"] for r in grid}})]))
+    """, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", STARTS_FILE=str(starts))
+    assert out.returncode == 0, out.stderr[-3000:]
+    driver, errors, ran = json.loads(out.stdout.split("RESULT", 1)[1])
+    started = [int(pid) for pid in starts.read_text().split() if int(pid) != driver]
+    assert errors == 0
+    if kept:
+        assert sorted(started) == ran and len(ran) == 4, (started, ran)
+    else:  # what the patch is for: started processes killed before they ran a trial
+        assert len(started) > len(ran), (started, ran)
+
+
+def test_tune_keeps_running_statistics_of_every_reported_number_unless_named(tmp_path):
+    out = python(f"""
+        import json
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            for i in range(3):
+                tune.report({{"val_acc": 0.5 + 0.1 * i, "loss": 1.0 - 0.1 * i, "epoch_time_s": 0.1}})
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        for name in ("all", "named"):
+            tuner = tune.Tuner(trial, run_config=tune.RunConfig(name=name, storage_path={str(tmp_path)!r}, verbose=0))
+            if name == "all":
+                grid = tuner.fit()
+            else:
+                with ray_private.metrics_analysed(frozenset({{"val_acc"}})):
+                    grid = tuner.fit()
+            best = grid.get_best_result("val_acc", "max", scope="all")
+            analysed = grid._experiment_analysis.trials[0].run_metadata.metric_analysis
+            print("RESULT", json.dumps([name, round(best.metrics["val_acc"], 2), sorted(analysed)]))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line.split("RESULT", 1)[1]) for line in out.stdout.splitlines() if "RESULT" in line]
+    (_, best_all, analysed_all), (_, best_named, analysed_named) = rows
+    assert best_all == best_named == 0.7
+    assert {"val_acc", "loss", "epoch_time_s"} <= set(analysed_all)  # Tune's own: every number
+    assert analysed_named == ["val_acc"]

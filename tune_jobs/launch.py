@@ -32,6 +32,9 @@ from tune_jobs.spec import SweepSpec
 from tune_jobs.storage_guard import StorageGuard
 from tune_jobs.trackers import tracker_callbacks
 
+# The metrics Tune keeps running statistics of in the driver (what `ResultGrid.get_best_result`
+# ranks by); a sweep's analysis reads every epoch from the trials' files instead.
+ANALYSED_METRICS = frozenset({"val_acc", "test_acc", "time_s", "energy_j"})
 
 def param_space(spec: SweepSpec) -> dict:
     """One grid-search entry per trial, carrying all the trial needs (and analysis reads)."""
@@ -107,7 +110,9 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     error line instead; Tune still writes the error to the trial's error.txt),
     Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
     keeps Tune to the loggers a sweep names (no TensorBoard files). Tune's telemetry tally
-    of callbacks, which imports every tracker Ray integrates, is skipped.
+    of callbacks, which imports every tracker Ray integrates, is skipped, an actor that is
+    starting is not killed to reuse a cached one, and Tune keeps its running statistics only
+    for `ANALYSED_METRICS` (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -115,7 +120,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in wanted}
     os.environ.update(wanted)
     try:
-        with ray_private.callbacks_not_tallied():
+        with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
+              ray_private.metrics_analysed(ANALYSED_METRICS)):
             yield
     finally:
         for key, value in saved.items():
