@@ -36,6 +36,7 @@ from tune_jobs.trackers import tracker_callbacks
 # ranks by); a sweep's analysis reads every epoch from the trials' files instead.
 ANALYSED_METRICS = frozenset({"val_acc", "test_acc", "time_s", "energy_j"})
 
+
 def param_space(spec: SweepSpec) -> dict:
     """One grid-search entry per trial, carrying all the trial needs (and analysis reads)."""
     trials = [

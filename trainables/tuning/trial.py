@@ -11,10 +11,11 @@ cost 3.5 ms a report here, a seventh of an epoch). The last epoch, and any epoch
 that ends `checkpoint_every_s` or more after the last checkpoint, is reported
 alone (after the epochs waiting before it) with a checkpoint (model, optimizer,
 RNG, counters, cumulative time and energy, and what produced it: the trial's
-config and the dataset's fingerprint) so a retry continues the sums, redoes at most that much
-training, and never continues on other data. (A checkpoint per epoch cost 6 ms
-an epoch here, and Tune snapshots its experiment state as checkpoints come.)
-Reporting and checkpointing fall in the "between" windows, timed as overhead.
+config and the dataset's fingerprint) so a retry continues the sums, redoes at
+most that much training, and never continues on other data. (A checkpoint per
+epoch cost 6 ms an epoch here, and Tune snapshots its experiment state as
+checkpoints come.) Reporting and checkpointing fall in the "between" windows,
+timed as overhead.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Cadence:
     """When a trial reports to Tune and when it checkpoints (see the module docstring), from the
     trial config's `report_every_s` and `checkpoint_every_s` (0 or missing: every epoch).
 
-        checkpoint = cadence.checkpoint_due(last_epoch)    # decide before the epoch's report is made
-        *plain, last = cadence.reports_due(row, checkpoint) or [None]   # [] while the row waits
+        checkpoint = cadence.checkpoint_due(last_epoch)  # decide before the epoch's report is made
+        reports = cadence.reports_due(row, checkpoint)   # [] while the row waits
+        # send them in order; a due checkpoint goes with the last
 
     A report that carries a checkpoint carries only its own epoch: Tune keeps the metrics of
     each trial's last checkpoints and its last report in the driver and in every snapshot of
