@@ -188,6 +188,7 @@ def test_tune_kills_starting_actors_to_reuse_cached_ones_unless_kept(tmp_path, k
         assert len(started) > len(ran), (started, ran)
 
 
+@pytest.mark.slow
 def test_tune_keeps_running_statistics_of_every_reported_number_unless_named(tmp_path):
     out = python(f"""
         import json
