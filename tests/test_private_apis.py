@@ -140,8 +140,9 @@ def test_torch_private_fused_adam_kernels_exist_and_step_like_adam():
 
 
 SLOW_START_TRIAL = '''
-import os, time
+import fcntl, os, time
 with open(os.environ["STARTS_FILE"], "a+") as f:  # the driver imports it first
+    fcntl.flock(f, fcntl.LOCK_EX)  # one process at a time: each its own place in the order
     f.seek(0)
     before = len(f.read().split())
     f.write(f"{os.getpid()}\\n")
