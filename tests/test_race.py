@@ -33,7 +33,8 @@ def test_race_by_time_keeps_the_winner_and_stops_a_trial_that_cannot_win(ray_loc
     win_plain, win_raced = analysis.recommend(plain).loc["fastest"], analysis.recommend(raced).loc["fastest"]
     assert (win_raced.lr, win_raced.batch_size) == (win_plain.lr, win_plain.batch_size)
     assert win_raced.epochs == win_plain.epochs  # same training, deterministic per seed
-    assert win_raced.time_s == pytest.approx(win_plain.time_s, rel=2.0)  # the same within this machine's noise
+    # The same within this machine's noise: the winner trains for a few ms, which can triple on 2 busy cores.
+    assert win_raced.time_s == pytest.approx(win_plain.time_s, rel=2.0, abs=0.05)
     assert raced.time_s.sum() < plain.time_s.sum()
 
     # result.json records the status, and the report marks the figures as lower bounds.
