@@ -164,27 +164,19 @@ def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> in
 
 
 def pids_with_env(variable: str, value: str) -> list[int]:
-    """This user's processes (not this one) whose environment holds `variable`=`value`, and their
-    descendants: Ray's agents inherit the variable, but the process titles Ray gives them hide
-    their environment from /proc. [] without procfs."""
-    entry, uid, me = f"{variable}={value}".encode(), os.getuid(), os.getpid()
+    """This user's processes (not this one) whose environment holds `variable`=`value`; [] without procfs."""
+    entry, uid, pids = f"{variable}={value}".encode(), os.getuid(), []
     if not Path("/proc").is_dir():
-        return []  # no procfs (macOS): a killed command's leftovers end on their own within a minute
-    found, parents = set(), {}
+        return pids  # no procfs (macOS): a killed command's leftovers end on their own within a minute
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if proc.stat().st_uid != uid:
-                continue
-            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            if entry in (proc / "environ").read_bytes().split(b"\0"):
-                found.add(int(proc.name))
-        except (OSError, ValueError, IndexError):
+            if proc.stat().st_uid == uid and entry in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
             continue  # ended meanwhile, or not ours to read
-    while grown := {pid for pid, parent in parents.items() if parent in found} - found:
-        found |= grown
-    return sorted(found)
+    return pids
 
 
 def _alive(pid: int) -> bool:
