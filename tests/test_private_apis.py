@@ -3,7 +3,9 @@ changes one fails here, by name, instead of somewhere downstream.
 
 - tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
   single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
-  Tune's reuse of cached actors (`starting_actors_kept`).
+  Tune's reuse of cached actors (`starting_actors_kept`), its running statistics
+  (`metrics_analysed`), its loggers' copy from storage on a retry (`driver_logs_kept`), and
+  its snapshot cadence against checkpoint deletion (`snapshots_ahead_of_deletion`).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
@@ -219,3 +221,149 @@ def test_tune_keeps_running_statistics_of_every_reported_number_unless_named(tmp
     assert best_all == best_named == 0.7
     assert {"val_acc", "loss", "epoch_time_s"} <= set(analysed_all)  # Tune's own: every number
     assert analysed_named == ["val_acc"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kept", [True, False])
+def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unless_kept(tmp_path, kept):
+    """A trial logs epochs 1-3 with checkpoints (the third makes Tune sync its staging directory to
+    storage), then 4-5, then its process dies once. On the retry Tune's loggers copy the trial's
+    result.json and progress.csv from storage over the driver's newer ones: epochs 4 and 5 are
+    lost unless `driver_logs_kept`."""
+    out = python(f"""
+        import contextlib, json, os, tempfile, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            start = 0
+            if tune.get_checkpoint():
+                with tune.get_checkpoint().as_directory() as path:
+                    start = int(open(os.path.join(path, "epoch")).read())
+            for epoch in range(start + 1, 7):
+                with tempfile.TemporaryDirectory() as path:
+                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
+                    tune.report({{"epoch": epoch}}, checkpoint=tune.Checkpoint.from_directory(path))
+                if epoch == 3:
+                    time.sleep(1.0)  # Tune syncs to storage now
+                if epoch == 5 and not os.path.exists({str(tmp_path / "died")!r}):
+                    open({str(tmp_path / "died")!r}, "w").close()
+                    os._exit(1)
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(trial, run_config=tune.RunConfig(
+            name="r", storage_path={str(tmp_path)!r}, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3)))
+        with ray_private.driver_logs_kept() if {kept} else contextlib.nullcontext():
+            grid = tuner.fit()
+        print("RESULT", json.dumps(len(grid.errors)))
+    """, TUNE_GLOBAL_CHECKPOINT_S="1000")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("RESULT", 1)[1]) == 0
+    (trial_dir,) = (tmp_path / "r").glob("trial*")
+    logged = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    csv_rows = (trial_dir / "progress.csv").read_text().splitlines()[1:]
+    if kept:
+        assert logged == [1, 2, 3, 4, 5, 6] and len(csv_rows) == 6, logged
+    else:  # what the patch is for: the rows logged after storage's last sync are gone
+        assert logged == [1, 2, 3, 6], logged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ahead", [True, False])
+def test_tune_deletes_its_stored_snapshots_checkpoint_before_the_next_snapshot_unless_ahead(tmp_path, ahead):
+    """A trial makes 12 checkpoints, keeping 4, and after each notes whether the experiment's stored
+    snapshot changed. A snapshot's latest checkpoint must still be kept when the next checkpoint
+    registers (a driver killed then resumes from it): Tune alone snapshots every 4th, so the 8th
+    deletes the 4th while the stored snapshot still names it."""
+    out = python(f"""
+        import contextlib, glob, hashlib, json, os, tempfile, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def stored_snapshot():
+            return [hashlib.sha1(open(f, "rb").read()).hexdigest()
+                    for f in glob.glob({str(tmp_path / "s" / "experiment_state-*.json")!r})]
+
+        def trial(config):
+            seen, synced_at = stored_snapshot(), []
+            for i in range(1, 13):
+                with tempfile.TemporaryDirectory() as path:
+                    tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_directory(path))
+                time.sleep(0.4)  # the driver registers it, deletes the oldest, maybe snapshots
+                if stored_snapshot() != seen:
+                    seen = stored_snapshot()
+                    synced_at.append(i)
+            tune.report({{"i": 13, "synced_at": synced_at}})
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(trial, run_config=tune.RunConfig(
+            name="s", storage_path={str(tmp_path)!r}, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
+        with ray_private.snapshots_ahead_of_deletion(2) if {ahead} else contextlib.nullcontext():
+            grid = tuner.fit()
+        print("RESULT", json.dumps(grid[0].metrics["synced_at"]))
+    """, TUNE_GLOBAL_CHECKPOINT_S="1000")
+    assert out.returncode == 0, out.stderr[-3000:]
+    synced_at = json.loads(out.stdout.split("RESULT", 1)[1])
+    # When checkpoint i registers, checkpoints i-3..i are kept; the stored snapshot names the
+    # latest as of the last snapshot before i.
+    stale = [i for i in range(2, 13) if max([s for s in synced_at if s < i], default=i) < i - 3]
+    if ahead:
+        assert synced_at == [2, 4, 6, 8, 10, 12] and not stale, synced_at
+    else:  # what the patch is for
+        assert synced_at == [4, 8, 12] and stale == [8, 12], synced_at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole", [True, False])
+def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole(tmp_path, whole):
+    """A trial checkpoints 12 times, each time forcing a snapshot. Tune alone copies the snapshot
+    over the stored experiment state in place (one inode throughout: a driver killed mid-copy
+    leaves it truncated); inside `local_uploads_whole` each upload renames a whole copy in."""
+    out = python(f"""
+        import contextlib, glob, json, os, tempfile, threading, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            for i in range(12):
+                with tempfile.TemporaryDirectory() as path:
+                    tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_directory(path))
+                time.sleep(0.2)
+
+        inodes, done = set(), threading.Event()
+
+        def watch():
+            while not done.is_set():
+                for f in glob.glob({str(tmp_path / "w" / "experiment_state-*.json")!r}):
+                    try:
+                        inodes.add(os.stat(f).st_ino)
+                    except FileNotFoundError:
+                        pass
+                time.sleep(0.01)
+
+        threading.Thread(target=watch, daemon=True).start()
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(trial, run_config=tune.RunConfig(
+            name="w", storage_path={str(tmp_path)!r}, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        with ray_private.local_uploads_whole() if {whole} else contextlib.nullcontext():
+            grid = tuner.fit()
+        done.set()
+        print("RESULT", json.dumps([len(grid.errors), len(inodes)]))
+    """, TUNE_GLOBAL_CHECKPOINT_S="1000")
+    assert out.returncode == 0, out.stderr[-3000:]
+    errors, inodes = json.loads(out.stdout.split("RESULT", 1)[1])
+    experiment = tmp_path / "w"
+    (trial_dir,) = experiment.glob("trial*")
+    assert errors == 0 and len((trial_dir / "result.json").read_text().splitlines()) == 12
+    assert not list(experiment.rglob("*.uploading-*"))
+    if whole:
+        assert inodes > 3, inodes  # a new one per snapshot (freed inodes can be reused)
+    else:  # what the patch is for
+        assert inodes == 1, inodes

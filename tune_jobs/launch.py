@@ -35,6 +35,10 @@ from tune_jobs.trackers import tracker_callbacks
 # The metrics Tune keeps running statistics of in the driver (what `ResultGrid.get_best_result`
 # ranks by); a sweep's analysis reads every epoch from the trials' files instead.
 ANALYSED_METRICS = frozenset({"val_acc", "test_acc", "time_s", "energy_j"})
+# Each trial keeps its last 5 checkpoints; Tune snapshots the experiment every 5 - 2 = 3rd, so
+# the stored snapshot's checkpoint is kept for 2 checkpoints after the next snapshot is written
+# (a driver killed in between resumes from it).
+KEPT_CHECKPOINTS, SNAPSHOT_MARGIN = 5, 2
 
 
 def param_space(spec: SweepSpec) -> dict:
@@ -112,8 +116,10 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
     keeps Tune to the loggers a sweep names (no TensorBoard files). Tune's telemetry tally
     of callbacks, which imports every tracker Ray integrates, is skipped, an actor that is
-    starting is not killed to reuse a cached one, and Tune keeps its running statistics only
-    for `ANALYSED_METRICS` (see `ray_private`).
+    starting is not killed to reuse a cached one, Tune keeps its running statistics only
+    for `ANALYSED_METRICS`, a retried trial's log rows are not overwritten by storage's older
+    copy, the stored snapshot's checkpoints outlive the next snapshot, and uploads to local
+    storage land whole (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -122,7 +128,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     os.environ.update(wanted)
     try:
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
-              ray_private.metrics_analysed(ANALYSED_METRICS)):
+              ray_private.metrics_analysed(ANALYSED_METRICS), ray_private.driver_logs_kept(),
+              ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN), ray_private.local_uploads_whole()):
             yield
     finally:
         for key, value in saved.items():
@@ -151,8 +158,9 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             storage_path=storage_root,
             stop=StatusStopper(spec.racer),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            # Keeping 3 lets Tune snapshot its state every third checkpoint instead of every one.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # Tune snapshots its state every KEPT_CHECKPOINTS - SNAPSHOT_MARGIN checkpoints (see
+            # tune_settings): every third, and a snapshot's checkpoint outlives the next snapshot.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             callbacks=[EpochJsonLogger(), EpochCsvLogger(), StorageGuard(storage_root),
                        *tracker_callbacks(spec.log, name, experiment),
                        *([progress_callback(len(spec.trials()))] if progress else [])],

@@ -25,14 +25,36 @@ there, loudly.
   95 KiB a trial for our reports, most of the driver's growth with the sweep's size.
   Inside, only the named metrics are kept (what `ResultGrid.get_best_result` ranks by);
   our analysis reads every epoch from the trials' files.
+- `driver_logs_kept()`: Tune's loggers write a trial's result.json and progress.csv in the
+  driver's staging directory and sync it to storage with each snapshot of the experiment
+  (every third checkpoint here). When a trial restarts after a failure they first copy the
+  trial's files from storage over the driver's (`LoggerCallback._restore_from_remote`), so the
+  rows logged since the last sync were lost: a retried trial's result.json skipped epochs.
+  Inside, the copy is made only where the driver has no such file (a resumed experiment).
+- `snapshots_ahead_of_deletion(margin)`: with `CheckpointConfig(num_to_keep=K)` Tune deletes a
+  trial's checkpoint as its K-th newer one registers, and forces a snapshot of the experiment
+  every K checkpoints (`_ExperimentCheckpointManager`): the stored snapshot's latest checkpoint
+  is deleted just before the next snapshot, and a driver killed in between left a trial whose
+  checkpoint is gone ("cannot be loaded" on resume). Inside, the snapshot is forced every
+  K - margin checkpoints, so it is stored while `margin` more checkpoints are made.
+- `local_uploads_whole()`: Tune's driver uploads its staging directory (experiment state,
+  searcher state, each trial's logs) to storage after each snapshot, every file of it, each
+  written in place (`ray.train._internal.storage._upload_to_fs_path`). A driver killed during
+  an upload, often with snapshots every few epochs, could leave a truncated experiment state
+  in storage, which `resume` cannot read. Inside, for local storage, each file lands whole
+  (written beside, then renamed), the experiment's own files last, logs up to their last full
+  line, and files unchanged since their last upload are not copied again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import json
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 # Ray's switch for single-machine clusters (ray_constants.ENABLE_RAY_CLUSTER, read when Ray is
 # imported): off, a new local Ray takes 127.0.0.1 as its node address and binds every port there.
@@ -148,3 +170,108 @@ def metrics_analysed(names: frozenset[str]) -> Iterator[None]:
         yield
     finally:
         _TrainingRunMetadata.update_metric = update
+
+
+@contextlib.contextmanager
+def driver_logs_kept() -> Iterator[None]:
+    """Inside, Tune's loggers copy a trial's file from storage into the driver's staging directory
+    only where the driver has none: the driver's own is newer (storage's is synced from it)."""
+    from ray.tune.logger.logger import LoggerCallback
+
+    restore = LoggerCallback._restore_from_remote
+
+    def restore_unless_kept(callback, file_name: str, trial) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            restore(callback, file_name, trial)
+
+    LoggerCallback._restore_from_remote = restore_unless_kept
+    try:
+        yield
+    finally:
+        LoggerCallback._restore_from_remote = restore
+
+
+@contextlib.contextmanager
+def snapshots_ahead_of_deletion(margin: int) -> Iterator[None]:
+    """Inside, Tune forces its experiment snapshot every `num_to_keep - margin` checkpoints of a trial
+    (at least every one) instead of every `num_to_keep`."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    init = _ExperimentCheckpointManager.__init__
+
+    def init_sooner(manager, *args, **kwargs) -> None:
+        init(manager, *args, **kwargs)
+        if manager._sync_every_n_trial_checkpoints:
+            manager._sync_every_n_trial_checkpoints = max(1, manager._sync_every_n_trial_checkpoints - margin)
+
+    _ExperimentCheckpointManager.__init__ = init_sooner
+    try:
+        yield
+    finally:
+        _ExperimentCheckpointManager.__init__ = init
+
+
+LINE_LOGS = ("result.json", "progress.csv")  # Tune's per-trial logs, appended line by line
+EXPERIMENT_STATE = "experiment_state-*.json"  # TuneController.CKPT_FILE_TMPL, rewritten in place
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _upload_whole(local_dir: str, fs_dir: str, uploaded: dict[str, tuple[int, int, int]]) -> None:
+    """Copy `local_dir` into `fs_dir` (both local): trial files first, then the top-level ones;
+    each file whole, via a temporary name; line logs up to their last full line, the experiment
+    state only when it parses. `uploaded`
+    holds each source's (inode, mtime, size) as last copied: a file unchanged since is skipped."""
+    files = []
+    for root, _, names in os.walk(local_dir):
+        os.makedirs(os.path.join(fs_dir, os.path.relpath(root, local_dir)), exist_ok=True)
+        files += [os.path.relpath(os.path.join(root, name), local_dir) for name in names]
+    for rel in sorted(files, key=lambda rel: (os.sep not in rel, rel)):  # top-level files last
+        source, target = os.path.join(local_dir, rel), os.path.join(fs_dir, rel)
+        try:
+            found = os.stat(source)  # before reading: a change after it is copied next time
+            version = (found.st_ino, found.st_mtime_ns, found.st_size)
+            if uploaded.get(source) == version:
+                continue
+            with open(source, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:  # replaced or removed meanwhile: the next upload takes it
+            continue
+        if os.path.basename(rel) in LINE_LOGS:
+            data = data[:data.rfind(b"\n") + 1]
+        elif fnmatch.fnmatch(rel, EXPERIMENT_STATE) and not _is_json(data):
+            continue  # Tune rewrites it in place: caught mid-write, the next upload takes it
+        temporary = f"{target}.uploading-{os.getpid()}"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, target)
+        if len(data) == found.st_size:  # whole: unless it changes, done
+            uploaded[source] = version
+
+
+@contextlib.contextmanager
+def local_uploads_whole() -> Iterator[None]:
+    """Inside, Tune's uploads of a directory to local storage land file by file, each whole, the
+    top-level (experiment) files last; other uploads are Tune's own."""
+    import pyarrow.fs
+    from ray.train._internal import storage
+
+    upload, uploaded = storage._upload_to_fs_path, {}
+
+    def upload_whole(local_path: str, fs, fs_path: str, exclude=None) -> None:
+        if isinstance(fs, pyarrow.fs.LocalFileSystem) and os.path.isdir(local_path) and not exclude:
+            _upload_whole(local_path, fs_path, uploaded)
+        else:
+            upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+
+    storage._upload_to_fs_path = upload_whole
+    try:
+        yield
+    finally:
+        storage._upload_to_fs_path = upload
