@@ -75,14 +75,12 @@ def tiny_dataset():
 
 def lean_trial(config: dict, dataset) -> None:
     """sweep_trial's reporting and checkpointing without torch: a nearest-class-mean score per epoch."""
-    import tempfile as tmp
-
     import numpy as np
     from ray import tune
 
     from trainables.training.report import EpochReport
     from trainables.training.stop import StopRule
-    from trainables.tuning.trial import RESULT_FILE, STATE_FILE, Cadence, ray_placement, resident_mib
+    from trainables.tuning.trial import STATE_FILE, Cadence, ray_placement, resident_mib
 
     started_at_s = time.time()
     trial = config["trial"]
@@ -106,18 +104,10 @@ def lean_trial(config: dict, dataset) -> None:
         report = EpochReport(epoch=epoch, train_acc=train_acc, val_acc=train_acc, test_acc=test_acc,
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
-        checkpoint = cadence.checkpoint_due(done)
-        reports = cadence.reports_due(report.to_dict(), checkpoint)  # as sweep_trial
-        if checkpoint:
-            *reports, result = reports
-        for plain in reports:
-            tune.report(plain)
-        if not checkpoint:
-            continue
-        with tmp.TemporaryDirectory(prefix="bench-scale-ckpt-") as path:
-            Path(path, STATE_FILE).write_text(json.dumps({"epoch": epoch}))
-            Path(path, RESULT_FILE).write_text(json.dumps(result))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
+        state = {"epoch": epoch}
+        cadence.send(report.to_dict(),  # as sweep_trial
+                     (lambda path: Path(path, STATE_FILE).write_text(json.dumps(state)))
+                     if cadence.checkpoint_due(done) else None)
 
 
 def drive(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import yaml
 import analysis
 from analysis.storage import LOCK_FILE
 from tune_jobs.cluster import LOCAL_RAY_ENV
+from tune_jobs.launch import KEPT_CHECKPOINTS
 from processes import cli, spawn_cli, tagged_env, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow
@@ -145,6 +146,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_ta
     assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
     retried = rows(result)
     assert retried[-1]["epoch"] == 60 and retried[-1]["pid"] != last["pid"]
+    assert len(list(result.parent.glob("checkpoint_*"))) == KEPT_CHECKPOINTS  # the last ones, across the retry
     assert_epochs_continue(experiment)
 
 

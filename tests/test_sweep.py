@@ -12,6 +12,7 @@ import pytest
 
 import analysis
 from conftest import TINY_SWEEP, blob_dataset
+from tune_jobs.launch import KEPT_CHECKPOINTS
 from tune_jobs.spec import read_spec
 
 
@@ -62,7 +63,7 @@ def test_each_trial_keeps_its_latest_checkpoints(tiny_experiment):
     for trial_dir in Path(tiny_experiment).glob("trial-*"):
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
         epochs = trials.loc[trial_dir.name.rsplit("-", 1)[1], "epochs"]
-        assert 1 <= len(checkpoints) <= 3 and len(checkpoints) == min(3, epochs)  # one per epoch, 3 kept
+        assert 1 <= len(checkpoints) == min(KEPT_CHECKPOINTS, epochs)  # one per epoch, the last ones kept
         assert all((c / "state.pt").is_file() for c in checkpoints)
     assert len(list(Path(tiny_experiment).glob("trial-*"))) == len(trials)
 

@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import ray
 from ray import tune
@@ -80,8 +80,7 @@ class Cadence:
     trial config's `report_every_s` and `checkpoint_every_s` (0 or missing: every epoch).
 
         checkpoint = cadence.checkpoint_due(last_epoch)  # decide before the epoch's report is made
-        reports = cadence.reports_due(row, checkpoint)   # [] while the row waits
-        # send them in order; a due checkpoint goes with the last
+        cadence.send(row, save_state if checkpoint else None)  # report what is due, in order
 
     A report that carries a checkpoint carries only its own epoch: Tune keeps the metrics of
     each trial's last checkpoints and its last report in the driver and in every snapshot of
@@ -112,6 +111,21 @@ class Cadence:
         self.checkpointed_at = now
         *earlier, own = waiting
         return [batched(earlier), own] if earlier else [own]
+
+    def send(self, row: dict, save_state: Callable[[Path], None] | None = None) -> None:
+        """Report `row` to Tune when due (`reports_due`). `save_state` means a checkpoint is due: it
+        writes the trial's state into the checkpoint's directory, which also keeps `row`."""
+        reports = self.reports_due(row, checkpoint=save_state is not None)
+        if save_state is not None:
+            *reports, result = reports
+        for plain in reports:
+            tune.report(plain)
+        if save_state is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
+            save_state(Path(path))
+            (Path(path) / RESULT_FILE).write_text(json.dumps(result))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
 def sweep_trial(config: dict, dataset: "Dataset") -> None:
@@ -166,16 +180,7 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
             report = report.labelled(**labels, started_at_s=started_at_s, ended_at_s=time.time(),
                                      rss_mib=resident_mib())
             metrics.publish(report, rule)  # live gauges for Ray's dashboard / Prometheus
-            reports = cadence.reports_due(report.to_dict(), checkpoint=state is not None)
-            if state is not None:
-                *reports, result = reports
-            for plain in reports:
-                tune.report(plain)
-            if state is None:
-                continue
-            with tempfile.TemporaryDirectory(prefix="instrument-sweep-ckpt-") as path:
-                torch.save(state, Path(path) / STATE_FILE)
-                (Path(path) / RESULT_FILE).write_text(json.dumps(result))
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
+            cadence.send(report.to_dict(),
+                         None if state is None else lambda path: torch.save(state, path / STATE_FILE))
     finally:
         run.close()
