@@ -154,7 +154,8 @@ def ray_env(tag: str) -> dict:
 
 
 def end_tagged(tag: str) -> None:
-    """SIGKILL every process carrying `tag`: the nodes, their raylets, agents and trial workers."""
+    """SIGKILL every process carrying `tag` and their children: the nodes, their raylets, agents and
+    trial workers."""
     from tune_jobs.cluster import pids_with_env
 
     for _ in range(3):

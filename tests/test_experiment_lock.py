@@ -14,7 +14,7 @@ import pytest
 
 from trainables.errors import InputError
 from tune_jobs import experiment_lock
-from tune_jobs.cluster import LOCAL_RAY_ENV, stop_leftover_local_ray
+from tune_jobs.cluster import LOCAL_RAY_ENV, pids_with_env, stop_leftover_local_ray
 from analysis.storage import LOCK_FILE
 
 
@@ -92,3 +92,25 @@ def test_leftovers_of_the_recorded_local_ray_end_and_nothing_else():
         for proc in ours + others:
             proc.kill()
             proc.wait()
+
+
+def test_a_leftover_process_ends_with_its_children_whose_environment_is_hidden():
+    """Ray's agents inherit the tag, but their process titles hide their environment from /proc:
+    as children of a tagged process they are found, and end, with it."""
+    code = ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], env={}); "
+            "print(child.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, LOCAL_RAY_ENV: "dead-ray-3"},
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert pids_with_env(LOCAL_RAY_ENV, "dead-ray-3") == sorted([parent.pid, child])
+        assert stop_leftover_local_ray("dead-ray-3", socket.gethostname()) == 2
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{child}")
+    finally:
+        parent.kill()
+        parent.wait()

@@ -164,19 +164,27 @@ def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> in
 
 
 def pids_with_env(variable: str, value: str) -> list[int]:
-    """This user's processes (not this one) whose environment holds `variable`=`value`; [] without procfs."""
-    entry, uid, pids = f"{variable}={value}".encode(), os.getuid(), []
+    """This user's processes (not this one) whose environment holds `variable`=`value`, and their
+    descendants: Ray's agents inherit the variable, but the process titles Ray gives them hide
+    their environment from /proc. [] without procfs."""
+    entry, uid, me = f"{variable}={value}".encode(), os.getuid(), os.getpid()
     if not Path("/proc").is_dir():
-        return pids  # no procfs (macOS): a killed command's leftovers end on their own within a minute
+        return []  # no procfs (macOS): a killed command's leftovers end on their own within a minute
+    found, parents = set(), {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit() or int(proc.name) == me:
             continue
         try:
-            if proc.stat().st_uid == uid and entry in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
+            if proc.stat().st_uid != uid:
+                continue
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            if entry in (proc / "environ").read_bytes().split(b"\0"):
+                found.add(int(proc.name))
+        except (OSError, ValueError, IndexError):
             continue  # ended meanwhile, or not ours to read
-    return pids
+    while grown := {pid for pid, parent in parents.items() if parent in found} - found:
+        found |= grown
+    return sorted(found)
 
 
 def _alive(pid: int) -> bool:
