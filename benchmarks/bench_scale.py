@@ -76,7 +76,6 @@ def tiny_dataset():
 def lean_trial(config: dict, dataset) -> None:
     """sweep_trial's reporting and checkpointing without torch: a nearest-class-mean score per epoch."""
     import numpy as np
-    from ray import tune
 
     from trainables.training.report import EpochReport
     from trainables.training.stop import StopRule

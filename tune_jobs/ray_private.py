@@ -226,8 +226,8 @@ def _is_json(data: bytes) -> bool:
 def _upload_whole(local_dir: str, fs_dir: str, uploaded: dict[str, tuple[int, int, int]]) -> None:
     """Copy `local_dir` into `fs_dir` (both local): trial files first, then the top-level ones;
     each file whole, via a temporary name; line logs up to their last full line, the experiment
-    state only when it parses. `uploaded`
-    holds each source's (inode, mtime, size) as last copied: a file unchanged since is skipped."""
+    state only when it parses. `uploaded` holds each source's (inode, mtime, size) as last
+    copied whole: a file unchanged since is skipped."""
     files = []
     for root, _, names in os.walk(local_dir):
         os.makedirs(os.path.join(fs_dir, os.path.relpath(root, local_dir)), exist_ok=True)
