@@ -105,17 +105,27 @@ def ray_on_loopback() -> Iterator[None]:
         return
     from ray._private import ray_constants
 
-    before_env, before_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    before_env = os.environ.get(SINGLE_MACHINE_ENV)
     os.environ[SINGLE_MACHINE_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with _swapped(ray_constants, "ENABLE_RAY_CLUSTER", False):
+            yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
             os.environ.pop(SINGLE_MACHINE_ENV, None)
         else:
             os.environ[SINGLE_MACHINE_ENV] = before_env
+
+
+@contextlib.contextmanager
+def _swapped(owner, name: str, replacement) -> Iterator[None]:
+    """Inside, `owner.name` is `replacement`; the original is restored on leaving."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -124,12 +134,9 @@ def callbacks_not_tallied() -> Iterator[None]:
     wandb, mlflow and comet where installed, to compare classes). Restored on leaving."""
     from ray.air._internal import usage
 
-    tally = usage.tag_callbacks
-    usage.tag_callbacks = lambda callbacks: False  # as Ray's own does when given no callbacks
-    try:
+    no_tally = lambda callbacks: False  # noqa: E731 - as Ray's own does when given no callbacks
+    with _swapped(usage, "tag_callbacks", no_tally):
         yield
-    finally:
-        usage.tag_callbacks = tally
 
 
 @contextlib.contextmanager
@@ -147,11 +154,8 @@ def starting_actors_kept() -> Iterator[None]:
                     and actor not in controller._started_actors)  # that has not finished starting
         return False if starting else reuse(controller, trial)
 
-    TuneController._maybe_reuse_cached_actor = reuse_unless_starting
-    try:
+    with _swapped(TuneController, "_maybe_reuse_cached_actor", reuse_unless_starting):
         yield
-    finally:
-        TuneController._maybe_reuse_cached_actor = reuse
 
 
 @contextlib.contextmanager
@@ -165,11 +169,8 @@ def metrics_analysed(names: frozenset[str]) -> Iterator[None]:
         if metric in names:
             update(metadata, metric, value, step)
 
-    _TrainingRunMetadata.update_metric = update_named
-    try:
+    with _swapped(_TrainingRunMetadata, "update_metric", update_named):
         yield
-    finally:
-        _TrainingRunMetadata.update_metric = update
 
 
 @contextlib.contextmanager
@@ -184,11 +185,8 @@ def driver_logs_kept() -> Iterator[None]:
         if not Path(trial.local_path, file_name).exists():
             restore(callback, file_name, trial)
 
-    LoggerCallback._restore_from_remote = restore_unless_kept
-    try:
+    with _swapped(LoggerCallback, "_restore_from_remote", restore_unless_kept):
         yield
-    finally:
-        LoggerCallback._restore_from_remote = restore
 
 
 @contextlib.contextmanager
@@ -204,11 +202,8 @@ def snapshots_ahead_of_deletion(margin: int) -> Iterator[None]:
         if manager._sync_every_n_trial_checkpoints:
             manager._sync_every_n_trial_checkpoints = max(1, manager._sync_every_n_trial_checkpoints - margin)
 
-    _ExperimentCheckpointManager.__init__ = init_sooner
-    try:
+    with _swapped(_ExperimentCheckpointManager, "__init__", init_sooner):
         yield
-    finally:
-        _ExperimentCheckpointManager.__init__ = init
 
 
 LINE_LOGS = ("result.json", "progress.csv")  # Tune's per-trial logs, appended line by line
@@ -270,8 +265,5 @@ def local_uploads_whole() -> Iterator[None]:
         else:
             upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
 
-    storage._upload_to_fs_path = upload_whole
-    try:
+    with _swapped(storage, "_upload_to_fs_path", upload_whole):
         yield
-    finally:
-        storage._upload_to_fs_path = upload
