@@ -162,12 +162,13 @@ def attribute_cpu_energy(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_epochs(experiment: str) -> pd.DataFrame:
-    """One row per trial and epoch with every reported metric, plus the trial's labels."""
+    """One row per trial and epoch with every reported metric, plus the trial's labels and its
+    config (from params.json: a sweep's results do not carry it)."""
     rows = []
     for trial_id, config, results, _ in _load(experiment):
         for result in results:
             rows.append({**result, "trial_id": trial_id, "trial_number": config.get("number"),
-                         "sweep": ",".join(config.get("views", []))})
+                         "sweep": ",".join(config.get("views", [])), "config": {"trial": config}})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["trial_id", "trial_number", "sweep", "epoch"])

@@ -160,7 +160,7 @@ def experiment_info(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame)
 
 
 def _stop_from_trials(epochs: pd.DataFrame) -> dict:
-    """The stop rule each trial carries in its config (Tune stores it with every result)."""
+    """The stop rule each trial carries in its config (`load_epochs` puts it on every row)."""
     for config in epochs.get("config", pd.Series(dtype=object)).dropna():
         if isinstance(config, dict) and isinstance(config.get("trial", {}).get("stop"), dict):
             return config["trial"]["stop"]

@@ -20,11 +20,13 @@ Overhead per trial = (wall_s - sum of trial times / GPUs) / trials: the sweep's 
 time (driver start to the Tuner's return, Ray's cluster start excluded) beyond a
 perfectly packed schedule of the trials' own run times (Tune's time_total_s: the
 trial function from start to its last report), per trial. It includes starting the
-32 trial processes once (they are reused).
+32 trial processes once (they are reused), so it falls as sweeps grow; a rise from
+the smallest to the largest size would show a cost per trial that grows with the sweep.
 
 Prints one JSON line per size with trials, recorded (trials whose every result is in
-the experiment), nodes, gpus, wall_s, overhead_s_per_trial, driver_peak_rss_mib; then
-one line with analyze_s (`instrument-sweep analyze` of the largest experiment) and the
+the experiment), nodes, gpus, wall_s, overhead_s_per_trial, driver_peak_rss_mib (the
+driver's peak when the Tuner returns, before this script reads the results); then one
+line with analyze_s (`instrument-sweep analyze` of the largest experiment) and the
 growth from the smallest to the largest size (goals: overhead <= 0.1 s per trial,
 driver memory and overhead per trial within 20%, analyze <= 60 s).
 """
@@ -123,6 +125,7 @@ def drive(args: argparse.Namespace) -> None:
     cluster = connect(args.address)
     launch.start_sweep(spec, tiny_dataset(), args.storage, spec.name, cluster)
     wall_s = time.perf_counter() - started
+    driver_peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before reading results
     disconnect(cluster)
     experiment = str(Path(args.storage, spec.name))
     trials = analysis.load_trials(experiment)
@@ -134,7 +137,7 @@ def drive(args: argparse.Namespace) -> None:
         "trials": n, "recorded": recorded, "nodes": cluster.nodes - 1, "gpus": int(gpus),
         "wall_s": round(wall_s, 2),
         "overhead_s_per_trial": round((wall_s - trial_s / gpus) / n, 4),
-        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_rss_mib": round(driver_peak_rss_mib, 1),
         "sum_trial_s": round(trial_s, 2),
         "trial_peak_rss_mib": round(float(epochs.rss_mib.max()), 1),
         "experiment": experiment,

@@ -4,8 +4,10 @@ changes one fails here, by name, instead of somewhere downstream.
 - tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
   single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
   Tune's reuse of cached actors (`starting_actors_kept`), its running statistics
-  (`metrics_analysed`), its loggers' copy from storage on a retry (`driver_logs_kept`), and
-  its snapshot cadence against checkpoint deletion (`snapshots_ahead_of_deletion`).
+  (`metrics_analysed`), the config in its results (`results_without_config`), the DataFrames
+  its result grid loads (`result_frames_not_loaded`), its loggers' copy from storage on a retry
+  (`driver_logs_kept`), its snapshot cadence against checkpoint deletion
+  (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
@@ -221,6 +223,46 @@ def test_tune_keeps_running_statistics_of_every_reported_number_unless_named(tmp
     assert best_all == best_named == 0.7
     assert {"val_acc", "loss", "epoch_time_s"} <= set(analysed_all)  # Tune's own: every number
     assert analysed_named == ["val_acc"]
+
+
+@pytest.mark.slow
+def test_tune_copies_the_config_into_every_result_and_loads_frames_unless_told_not_to(tmp_path):
+    out = python(f"""
+        import json, tempfile
+        from pathlib import Path
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            for epoch in (1, 2, 3):
+                with tempfile.TemporaryDirectory() as d:
+                    Path(d, "state").write_text(str(epoch))
+                    tune.report({{"epoch": epoch}}, checkpoint=tune.Checkpoint.from_directory(d))
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        for name in ("plain", "patched"):
+            tuner = tune.Tuner(trial, param_space={{"lr": 0.1, "stop": {{"epochs": 3}}}},
+                               run_config=tune.RunConfig(name=name, storage_path={str(tmp_path)!r}, verbose=0))
+            if name == "plain":
+                grid = tuner.fit()
+            else:
+                with ray_private.results_without_config(), ray_private.result_frames_not_loaded():
+                    grid = tuner.fit()
+            result = grid[0]
+            rows = [json.loads(line) for line in Path(result.path, "result.json").read_text().splitlines()]
+            saved = grid._experiment_analysis.trials[0].run_metadata.checkpoint_manager.latest_checkpoint_result
+            params = json.loads(Path(result.path, "params.json").read_text())
+            print("RESULT", json.dumps([name, "config" in result.metrics, ["config" in r for r in rows],
+                                        "config" in saved.metrics, saved.metrics["epoch"], params,
+                                        None if result.metrics_dataframe is None else len(result.metrics_dataframe)]))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r[0]: r[1:] for r in (json.loads(line.split("RESULT", 1)[1]) for line in out.stdout.splitlines()
+                                  if "RESULT" in line)}
+    params = {"lr": 0.1, "stop": {"epochs": 3}}
+    assert rows["plain"] == [True, [True] * 3, True, 3, params, 3]  # Tune's own: a copy everywhere
+    assert rows["patched"] == [False, [False] * 3, False, 3, params, None]
 
 
 @pytest.mark.slow

@@ -32,9 +32,6 @@ from tune_jobs.spec import SweepSpec
 from tune_jobs.storage_guard import StorageGuard
 from tune_jobs.trackers import tracker_callbacks
 
-# The metrics Tune keeps running statistics of in the driver (what `ResultGrid.get_best_result`
-# ranks by); a sweep's analysis reads every epoch from the trials' files instead.
-ANALYSED_METRICS = frozenset({"val_acc", "test_acc", "time_s", "energy_j"})
 # Each trial keeps its last 5 checkpoints; Tune snapshots the experiment every 5 - 2 = 3rd, so
 # the stored snapshot's checkpoint is kept for 2 checkpoints after the next snapshot is written
 # (a driver killed in between resumes from it).
@@ -116,10 +113,11 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
     keeps Tune to the loggers a sweep names (no TensorBoard files). Tune's telemetry tally
     of callbacks, which imports every tracker Ray integrates, is skipped, an actor that is
-    starting is not killed to reuse a cached one, Tune keeps its running statistics only
-    for `ANALYSED_METRICS`, a retried trial's log rows are not overwritten by storage's older
-    copy, the stored snapshot's checkpoints outlive the next snapshot, and uploads to local
-    storage land whole (see `ray_private`).
+    starting is not killed to reuse a cached one, the driver keeps no running statistics of
+    the trials' metrics, no copy of a trial's config per result and no DataFrame per trial at
+    the end (the analysis reads the trials' files), a retried trial's log rows are not
+    overwritten by storage's older copy, the stored snapshot's checkpoints outlive the next
+    snapshot, and uploads to local storage land whole (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -128,7 +126,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     os.environ.update(wanted)
     try:
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
-              ray_private.metrics_analysed(ANALYSED_METRICS), ray_private.driver_logs_kept(),
+              ray_private.metrics_analysed(frozenset()), ray_private.results_without_config(),
+              ray_private.result_frames_not_loaded(), ray_private.driver_logs_kept(),
               ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN), ray_private.local_uploads_whole()):
             yield
     finally:

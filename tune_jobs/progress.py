@@ -72,11 +72,13 @@ class SweepProgress(tune.Callback):
                     self._print(trials, f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._last.pop(trial.trial_id, None)  # only running trials' lines are repeated
         report = EpochReport.from_dict(trial.last_result or {})
         test = f"  test_acc {report.test_acc:.4f}" if math.isfinite(report.test_acc) else ""
         self._print(trials, f"done   {trial_label(trial.config)}  {report.status}  {result_line(report)}{test}", trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._last.pop(trial.trial_id, None)
         self._print(trials, f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})", trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
