@@ -32,7 +32,7 @@ there, loudly.
   the trial keeps its config once, and Tune writes it to the trial's params.json.
 - `result_frames_not_loaded()`: when `fit()` ends, Tune reads every trial's result.json into
   a pandas DataFrame for the `ResultGrid` (`ExperimentAnalysis._fetch_trial_dataframes`):
-  2.4 s and 20 MiB in the driver for 1,000 trials, which our analysis then reads again.
+  2.4 s in the driver for 1,000 trials, whose results our analysis then reads again.
   Inside, none is loaded (each `Result.metrics_dataframe` is None).
 - `driver_logs_kept()`: Tune's loggers write a trial's result.json and progress.csv in the
   driver's staging directory and sync it to storage with each snapshot of the experiment
