@@ -62,6 +62,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,7 +251,16 @@ LINE_LOGS = ("result.json", "progress.csv")  # Tune's per-trial logs, appended l
 EXPERIMENT_STATE = "experiment_state-*.json"  # TuneController.CKPT_FILE_TMPL, rewritten in place
 
 
-def _is_json(data: bytes) -> bool:
+# How Tune's experiment state ends (`TuneController.save_to_dir` dumps trial_data, runner_data,
+# then stats): only a whole file ends so, since quotes inside its strings are escaped.
+STATE_END = re.compile(rb'"stats": \{"start_time": [-+0-9.eE]+\}\}\s*$')
+
+
+def _is_whole_state(data: bytes) -> bool:
+    """Whether `data` is a whole experiment state: its end read where Tune's end is known (a
+    parse of 1,000 trials' state costs the driver three times its size), else a full parse."""
+    if STATE_END.search(data[-200:]):
+        return True
     try:
         json.loads(data)
     except ValueError:
@@ -280,7 +290,7 @@ def _upload_whole(local_dir: str, fs_dir: str, uploaded: dict[str, tuple[int, in
             continue
         if os.path.basename(rel) in LINE_LOGS:
             data = data[:data.rfind(b"\n") + 1]
-        elif fnmatch.fnmatch(rel, EXPERIMENT_STATE) and not _is_json(data):
+        elif fnmatch.fnmatch(rel, EXPERIMENT_STATE) and not _is_whole_state(data):
             continue  # Tune rewrites it in place: caught mid-write, the next upload takes it
         temporary = f"{target}.uploading-{os.getpid()}"
         with open(temporary, "wb") as f:
