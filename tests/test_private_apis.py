@@ -409,3 +409,11 @@ def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole
         assert inodes > 3, inodes  # a new one per snapshot (freed inodes can be reused)
     else:  # what the patch is for
         assert inodes == 1, inodes
+    # Tune's state ends as `_is_whole_state` knows it (else each upload parses it, at a cost), and
+    # no part of it is taken for the whole.
+    from tune_jobs.ray_private import STATE_END, _is_whole_state
+
+    (state,) = experiment.glob("experiment_state-*.json")
+    data = state.read_bytes()
+    assert STATE_END.search(data[-200:]) and json.loads(data)["stats"]
+    assert not any(_is_whole_state(data[:n]) for n in range(len(data) - 400, len(data)))

@@ -271,7 +271,7 @@ def _is_whole_state(data: bytes) -> bool:
 def _upload_whole(local_dir: str, fs_dir: str, uploaded: dict[str, tuple[int, int, int]]) -> None:
     """Copy `local_dir` into `fs_dir` (both local): trial files first, then the top-level ones;
     each file whole, via a temporary name; line logs up to their last full line, the experiment
-    state only when it parses. `uploaded` holds each source's (inode, mtime, size) as last
+    state only when it is whole. `uploaded` holds each source's (inode, mtime, size) as last
     copied whole: a file unchanged since is skipped."""
     files = []
     for root, _, names in os.walk(local_dir):
