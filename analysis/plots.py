@@ -40,9 +40,7 @@ FRONT_COLOR = "tab:red"
 NOT_MEASURED = "energy not measured"
 NOT_MEASURED_WHY = "no GPU energy counter and no readable RAPL\non the nodes (energy_source: none)"
 MISSED_LABEL = "missed the target (max_epochs, diverged, outpaced, error or still running)"
-AT_LEAST = "≥ "  # race mode: an outpaced trial stopped early, so its time, energy and epochs are lower bounds
 AT_LEAST_LABEL = "≥: outpaced in the race (stopped once it could not win): at least this much"
-LOWER_BOUND_METRICS = ("time_s", "energy_j", "epochs")
 LOW_RES_LABEL = "energy error above 5% (the GPU counter's ~100 ms steps): indicative only"
 COUNTER_ERR_COLOR = "tab:red"  # error bars of the energy counter (energy_err_j)
 BAR_PANELS = (  # (metric, y-axis label, value format)
@@ -126,8 +124,8 @@ def _bars(ax, table: pd.DataFrame, members: pd.DataFrame, metric: str, fmt: str,
             text = "not measured" if metric == "energy_j" else _status_word(row.statuses)
         else:
             text = fmt.format(value)
-            if metric in LOWER_BOUND_METRICS and Status.OUTPACED.value in row.statuses:
-                text = AT_LEAST + text
+            if metric in summary.LOWER_BOUND_METRICS and Status.OUTPACED.value in row.statuses:
+                text = summary.AT_LEAST + text
             if row.reached < row.runs and not crowded:
                 text += (f"\n{row.reached}/{row.runs} reached" if row.runs > 1 else f"\n{_status_word(row.statuses)}")
         ax.annotate(text, (i, tops[i]), xytext=(0, 2), textcoords="offset points",

@@ -14,23 +14,31 @@ one it is rebuilt from the trials' own configs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from analysis import plots, storage, summary
+from analysis import figure_server, storage, summary
 from analysis.frames import load_epochs, load_trials, trial_paths
 from analysis.storage import SPEC_FILE
 from trainables.errors import InputError
 from trainables.training.stop import Status, StopRule
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPORT = "report.md"
 DPI = 120
+PNG_COMPRESSION = 1  # zlib level: 15% quicker to write than matplotlib's 6, files about 10% larger
+# What a figure costs to draw, relative to the others (5 figures of the seed sweep: 0.2-0.4 s each).
+FIGURE_WEIGHTS = {"pareto.png": 1, "accuracy.png": 2}
 NOT_MEASURED = "not measured"
 OUTPACED_NOTE = ("≥: outpaced in the race: the trial stopped once it was already slower (or used more energy) "
                  "than one that reached the target, so it could not win; its time, energy and epochs are "
@@ -74,13 +82,14 @@ class ExperimentInfo:
 
 
 def write_report(experiment: str, out: str | None = None, info: ExperimentInfo | None = None,
-                 eta: float | None = None) -> str:
+                 eta: float | None = None, figure_processes: int = 1) -> str:
     """Write tables, figures and report.md for `experiment`; return report.md's path.
 
     `out` defaults to `<experiment>/analysis/` for a local experiment and to
     `./analysis-<name>` for a cloud URI (s3://, gs://). `info` (views, stop rule)
     comes from the sweep's spec; without it, it is rebuilt from the trials' configs.
     `eta` (where given) replaces the spec's energy.eta for the cost ranking.
+    `figure_processes`: how many processes draw the figures (see write_figures).
     """
     check_experiment(experiment)
     trials, epochs = load_trials(experiment), load_epochs(experiment)
@@ -90,10 +99,11 @@ def write_report(experiment: str, out: str | None = None, info: ExperimentInfo |
     if eta is not None:
         info = replace(info, eta=eta)
     folder = output_dir(experiment, out)
-    write_tables(trials, epochs, info, folder)
-    figures = write_figures(trials, epochs, info, folder)
+    with figures_drawn(trials, epochs, info, folder, figure_processes) as figures:
+        write_tables(trials, epochs, info, folder)
+        text = render_report(trials, info, figures, experiment)
     path = folder / REPORT
-    path.write_text(render_report(trials, info, figures, experiment))
+    path.write_text(text)
     return str(path)
 
 
@@ -214,36 +224,94 @@ def views_summary(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:
 def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo) -> dict[str, tuple[Figure, str]]:
     """{file name: (figure, caption)} in report order: per view the seed's 4 panels, the Pareto
     front (where there is a target), then the loss and accuracy curves."""
-    figures: dict[str, tuple[Figure, str]] = {}
+    return {file: (draw(), caption) for file, (draw, caption) in _figure_plan(trials, epochs, info).items()}
+
+
+def _figure_plan(trials: pd.DataFrame, epochs: pd.DataFrame,
+                 info: ExperimentInfo) -> dict[str, tuple[Callable[[], Figure], str]]:
+    """make_figures, each figure not yet drawn: {file name: (draw, caption)}."""
+    plan: dict[str, tuple[Callable[[], Figure], str]] = {}
     if trials.empty or epochs.empty:
-        return figures
+        return plan
     views = views_with_trials(trials, info)
     if not info.fixed_epochs:
         for name, axes in views:
-            figures[f"view-{_safe(name)}.png"] = (plots.plot_view(trials, name, axes, info.target),
-                                                  f"view {name}: time, energy, test accuracy and epochs to the target")
-        figures["pareto.png"] = (plots.plot_pareto(trials),
-                                 "time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
-                                 else "time to accuracy per configuration (energy not measured)")
-    figures["loss.png"] = (plots.plot_loss_curves(epochs, views),
-                           "training" + (" and test" if info.fixed_epochs else "") + " loss per epoch (log scale)")
-    figures["accuracy.png"] = (
-        plots.plot_accuracy_curves(epochs, views, info.threshold, info.patience if not info.fixed_epochs else None),
+            plan[f"view-{_safe(name)}.png"] = (_plot("plot_view", trials, name, axes, info.target),
+                                               f"view {name}: time, energy, test accuracy and epochs to the target")
+        plan["pareto.png"] = (_plot("plot_pareto", trials),
+                              "time vs energy to accuracy with the Pareto front" if summary.energy_measured(trials)
+                              else "time to accuracy per configuration (energy not measured)")
+    plan["loss.png"] = (_plot("plot_loss_curves", epochs, views),
+                        "training" + (" and test" if info.fixed_epochs else "") + " loss per epoch (log scale)")
+    plan["accuracy.png"] = (
+        _plot("plot_accuracy_curves", epochs, views, info.threshold, info.patience if not info.fixed_epochs else None),
         "validation accuracy per epoch" + ("" if info.fixed_epochs else " with the target line"))
-    return figures
+    return plan
 
 
-def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path) -> dict[str, str]:
-    """Save the PNGs; return {file name: caption} in report order."""
-    captions = {}
-    for file, (figure, caption) in make_figures(trials, epochs, info).items():
-        _save(figure, folder / file)
-        captions[file] = caption
-    return captions
+def _plot(function: str, *args) -> Callable[[], Figure]:
+    """`analysis.plots.<function>(*args)`, to call later: matplotlib loads only where figures are drawn."""
+    def draw() -> Figure:
+        from analysis import plots
+
+        return getattr(plots, function)(*args)
+    return draw
 
 
-def _save(figure, path: Path) -> None:
-    figure.savefig(path, dpi=DPI)
+def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path,
+                  processes: int = 1) -> dict[str, str]:
+    """Save the PNGs; return {file name: caption} in report order (see figures_drawn)."""
+    with figures_drawn(trials, epochs, info, folder, processes) as captions:
+        return captions
+
+
+@contextlib.contextmanager
+def figures_drawn(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path,
+                  processes: int = 1) -> Iterator[dict[str, str]]:
+    """Yields the figures' {file name: caption} in report order; they are saved by the time the
+    block ends. With `processes` > 1 they are drawn in that many processes at once, while the
+    block runs (forked from analysis.figure_server's process, started here if need be); where
+    one fails to draw, RuntimeError once the others are saved."""
+    plan = _figure_plan(trials, epochs, info)
+    groups = _balanced(list(plan), processes)
+    captions = {file: caption for file, (_, caption) in plan.items()}
+    if len(groups) == 1:
+        yield captions
+        _draw_and_save(trials, epochs, info, folder, groups[0], plan)
+        return
+    workers = [figure_server.context().Process(target=_draw_and_save, args=(trials, epochs, info, folder, group),
+                               name=", ".join(group)) for group in groups]
+    for worker in workers:
+        worker.start()
+    try:
+        yield captions
+    finally:
+        for worker in workers:
+            worker.join()
+    if failed := [worker.name for worker in workers if worker.exitcode != 0]:
+        raise RuntimeError(f"drawing {'; '.join(failed)} failed (its traceback is above)")
+
+
+def _balanced(files: Sequence[str], processes: int) -> list[list[str]]:
+    """`files` in at most `processes` groups of about equal drawing time, each in report order."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(files))))]
+    load = [0] * len(groups)
+    for file in sorted(files, key=lambda f: -FIGURE_WEIGHTS.get(f, 3)):
+        lightest = load.index(min(load))
+        groups[lightest].append(file)
+        load[lightest] += FIGURE_WEIGHTS.get(file, 3)
+    return [sorted(group, key=list(files).index) for group in groups]
+
+
+def _draw_and_save(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path,
+                   files: Sequence[str], plan: dict | None = None) -> None:
+    plan = plan or _figure_plan(trials, epochs, info)
+    for file in files:
+        _save(plan[file][0](), folder / file)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
 
 
 def _safe(name: str) -> str:
@@ -430,8 +498,8 @@ def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
     if pd.isna(mean):
         return NOT_MEASURED if metric == "energy_j" else "–"
     text = format(mean, digits)
-    if metric in plots.LOWER_BOUND_METRICS and Status.OUTPACED.value in row["statuses"]:
-        text = plots.AT_LEAST + text
+    if metric in summary.LOWER_BOUND_METRICS and Status.OUTPACED.value in row["statuses"]:
+        text = summary.AT_LEAST + text
     if row[f"{metric}_n"] > 1:
         text += (f" ± {format(row[f'{metric}_std'], '.2g')} "
                  f"[{format(row[f'{metric}_ci95_lo'], digits)}, {format(row[f'{metric}_ci95_hi'], digits)}]")
@@ -481,7 +549,7 @@ def _front_table(trials: pd.DataFrame) -> list[str]:
 def _trials_table(trials: pd.DataFrame) -> list[str]:
     headers = ["#", "lr", "batch size", "seed", "views", "status", "epochs", "time (s)", "energy (J)",
                "test accuracy", "device", "node"]
-    at_least = lambda r, text: (plots.AT_LEAST + text  # noqa: E731
+    at_least = lambda r, text: (summary.AT_LEAST + text  # noqa: E731
                                 if r.status == Status.OUTPACED.value and text[:1].isdigit() else text)
     rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status,
              at_least(r, str(r.epochs)),

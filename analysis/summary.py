@@ -23,6 +23,8 @@ import pandas as pd
 POINT = ("lr", "batch_size")  # what identifies a configuration
 METRICS = ("time_s", "energy_j", "epochs", "test_acc")  # summarised per configuration
 AXIS_TITLES = {"lr": "learning rate", "batch_size": "batch size"}
+AT_LEAST = "≥ "  # race mode: an outpaced trial stopped early, so its time, energy and epochs are lower bounds
+LOWER_BOUND_METRICS = ("time_s", "energy_j", "epochs")
 
 # Two-sided 95% Student-t critical values t(0.975, df) for df = 1..30.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,

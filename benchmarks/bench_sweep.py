@@ -2,13 +2,16 @@
 
     python benchmarks/bench_sweep.py                       # the seed preset on the built-in dataset
     python benchmarks/bench_sweep.py --load 200            # 200 two-epoch trials: Tune's bookkeeping
+    python benchmarks/bench_sweep.py --analyze             # the default run as a user times it (report included)
 
 Runs `instrument-sweep run` as a user does (a fresh local Ray, CPU trials side by
 side) and reads the experiment back. Ray overhead per trial is
 (wall - startup - sum of trial times / concurrency) / trials, where a trial's time
 is what its own process spent from start to last report (Tune's time_total_s) and
 startup (CLI, dataset, starting Ray) is reported apart; the figure with startup
-spread over the trials is printed too. The machine is shared and noisy, so the sweep
+spread over the trials is printed too. With --analyze the sweep ends with its analysis, as
+`instrument-sweep run` does, and `analysis_s` is the time from the summary table to the
+command's end (Ray's stop is before the table). The machine is shared and noisy, so the sweep
 runs --runs times (default 3): one JSON line per run, then a line of medians and a
 table of them.
 """
@@ -44,15 +47,18 @@ def load_spec(n_trials: int) -> dict:
 
 
 def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
-    """One `instrument-sweep run --no-analyze`, timed from outside, read back from its files."""
+    """One `instrument-sweep run` (--no-analyze unless --analyze), timed from outside, read back
+    from its files."""
     started = time.perf_counter()
     run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec, "--data", args.data, "--storage",
-                            storage, "--name", "bench", "--no-analyze"], stdout=subprocess.PIPE, text=True,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    ready_s = None
+                            storage, "--name", "bench", *([] if args.analyze else ["--no-analyze"])],
+                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ready_s = summary_s = None
     for line in run.stdout:  # "results: ..." is printed once Ray is up, just before the trials start
         if line.startswith("results:"):
             ready_s = time.perf_counter() - started
+        if line.startswith("trial  lr"):  # the summary table, once Ray has stopped
+            summary_s = time.perf_counter() - started
     if run.wait() != 0:
         raise SystemExit(f"instrument-sweep run failed with exit code {run.returncode}")
     wall_s = time.perf_counter() - started
@@ -78,6 +84,7 @@ def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
         "tune_overhead_ratio": round((wall_s * concurrency - trial_s) / trial_s, 2),
         # Resident memory of a trial's process, sampled after every epoch; the largest over all trials.
         "peak_rss_per_trial_mib": round(float(epochs.rss_mib.max()), 1),
+        **({"analysis_s": round(wall_s - summary_s, 2)} if args.analyze else {}),
     }
 
 
@@ -87,6 +94,7 @@ def main() -> None:
     parser.add_argument("--load", type=int, metavar="N", help="instead: N short trials (Tune bookkeeping)")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--runs", type=int, default=3, help="sweeps to run; medians are reported (default 3)")
+    parser.add_argument("--analyze", action="store_true", help="end each sweep with its analysis, as `run` does")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:

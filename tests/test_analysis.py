@@ -80,6 +80,30 @@ def test_report_writes_tables_figures_and_links_every_figure(tiny_report, tiny_e
         assert "**Least energy to the target:** lr" in report
 
 
+def test_figures_drawn_in_processes_of_their_own_are_the_ones_drawn_in_place(tiny_report, tiny_experiment, tmp_path):
+    from PIL import Image
+
+    report = Path(write_report(tiny_experiment, str(tmp_path), figure_processes=3))
+    pixels = lambda folder: {p.name: Image.open(p).tobytes() for p in sorted(folder.glob("*.png"))}  # noqa: E731
+    assert list(pixels(report.parent)) == sorted(FIGURES)
+    assert pixels(report.parent) == pixels(tiny_report.parent)
+    links = lambda path: [line for line in path.read_text().splitlines() if ".png)" in line]  # noqa: E731
+    assert links(report) == links(tiny_report) and len(links(report)) == len(FIGURES)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_figure_that_cannot_be_saved_fails_the_report_after_the_others_are_saved(tiny_experiment, tmp_path,
+                                                                                    processes):
+    (tmp_path / "loss.png").mkdir()  # where the loss curves would go: nothing can be written there
+    with pytest.raises((RuntimeError, OSError)) as caught:
+        write_report(tiny_experiment, str(tmp_path), figure_processes=processes)
+    assert "loss.png" in str(caught.value)
+    saved = {p.name for p in tmp_path.glob("*.png") if p.is_file()}
+    assert saved == (set(FIGURES) - {"loss.png"} if processes > 1 else {"view-lr.png", "view-batch_size.png",
+                                                                         "pareto.png"})
+    assert not (tmp_path / "report.md").exists()
+
+
 def test_tables_round_trip(tiny_report, tiny_experiment):
     folder = tiny_report.parent
     trials = load_trials(tiny_experiment)

@@ -1,8 +1,8 @@
 """Each private API the project relies on, tested by behaviour: a Ray, torch or Python that
 changes one fails here, by name, instead of somewhere downstream.
 
-- tune_jobs/ray_private.py: Ray's token-auth helper; the local autoscaler monitor handle; the
-  single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
+- tune_jobs/ray_private.py: Ray's token-auth helper; the processes of a local Ray's start
+  (`lean_local_start`); the single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
   Tune's reuse of cached actors (`starting_actors_kept`), its running statistics
   (`metrics_analysed`), the config in its results (`results_without_config`), the DataFrames
   its result grid loads (`result_frames_not_loaded`), its loggers' copy from storage on a retry
@@ -48,17 +48,34 @@ def test_ray_token_helper_turns_token_auth_on_only_where_a_token_exists(tmp_path
 
 
 @pytest.mark.slow
-def test_local_ray_has_one_autoscaler_monitor_that_can_be_stopped_first():
-    out = python("""
+@pytest.mark.parametrize("lean", ["none", "plain", "logs and dashboard"])
+def test_a_local_ray_starts_a_monitor_and_an_api_server_and_imports_dashboard_packages_unless_lean(lean):
+    out = python(f"""
+        import contextlib, json, sys
         import ray
+        from ray._private import utils, worker
+        from ray._private.node import Node
         from tune_jobs import ray_private
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-        print("stopped", ray_private.stop_local_monitor())
+        patched = lambda: (Node.__init__, Node.start_api_server, Node.start_ray_processes,
+                           utils.get_dashboard_dependency_error)
+        before, lean = patched(), {lean!r}
+        with (contextlib.nullcontext() if lean == "none" else
+              ray_private.lean_local_start(log_monitor=lean != "plain")):
+            ray.init(num_cpus=1, include_dashboard=lean == "logs and dashboard", log_to_driver=False)
+        print(json.dumps(sorted(worker._global_node.all_processes)))
+        print("aiohttp" in sys.modules, [n["Alive"] for n in ray.nodes()], ray.get(ray.remote(lambda: 7).remote()),
+              patched() == before)
         ray.shutdown()
-        print("after", ray_private.stop_local_monitor())
     """)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "stopped 1" in out.stdout and "after 0" in out.stdout
+    processes, checks = out.stdout.splitlines()[-2:]
+    assert [p for p in json.loads(processes) if p != "reaper"] == {  # the reaper: only where Ray can start one
+        "none": ["dashboard", "gcs_server", "log_monitor", "monitor", "raylet"],
+        "plain": ["gcs_server", "raylet"],
+        "logs and dashboard": ["dashboard", "gcs_server", "log_monitor", "raylet"]}[lean]
+    # Ray's dashboard check imports its packages in the driver; lean only looks them up (the API
+    # server, where asked for, imports them in its own process).
+    assert checks == f"{lean == 'none'} [True] 7 True"
 
 
 def test_tunes_callback_tally_imports_trackers_and_is_skipped_inside_callbacks_not_tallied():

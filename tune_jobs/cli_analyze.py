@@ -17,7 +17,7 @@ from pathlib import Path
 from trainables.errors import InputError
 from analysis import storage
 from analysis.storage import SPEC_FILE
-from tune_jobs.cli_sweep import add_eta_argument
+from tune_jobs.cli_sweep import FIGURE_PROCESSES, add_eta_argument
 from tune_jobs.spec import read_spec
 
 
@@ -33,6 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis import figure_server
     from analysis.report import write_report
 
     experiment = args.path if storage.is_uri(args.path) else str(Path(args.path).expanduser().absolute())
@@ -44,7 +45,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     info = read_spec(experiment).report_info() if storage.exists(spec_file) else None
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise InputError("--eta", f"must be in [0, 1], got {args.eta:g}")
-    report = write_report(experiment, args.out, info, eta=args.eta)
+    if FIGURE_PROCESSES > 1:
+        figure_server.start()  # it loads the plotting code while the experiment is read
+    report = write_report(experiment, args.out, info, eta=args.eta, figure_processes=FIGURE_PROCESSES)
     folder = Path(report).parent
     print(f"analysis: {folder}")
     for file in sorted(folder.iterdir()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, pres
 
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
+FIGURE_PROCESSES = min(4, os.cpu_count() or 1)  # the commands draw a report's figures in this many processes
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -106,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return run_sweep(spec, args.storage, args.name, args.address, args.verbose, analyze=not args.no_analyze,
-                     dashboard=args.dashboard).exit_code
+                     dashboard=args.dashboard, figure_processes=FIGURE_PROCESSES).exit_code
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,11 @@ class SweepOutcome:
 
 
 def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
-              verbose: bool = False, analyze: bool = True, dashboard: bool = False) -> SweepOutcome:
+              verbose: bool = False, analyze: bool = True, dashboard: bool = False,
+              figure_processes: int = 1) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (InputError, nothing
-    written), connect to Ray, run every trial, summarize and analyze. The notebook API calls it too."""
+    written), connect to Ray, run every trial, summarize and analyze (the report's figures drawn in
+    `figure_processes` processes). The notebook API calls it too."""
     from tune_jobs.trackers import check_installed
 
     check_installed(spec.log)
@@ -139,7 +143,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
-    cluster = connect_and_describe(address, verbose, dashboard, analyze)
+    cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1)
     check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
@@ -150,7 +154,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
             grid = start_sweep(spec, dataset, root, name, cluster)
         finally:
             disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=analyze)
+        return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -169,12 +173,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 print(f"ended {ended} leftover process(es) of the local Ray of the killed "
                       f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
                       flush=True)
-        cluster = connect_and_describe(args.address, args.verbose, args.dashboard, not args.no_analyze)
+        cluster = connect_and_describe(args.address, args.verbose, args.dashboard,
+                                       figure_server=not args.no_analyze and FIGURE_PROCESSES > 1)
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
         grid = resume_sweep(experiment, spec, dataset, cluster)
         disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=not args.no_analyze).exit_code
+        return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
+                      figure_processes=FIGURE_PROCESSES).exit_code
 
 
 def check_race(spec: SweepSpec, cluster) -> None:
@@ -220,12 +226,15 @@ def load_data(spec: SweepSpec):
     return dataset
 
 
-def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, analyze: bool = False):
+def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, figure_server: bool = False):
     """Connect (see cluster.connect) and say where. Meanwhile, as Ray's start mostly waits on its
-    processes, Ray Tune (about 1 s) is imported in the background, and where the sweep will be
-    analyzed, the analysis (matplotlib, 0.7 s), then ready when the sweep ends."""
-    modules = ("tune_jobs.launch", *(("analysis.report",) if analyze else ()))
-    threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True).start()
+    processes, Ray Tune (about 1 s) is imported in the background, and where `figure_server`, the
+    report's figure server starts (analysis.figure_server: it loads matplotlib in its own process)."""
+    if figure_server:
+        from analysis import figure_server as server
+
+        server.start()
+    threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
     cluster = connect(address, log_to_driver=verbose, dashboard=dashboard)
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
     print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)
@@ -251,8 +260,8 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     print(flush=True)
 
 
-def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> SweepOutcome:
-    """Summary table, then tables/plots/report unless told not to.
+def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, figure_processes: int = 1) -> SweepOutcome:
+    """Summary table, then tables/plots/report unless told not to (figures in `figure_processes`).
 
     Exit 0 when every trial ended by the rule, 1 when some failed, 2 when low
     storage stopped the sweep, 130 when it was interrupted (resume continues both).
@@ -272,7 +281,7 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool) -> 
     if analyze:
         from analysis.report import write_report
 
-        report = write_report(experiment, info=spec.report_info())
+        report = write_report(experiment, info=spec.report_info(), figure_processes=figure_processes)
         print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:

@@ -4,8 +4,13 @@ there, loudly.
 
 - `enable_token_auth_if_token_available()`: Ray attaches a cluster token only with
   RAY_AUTH_MODE=token; its own helper switches that on when a token exists.
-- `stop_local_monitor()`: Ray stops its GCS before the autoscaler monitor, which then
-  waits on the GCS until Ray kills it a second later; killing the monitor first saves that.
+- `lean_local_start(log_monitor)`: a local `ray.init` starts, one after another, the GCS, an
+  autoscaler monitor, an API server (with the dashboard off too) that it waits for, the
+  raylet, and then waits for the raylet's registration, polling once a second; on the way
+  it imports the dashboard's optional packages in the driver to see whether they are
+  installed. Inside: no autoscaler monitor (a local Ray has nothing to scale), no API server
+  unless the dashboard is asked for, a log monitor only where logs go to the driver, the
+  packages looked up instead of imported, and the registration polled every 20 ms.
 - `ray_on_loopback()`: Ray's single-machine switch (`ray_constants.ENABLE_RAY_CLUSTER`),
   off for one `ray.init`, keeps a local Ray's every listener on 127.0.0.1.
 - `callbacks_not_tallied()`: Tune's usage-telemetry tally of a run's callbacks
@@ -59,10 +64,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.util
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,18 +93,64 @@ def enable_token_auth_if_token_available() -> bool:
     return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
 
 
-def stop_local_monitor() -> int:
-    """Kill the autoscaler monitor of the Ray this process started; returns how many were stopped."""
-    from ray._private import ray_constants, worker
+# The packages whose import Ray's dashboard check tries (ray/dashboard/optional_deps.py).
+DASHBOARD_PACKAGES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry",
+                      "opentelemetry.exporter.prometheus", "opentelemetry.proto", "prometheus_client", "pydantic")
+REGISTRATION_POLL_S = 0.02
 
-    node = getattr(worker, "_global_node", None)
-    if node is None:
-        return 0
-    monitors = getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, [])
-    for process_info in monitors:
-        process_info.process.kill()
-        process_info.process.wait()
-    return len(monitors)
+
+@contextlib.contextmanager
+def lean_local_start(log_monitor: bool) -> Iterator[None]:
+    """A local Ray started inside (`ray.init()` without an address) starts no autoscaler monitor,
+    no API server unless `include_dashboard=True`, and a log monitor only where `log_monitor`;
+    its start returns as soon as its raylet has registered. Restored on leaving."""
+    import ray._private.utils as ray_utils
+    from ray._private.node import Node
+
+    init, start_api_server, start_ray_processes = Node.__init__, Node.start_api_server, Node.start_ray_processes
+
+    def lean_init(node, ray_params, head=False, *args, **kwargs):
+        if head and not kwargs.get("connect_only"):
+            ray_params.no_monitor = True
+            ray_params.include_log_monitor = log_monitor
+        init(node, ray_params, head, *args, **kwargs)
+
+    def api_server_if_asked(node, *, include_dashboard, raise_on_failure):
+        if include_dashboard:
+            start_api_server(node, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    def processes_then_registration(node):
+        start_ray_processes(node)
+        _wait_for_registration(node)
+
+    def dashboard_packages_missing() -> ImportError | None:
+        missing = next((name for name in DASHBOARD_PACKAGES if _find_spec(name) is None), None)
+        return ImportError(f"No module named {missing!r}") if missing else None
+
+    with (_swapped(Node, "__init__", lean_init), _swapped(Node, "start_api_server", api_server_if_asked),
+          _swapped(Node, "start_ray_processes", processes_then_registration),
+          _swapped(ray_utils, "get_dashboard_dependency_error", dashboard_packages_missing)):
+        yield
+
+
+def _find_spec(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return None
+
+
+def _wait_for_registration(node, timeout_s: float = 30.0) -> None:
+    """Until this node's raylet is in the GCS's node table, its process ends or `timeout_s` passes
+    (Ray's own check, which follows, then finds it at once or reports the failure)."""
+    from ray._private import ray_constants
+
+    raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])
+    client, deadline = node.get_gcs_client(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(p.process.poll() is not None for p in raylets):
+        if any(node_id.hex() == node.node_id for node_id in client.get_all_node_info(timeout=timeout_s)):
+            return
+        time.sleep(REGISTRATION_POLL_S)
 
 
 @contextlib.contextmanager
