@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import os
+import sys
 
 PRELOADED = ["analysis.plots", "analysis.report"]
 
@@ -26,6 +28,17 @@ def context() -> multiprocessing.context.ForkServerContext:
 
 
 def start() -> None:
-    """Start the server now, in the background; returns at once."""
+    """Start the server now, in the background; returns at once. Call it before other threads
+    print: the server is started with this process's stdout pointed at /dev/null for the moment
+    (it and its drawing processes print nothing, and so do not hold a pipe the command's output
+    goes to open after the command ends; their errors go to stderr)."""
     context()
-    multiprocessing.forkserver.ensure_running()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

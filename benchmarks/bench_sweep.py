@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,15 +54,22 @@ def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
     run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec, "--data", args.data, "--storage",
                             storage, "--name", "bench", *([] if args.analyze else ["--no-analyze"])],
                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    ready_s = summary_s = None
-    for line in run.stdout:  # "results: ..." is printed once Ray is up, just before the trials start
-        if line.startswith("results:"):
-            ready_s = time.perf_counter() - started
-        if line.startswith("trial  lr"):  # the summary table, once Ray has stopped
-            summary_s = time.perf_counter() - started
-    if run.wait() != 0:
-        raise SystemExit(f"instrument-sweep run failed with exit code {run.returncode}")
-    wall_s = time.perf_counter() - started
+    marks: dict[str, float] = {}
+
+    def read() -> None:
+        for line in run.stdout:  # "results: ..." once Ray is up, just before the trials start;
+            for mark, start in (("ready", "results:"), ("summary", "trial  lr")):  # the summary once Ray stopped
+                if line.startswith(start):
+                    marks[mark] = time.perf_counter() - started
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    code = run.wait()
+    wall_s = time.perf_counter() - started  # the command's end (its figure server may hold the pipe 0.2 s more)
+    reader.join()
+    if code != 0:
+        raise SystemExit(f"instrument-sweep run failed with exit code {code}")
+    ready_s = marks["ready"]
     epochs = analysis.load_epochs(str(Path(storage, "bench")))
 
     last = epochs.groupby("trial_id").tail(1)
@@ -84,7 +92,7 @@ def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
         "tune_overhead_ratio": round((wall_s * concurrency - trial_s) / trial_s, 2),
         # Resident memory of a trial's process, sampled after every epoch; the largest over all trials.
         "peak_rss_per_trial_mib": round(float(epochs.rss_mib.max()), 1),
-        **({"analysis_s": round(wall_s - summary_s, 2)} if args.analyze else {}),
+        **({"analysis_s": round(wall_s - marks["summary"], 2)} if args.analyze else {}),
     }
 
 
