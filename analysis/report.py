@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 REPORT = "report.md"
 DPI = 120
 PNG_COMPRESSION = 1  # zlib level: 15% quicker to write than matplotlib's 6, files about 10% larger
-# What a figure costs to draw, relative to the others (5 figures of the seed sweep: 0.2-0.4 s each).
+# What a figure costs to draw, relative to the others (5 figures of the seed sweep: 0.2-0.4 s each);
+# a view's figure and the loss curves cost 3.
 FIGURE_WEIGHTS = {"pareto.png": 1, "accuracy.png": 2}
 NOT_MEASURED = "not measured"
 OUTPACED_NOTE = ("≥: outpaced in the race: the trial stopped once it was already slower (or used more energy) "
@@ -89,7 +90,7 @@ def write_report(experiment: str, out: str | None = None, info: ExperimentInfo |
     `./analysis-<name>` for a cloud URI (s3://, gs://). `info` (views, stop rule)
     comes from the sweep's spec; without it, it is rebuilt from the trials' configs.
     `eta` (where given) replaces the spec's energy.eta for the cost ranking.
-    `figure_processes`: how many processes draw the figures (see write_figures).
+    `figure_processes`: how many processes draw the figures (see figures_drawn).
     """
     check_experiment(experiment)
     trials, epochs = load_trials(experiment), load_epochs(experiment)
@@ -279,8 +280,8 @@ def figures_drawn(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentIn
         yield captions
         _draw_and_save(trials, epochs, info, folder, groups[0], plan)
         return
-    workers = [figure_server.context().Process(target=_draw_and_save, args=(trials, epochs, info, folder, group),
-                               name=", ".join(group)) for group in groups]
+    workers = [figure_server.context().Process(target=_draw_and_save, name=", ".join(group),
+                                               args=(trials, epochs, info, folder, group)) for group in groups]
     for worker in workers:
         worker.start()
     try:
@@ -296,10 +297,11 @@ def _balanced(files: Sequence[str], processes: int) -> list[list[str]]:
     """`files` in at most `processes` groups of about equal drawing time, each in report order."""
     groups: list[list[str]] = [[] for _ in range(max(1, min(processes, len(files))))]
     load = [0] * len(groups)
-    for file in sorted(files, key=lambda f: -FIGURE_WEIGHTS.get(f, 3)):
+    weight = lambda file: FIGURE_WEIGHTS.get(file, 3)  # noqa: E731
+    for file in sorted(files, key=weight, reverse=True):  # heaviest first, each to the lightest group
         lightest = load.index(min(load))
         groups[lightest].append(file)
-        load[lightest] += FIGURE_WEIGHTS.get(file, 3)
+        load[lightest] += weight(file)
     return [sorted(group, key=list(files).index) for group in groups]
 
 

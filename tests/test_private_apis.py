@@ -2,12 +2,13 @@
 changes one fails here, by name, instead of somewhere downstream.
 
 - tune_jobs/ray_private.py: Ray's token-auth helper; the processes of a local Ray's start
-  (`lean_local_start`); the single-machine switch behind `ray_on_loopback` (tests/test_security.py); Tune's callback tally;
-  Tune's reuse of cached actors (`starting_actors_kept`), its running statistics
-  (`metrics_analysed`), the config in its results (`results_without_config`), the DataFrames
-  its result grid loads (`result_frames_not_loaded`), its loggers' copy from storage on a retry
-  (`driver_logs_kept`), its snapshot cadence against checkpoint deletion
-  (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`).
+  (`lean_local_start`); the single-machine switch behind `ray_on_loopback`
+  (tests/test_security.py); Tune's callback tally; Tune's reuse of cached actors
+  (`starting_actors_kept`), its running statistics (`metrics_analysed`), the config in its
+  results (`results_without_config`), the DataFrames its result grid loads
+  (`result_frames_not_loaded`), its loggers' copy from storage on a retry (`driver_logs_kept`),
+  its snapshot cadence against checkpoint deletion (`snapshots_ahead_of_deletion`) and its
+  uploads to local storage (`local_uploads_whole`).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
