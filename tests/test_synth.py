@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +96,16 @@ def test_cache_generates_once_per_version_and_parameters(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
     assert cache_root_dir() == tmp_path / "env"
     assert cache_root_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_reading_the_cached_dataset_loads_no_scipy(builtin):
+    """Every `run` reads it before Ray starts: SciPy's import (0.2 s) is left to generating it."""
+    code = ("import sys; from trainables.data.sources import resolve_dataset; ds = resolve_dataset('synthetic'); "
+            "print(ds.n_train, 'scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(builtin.n_train), "False"]
 
 
 def test_two_generators_at_once_share_one_result(tmp_path):

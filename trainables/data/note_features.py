@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import librosa
 import numpy as np
-import scipy.sparse
 
 from trainables.errors import InputError
 
@@ -84,6 +83,8 @@ class NoteFeaturizer:
     """Holds the recipe's mel filterbank (built once) and turns samples into per-note features."""
 
     def __init__(self, recipe: FeatureRecipe) -> None:
+        import scipy.sparse  # here: importing this module (as reading a cached dataset does) needs no SciPy
+
         self.recipe = recipe
         basis = librosa.filters.mel(
             sr=recipe.sample_rate_hz, n_fft=recipe.n_fft, n_mels=recipe.n_mels, fmax=recipe.fmax_hz

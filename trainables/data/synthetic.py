@@ -31,7 +31,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 
 from trainables.data.dataset import write_dataset
 from trainables.errors import InputError
@@ -295,6 +294,8 @@ def partials(take: Take, f0_hz: float, sr: int) -> tuple[np.ndarray, np.ndarray,
 
 def band_noise(n: int, sr: int, band_hz: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """Unit-RMS noise with a smooth band-pass shape."""
+    import scipy.fft  # here, not at the top: reading the cached dataset needs no SciPy (0.2 s)
+
     n_fft = scipy.fft.next_fast_len(n, real=True)
     spectrum = scipy.fft.rfft(rng.standard_normal(n_fft, dtype=np.float32))
     f = np.fft.rfftfreq(n_fft, 1 / sr).astype(np.float32)
@@ -306,6 +307,8 @@ def band_noise(n: int, sr: int, band_hz: tuple[float, float], rng: np.random.Gen
 
 def room_colour(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Three random EQ bumps (+-1 dB, zero phase) and one early reflection (3-15 ms, gain 0.05-0.25)."""
+    import scipy.fft
+
     n_fft = scipy.fft.next_fast_len(len(y), real=True)
     octaves = np.log2(np.maximum(np.fft.rfftfreq(n_fft, 1 / sr), 20.0)).astype(np.float32)
     gain_db = np.zeros_like(octaves)
