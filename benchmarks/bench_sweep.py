@@ -65,7 +65,7 @@ def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
     reader = threading.Thread(target=read)
     reader.start()
     code = run.wait()
-    wall_s = time.perf_counter() - started  # the command's end (its figure server may hold the pipe 0.2 s more)
+    wall_s = time.perf_counter() - started  # the command's own end, as a shell times it
     reader.join()
     if code != 0:
         raise SystemExit(f"instrument-sweep run failed with exit code {code}")
