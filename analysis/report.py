@@ -259,13 +259,6 @@ def _plot(function: str, *args) -> Callable[[], Figure]:
     return draw
 
 
-def write_figures(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path,
-                  processes: int = 1) -> dict[str, str]:
-    """Save the PNGs; return {file name: caption} in report order (see figures_drawn)."""
-    with figures_drawn(trials, epochs, info, folder, processes) as captions:
-        return captions
-
-
 @contextlib.contextmanager
 def figures_drawn(trials: pd.DataFrame, epochs: pd.DataFrame, info: ExperimentInfo, folder: Path,
                   processes: int = 1) -> Iterator[dict[str, str]]:
