@@ -3,7 +3,8 @@ changes one fails here, by name, instead of somewhere downstream.
 
 - tune_jobs/ray_private.py: Ray's token-auth helper; the processes of a local Ray's start
   (`lean_local_start`); the single-machine switch behind `ray_on_loopback`
-  (tests/test_security.py); Tune's callback tally; Tune's reuse of cached actors
+  (tests/test_security.py); the runtime env Tune gives its trial actors
+  (`trial_actors_inheriting`); Tune's callback tally; Tune's reuse of cached actors
   (`starting_actors_kept`), its running statistics (`metrics_analysed`), the config in its
   results (`results_without_config`), the DataFrames its result grid loads
   (`result_frames_not_loaded`), its loggers' copy from storage on a retry (`driver_logs_kept`),
@@ -77,6 +78,41 @@ def test_a_local_ray_starts_a_monitor_and_an_api_server_and_imports_dashboard_pa
     # Ray's dashboard check imports its packages in the driver; lean only looks them up (the API
     # server, where asked for, imports them in its own process).
     assert checks == f"{lean == 'none'} [True] 7 True"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inherited", ["none", "all", "but one"])
+def test_tune_gives_trial_actors_a_runtime_env_unless_the_workers_inherit_its_variables(tmp_path, inherited):
+    out = python(f"""
+        import json, os
+        import ray
+        from ray import tune
+        from ray.tune.execution import class_cache
+        from tune_jobs import ray_private
+
+        def trial(config):
+            tune.report({{"runtime_env": ray.get_runtime_context().runtime_env,
+                          "env": [os.environ.get(k) for k in ("PL_DISABLE_FORK", "AWS_ACCESS_KEY_ID")]}})
+
+        os.environ.update(ray_private.TUNE_ACTOR_ENV, AWS_ACCESS_KEY_ID="started-with")  # as cluster.connect
+        worker_env = dict(os.environ)
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        if {inherited!r} == "but one":  # changed since Ray started: the workers have the old value
+            os.environ["AWS_ACCESS_KEY_ID"] = "changed"
+        with ray_private.trial_actors_inheriting(worker_env if {inherited!r} != "none" else {{}}):
+            grid = tune.Tuner(trial, run_config=tune.RunConfig(storage_path={str(tmp_path)!r}, verbose=0)).fit()
+        print("RESULT", json.dumps([class_cache.DEFAULT_ENV_VARS == ray_private.TUNE_ACTOR_ENV,
+                                    grid[0].metrics["runtime_env"], grid[0].metrics["env"]]))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    same_defaults, runtime_env, env = json.loads(out.stdout.split("RESULT", 1)[1])
+    assert same_defaults  # what cluster.connect puts in a local Ray's environment is what Tune sets
+    if inherited == "all":  # no runtime env: each actor's worker starts without Ray's setup process
+        assert runtime_env == {} and env == ["1", "started-with"]
+    else:  # Tune's own: the variables it propagates from the driver, through a runtime env
+        expected = "changed" if inherited == "but one" else "started-with"
+        assert runtime_env["env_vars"] == {"PL_DISABLE_FORK": "1", "AWS_ACCESS_KEY_ID": expected}
+        assert env == ["1", expected]
 
 
 def test_tunes_callback_tally_imports_trackers_and_is_skipped_inside_callbacks_not_tallied():

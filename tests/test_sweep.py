@@ -120,3 +120,28 @@ def test_the_driver_schedules_trials_without_loading_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.slow
+def test_a_local_rays_trials_start_without_a_runtime_env_and_see_what_tune_would_set(tmp_path):
+    """The local Ray `connect` starts hands its environment to its workers, and Tune's variables are
+    in it: trial actors need no runtime env (and no setup process per worker) there."""
+    code = f"""
+import json, os
+import ray
+from ray import tune
+from tune_jobs.cluster import connect, disconnect
+from tune_jobs.launch import tune_settings
+
+def trial(config):
+    tune.report({{"runtime_env": ray.get_runtime_context().runtime_env, "fork": os.environ.get("PL_DISABLE_FORK")}})
+
+cluster = connect(None)
+with tune_settings(auto_loggers=False, cluster=cluster):
+    grid = tune.Tuner(trial, run_config=tune.RunConfig(storage_path={str(tmp_path)!r}, verbose=0)).fit()
+disconnect(cluster)
+print("RESULT", json.dumps([grid[0].metrics["runtime_env"], grid[0].metrics["fork"]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("RESULT", 1)[1]) == [{}, "1"]

@@ -28,7 +28,7 @@ from trainables.errors import InputError
 from trainables.training.stop import ENDED_BY_RULE, RACES, Status
 from analysis import storage
 from tune_jobs import experiment_lock
-from tune_jobs.cluster import connect, disconnect, stop_leftover_local_ray
+from tune_jobs.cluster import connect, disconnect, disconnecting, stop_leftover_local_ray
 from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
 
@@ -152,9 +152,11 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
         print(f"results: {experiment}", flush=True)
         try:
             grid = start_sweep(spec, dataset, root, name, cluster)
-        finally:
+        except BaseException:
             disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
+            raise
+        with disconnecting(cluster):  # Ray stops while the summary and the report are written
+            return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -178,9 +180,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
         grid = resume_sweep(experiment, spec, dataset, cluster)
-        disconnect(cluster)
-        return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
-                      figure_processes=FIGURE_PROCESSES).exit_code
+        with disconnecting(cluster):
+            return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
+                          figure_processes=FIGURE_PROCESSES).exit_code
 
 
 def check_race(spec: SweepSpec, cluster) -> None:

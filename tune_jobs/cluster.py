@@ -5,6 +5,7 @@
     info = connect("ray://10.0.0.5:10001")     # Ray Client
     info = connect(None)                       # inside a Ray Job (RAY_ADDRESS set): joins its cluster
     disconnect(info)                           # a local Ray stops here
+    with disconnecting(info): write_report(...)  # ... while the block runs
     stop_leftover_local_ray(ray_tag, host)     # `resume`: what is left of a killed command's local Ray
 
 Addresses are checked before Ray is touched, so a typo or an unreachable host
@@ -18,9 +19,11 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainables.errors import InputError
@@ -42,6 +45,7 @@ class ClusterInfo:
     started_here: bool
     max_node_cpus: float = 0.0  # the most CPUs any one node has
     ray_tag: str = ""  # a Ray started here: the LOCAL_RAY_ENV value every one of its processes inherits
+    worker_env: Mapping[str, str] = field(default_factory=dict)  # a Ray started here: the environment its workers inherit
 
 
 def parse_address(address: str, flag: str = "--address", schemes: tuple[str, ...] = ("ray",)) -> tuple[str, int]:
@@ -108,6 +112,7 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
         use_token_if_available()
     quiet_ray_logs()
     tag = uuid.uuid4().hex if address is None else ""
+    worker_env: dict[str, str] = {}  # a joined cluster's workers: unknown here
     try:
         if address is None:
             # Every process of this Ray (GCS, raylet, dashboard, agents, workers) inherits the tag,
@@ -117,14 +122,20 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
             # thread a malloc arena it never returns (~5 MB a trial). One arena keeps trial memory
             # flat; the workers of a local Ray inherit this. cluster.yaml sets it on its nodes.
             os.environ.setdefault("MALLOC_ARENA_MAX", "1")
-            # Ray starts a worker per CPU for the first driver; Tune's trial actors never use
-            # them, and on a laptop they only slow Ray's own start (0.9 s of a seed sweep, 2 cores).
+            # Ray starts a worker per CPU for the first driver as it connects: dozens on a large
+            # node that a small sweep never uses; on 2 cores they delayed Ray's start by 0.6 s and
+            # the first trial not at all.
             os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
             # The raylet connects to its object store, which another of its threads starts; where the
             # store is not listening yet it tries again a second later (1 s of about one start in three
             # here). Every 20 ms instead, within the same 10 s.
             os.environ.setdefault("RAY_raylet_client_connect_timeout_milliseconds", "20")
             os.environ.setdefault("RAY_raylet_client_num_connect_attempts", "500")
+            # What Tune would give each trial actor through a runtime env, the workers inherit from
+            # here instead: they then start without a runtime-env setup process (ray_private).
+            for key, value in ray_private.TUNE_ACTOR_ENV.items():
+                os.environ.setdefault(key, value)
+            worker_env = dict(os.environ)
             with ray_private.ray_on_loopback(), ray_private.lean_local_start(log_monitor=log_to_driver):
                 context = ray.init(include_dashboard=dashboard, dashboard_host=DASHBOARD_HOST,
                                    log_to_driver=log_to_driver, logging_level=logging.WARNING)
@@ -135,7 +146,8 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
     dashboard = getattr(context, "dashboard_url", "") or ""
     if address is not None:  # "auto" or RAY_ADDRESS: say which cluster it found
         address = (getattr(context, "address_info", None) or {}).get("gcs_address") or address
-    return replace(describe(address or "local", dashboard, started_here=address is None), ray_tag=tag)
+    return replace(describe(address or "local", dashboard, started_here=address is None), ray_tag=tag,
+                   worker_env=worker_env)
 
 
 def disconnect(cluster: ClusterInfo) -> None:
@@ -143,6 +155,18 @@ def disconnect(cluster: ClusterInfo) -> None:
     import ray
 
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def disconnecting(cluster: ClusterInfo) -> Iterator[None]:
+    """`disconnect` in a thread while the block runs, done when it ends: a third of a second of
+    Ray's stop is its client waiting for a thread that polls every 250 ms."""
+    stopping = threading.Thread(target=disconnect, args=(cluster,), name="ray-shutdown")
+    stopping.start()
+    try:
+        yield
+    finally:
+        stopping.join()
 
 
 def stop_leftover_local_ray(ray_tag: str, host: str, wait_s: float = 10.0) -> int:

@@ -104,7 +104,7 @@ def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
 
 
 @contextmanager
-def tune_settings(auto_loggers: bool) -> Iterator[None]:
+def tune_settings(auto_loggers: bool, cluster: ClusterInfo) -> Iterator[None]:
     """Tune's environment switches for the span of one `fit()`, restored afterwards.
 
     Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0) and its
@@ -117,7 +117,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
     the trials' metrics, no copy of a trial's config per result and no DataFrame per trial at
     the end (the analysis reads the trials' files), a retried trial's log rows are not
     overwritten by storage's older copy, the stored snapshot's checkpoints outlive the next
-    snapshot, and uploads to local storage land whole (see `ray_private`).
+    snapshot, uploads to local storage land whole, and the trial actors of a Ray started here
+    get no runtime env: they inherit its variables (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -128,7 +129,8 @@ def tune_settings(auto_loggers: bool) -> Iterator[None]:
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
               ray_private.metrics_analysed(frozenset()), ray_private.results_without_config(),
               ray_private.result_frames_not_loaded(), ray_private.driver_logs_kept(),
-              ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN), ray_private.local_uploads_whole()):
+              ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN), ray_private.local_uploads_whole(),
+              ray_private.trial_actors_inheriting(cluster.worker_env)):
             yield
     finally:
         for key, value in saved.items():
@@ -166,7 +168,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             verbose=0,
         ),
     )
-    with tune_settings(auto_loggers=False):
+    with tune_settings(auto_loggers=False, cluster=cluster):
         return tuner.fit()
 
 
@@ -178,5 +180,5 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
     tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
     # The restored experiment brings its own loggers; Tune adds any it lacks (an experiment
     # from before start_sweep named them has none).
-    with tune_settings(auto_loggers=True):
+    with tune_settings(auto_loggers=True, cluster=cluster):
         return tuner.fit()

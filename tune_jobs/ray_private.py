@@ -13,6 +13,13 @@ there, loudly.
   packages looked up instead of imported, and the registration polled every 20 ms.
 - `ray_on_loopback()`: Ray's single-machine switch (`ray_constants.ENABLE_RAY_CLUSTER`),
   off for one `ray.init`, keeps a local Ray's every listener on 127.0.0.1.
+- `trial_actors_inheriting(worker_env)`: Tune gives every trial actor a runtime env
+  (`ray.tune.execution.class_cache`: PL_DISABLE_FORK=1 and the variables it propagates from
+  the driver, such as AWS keys). Ray starts a worker with a runtime env through a setup
+  process that imports Ray and then starts the worker, which imports Ray again: about 0.6 s
+  of a core per trial process here, and the runtime-env agent's round trip. Inside, where
+  those variables already have their values in `worker_env` (what the workers of a local Ray
+  inherit from the driver that started it), the actors get no runtime env.
 - `callbacks_not_tallied()`: Tune's usage-telemetry tally of a run's callbacks
   (`ray.air._internal.usage.tag_callbacks`) imports every tracker integration Ray has to
   count callbacks by class: W&B, MLflow and Comet where installed, 1.7 s before the first
@@ -70,12 +77,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 # Ray's switch for single-machine clusters (ray_constants.ENABLE_RAY_CLUSTER, read when Ray is
 # imported): off, a new local Ray takes 127.0.0.1 as its node address and binds every port there.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# What Tune sets in every trial actor's environment besides what it propagates from the driver
+# (ray.tune.execution.class_cache.DEFAULT_ENV_VARS, which tests/test_private_apis.py compares).
+TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -189,6 +199,28 @@ def _swapped(owner, name: str, replacement) -> Iterator[None]:
         yield
     finally:
         setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def trial_actors_inheriting(worker_env: Mapping[str, str]) -> Iterator[None]:
+    """Inside, Tune registers a trainable's actor class without a runtime env where every variable
+    it would set in the actors' environment has that value in `worker_env`, the environment the
+    workers inherit (empty where unknown: Tune's runtime env, as without this)."""
+    import ray
+    from ray.tune.execution import class_cache
+
+    get = class_cache._ActorClassCache.get
+
+    def get_inheriting(cache, trainable_cls):
+        if trainable_cls not in cache._cache:
+            propagated = {k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ}
+            wanted = {**class_cache.DEFAULT_ENV_VARS, **propagated}
+            if all(worker_env.get(k) == v for k, v in wanted.items()):
+                cache._cache[trainable_cls] = ray.remote(trainable_cls)
+        return get(cache, trainable_cls)
+
+    with _swapped(class_cache._ActorClassCache, "get", get_inheriting):
+        yield
 
 
 @contextlib.contextmanager
