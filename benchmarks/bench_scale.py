@@ -52,6 +52,7 @@ EPOCHS = 2
 TAG = "INSTRUMENT_SWEEP_BENCH_TAG"  # every process of the simulated cluster carries it, so all can be ended
 LEAN_ENV = {"MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1", "RAY_prestart_worker_first_driver": "0",
             "RAY_DEDUP_LOGS": "0"}
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # also where Ray is on PYTHONPATH, with no `ray` script
 
 
 def scale_spec(n_trials: int) -> dict:
@@ -174,8 +175,7 @@ def end_tagged(tag: str) -> None:
 
 def ray_node(tag: str, temp_dir: str, head_port: int, head: bool, gpus: int, log: Path) -> subprocess.Popen:
     """`ray start --block` for a head (no CPUs: it runs no trials) or a worker node, with its own ports."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    args = [ray, "start", "--block", "--disable-usage-stats", f"--num-gpus={gpus}",
+    args = [*RAY_CLI, "start", "--block", "--disable-usage-stats", f"--num-gpus={gpus}",
             f"--num-cpus={0 if head else gpus}", f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}"]
@@ -206,9 +206,8 @@ def main() -> None:
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are length-limited
     storage = tempfile.mkdtemp(prefix="bench-scale-")
     tag = uuid.uuid4().hex
-    ray = str(Path(sys.executable).with_name("ray"))
     # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
-    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, env=ray_env(tag))
+    subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, env=ray_env(tag))
     try:
         head_port = free_port()
         address = f"127.0.0.1:{head_port}"

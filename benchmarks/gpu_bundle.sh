@@ -8,14 +8,15 @@
 # The node is taken to have Python $PY_VERSION (default 3.12) with $NODE_HAS installed (default: torch
 # numpy pandas pyarrow matplotlib nvidia-ml-py scikit-learn grpcio aiohttp prometheus-client pytest)
 # and $NODE_ALSO (default: numba llvmlite, which this project's GPU machines' image holds; llvmlite
-# alone would add 36 MB packed: set NODE_ALSO= for a node without them, a bundle of about 73 MB).
+# alone would add 36 MB packed: set NODE_ALSO= for a node without them).
 # The bundle holds the rest of what the project and its tests need (ray[default,tune], zeus without
-# amdsmi, librosa, soundfile, pyyaml, tqdm, pytest-timeout, pytest-xdist, ... and their dependencies):
+# amdsmi, librosa, soundfile, pyyaml, tqdm, the test extras' trackers and notebook runner, pytest-xdist,
+# ... and their dependencies: 119 packages on 2026-12-03):
 # manylinux x86_64 wheels for that Python, resolved with `pip install --dry-run --report` for both sets
 # (the node's set with its dependencies is left out), unpacked into one `pip install --target` folder
 # (site/), trimmed (no ray/jars, seed wheels, source maps or compiled files; ELF symbols stripped);
-# plus the built-in dataset (cache/), so the node need not generate it. Packed with xz: 34 MB (the Ray
-# wheel alone is 79 MB), in about 9 minutes on 2 busy cores, most of it resolving and compressing.
+# plus the built-in dataset (cache/), so the node need not generate it. Packed with xz: 57 MB (the Ray
+# wheel alone is 79 MB; wandb, a test extra, is 14 MB of the 57), in 2.3 minutes on 2 cores.
 # Needs Python >= 3.11 here (tomllib) with the project importable (for the dataset), and pip.
 # Work files stay in gpu_bundle/work/ (ignored by git, like the bundle).
 set -euo pipefail

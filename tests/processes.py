@@ -17,10 +17,18 @@ import uuid
 from pathlib import Path
 
 TAG = "INSTRUMENT_SWEEP_TEST_TAG"
+# Ray's CLI through this interpreter: a node that runs the project from PYTHONPATH has no `ray` script.
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def new_tag() -> str:
     return uuid.uuid4().hex
+
+
+def python_path(*first: object) -> str:
+    """PYTHONPATH with `first` (fake modules) ahead of what this interpreter was given: a node that
+    runs the project from a PYTHONPATH (no install) keeps its packages in the subprocess."""
+    return os.pathsep.join([*map(str, first), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def tagged_env(tag: str, **extra: str) -> dict:
@@ -84,12 +92,11 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
     `metrics_port`: where the node serves its Prometheus metrics (default: a free port);
     `metrics_interval_ms`: how often Ray pushes metrics there (Ray's default: 10 s).
     """
-    ray = str(Path(sys.executable).with_name("ray"))
     # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
-    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
+    subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
     # Own ports for the node's agents: another Ray on this machine (a test's in-process one) holds
     # the defaults, and a head whose job agent cannot bind accepts no jobs.
-    args = [ray, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
+    args = [*RAY_CLI, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}"]
     if metrics_interval_ms:

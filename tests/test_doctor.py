@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from processes import python_path
+
 FAKE_NVML = Path(__file__).with_name("fake_nvml")
 
 
@@ -29,14 +31,14 @@ def test_json_names_every_field_and_why_energy_is_missing_where_it_is():
 
 
 def test_gpus_with_an_energy_counter_are_found_and_their_period_measured():
-    out = doctor("--json", PYTHONPATH=str(FAKE_NVML), FAKE_NVML_GPUS="2")
+    out = doctor("--json", PYTHONPATH=python_path(FAKE_NVML), FAKE_NVML_GPUS="2")
     assert out.returncode == 0, out.stderr[-2000:]
     (node,) = json.loads(out.stdout)["nodes"]
     assert node["energy_source"] == "gpu"
     assert [g["index"] for g in node["gpus"]] == [0, 1]
     assert all(g["volta_or_newer"] and g["energy_counter"] and abs(g["energy_update_s"] - 0.1) < 0.01
                for g in node["gpus"])
-    old = json.loads(doctor("--json", PYTHONPATH=str(FAKE_NVML), FAKE_NVML_ARCH="PASCAL").stdout)["nodes"][0]
+    old = json.loads(doctor("--json", PYTHONPATH=python_path(FAKE_NVML), FAKE_NVML_ARCH="PASCAL").stdout)["nodes"][0]
     assert not old["gpus"][0]["energy_counter"] and old["energy_source"] != "gpu"
 
 

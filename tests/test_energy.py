@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import python_path
 from trainables.training.energy import EnergyMeter, EnergyWindow, energy_source
 
 
@@ -72,7 +73,7 @@ POWER_W = 250.0
 def run_with_fake_gpu(code: str, **env: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(FAKE_NVML), "FAKE_NVML_POWER_W": str(POWER_W), **env},
+        env={**os.environ, "PYTHONPATH": python_path(FAKE_NVML), "FAKE_NVML_POWER_W": str(POWER_W), **env},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -142,7 +143,7 @@ def test_a_zeus_that_needs_more_of_scikit_learn_is_imported_plainly(tmp_path):
         from trainables.training.zeus_import import zeus_monitor_class
         monitor = zeus_monitor_class()
         print(json.dumps([monitor.__module__, monitor.fit.__module__]))
-    """)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    """)], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": python_path(tmp_path)})
     assert out.returncode == 0, out.stderr[-3000:]
     module, fit_module = json.loads(out.stdout.strip().splitlines()[-1])
     assert module == "zeus.monitor" and fit_module.startswith("sklearn.linear_model")

@@ -91,16 +91,15 @@ def test_rays_own_job_cli_needs_token_mode_and_run_joins_the_jobs_cluster(ray_he
     import subprocess
     import sys
 
-    from processes import tagged_env
+    from processes import RAY_CLI, tagged_env
 
     url, tag = ray_head
-    ray_cli = str(Path(sys.executable).with_name("ray"))
     entrypoint = [sys.executable, "-m", "tune_jobs", "run", "smoke", "--data", blob_dataset_dir,
                   "--storage", str(tmp_path), "--name", "raycli", "--no-analyze"]
-    without = subprocess.run([ray_cli, "job", "list", "--address", url], capture_output=True, text=True,
+    without = subprocess.run([*RAY_CLI, "job", "list", "--address", url], capture_output=True, text=True,
                              timeout=60, env={k: v for k, v in tagged_env(tag).items() if k != "RAY_AUTH_MODE"})
     assert without.returncode != 0  # refused: no token sent
-    out = subprocess.run([ray_cli, "job", "submit", "--address", url, "--", *entrypoint], capture_output=True,
+    out = subprocess.run([*RAY_CLI, "job", "submit", "--address", url, "--", *entrypoint], capture_output=True,
                          text=True, timeout=300, env=tagged_env(tag, RAY_AUTH_MODE="token"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "cluster: Ray cluster at " in out.stdout and "local Ray" not in out.stdout

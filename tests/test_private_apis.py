@@ -26,6 +26,8 @@ import textwrap
 import pytest
 import torch
 
+from processes import python_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -236,7 +238,7 @@ def test_tune_kills_starting_actors_to_reuse_cached_ones_unless_kept(tmp_path, k
         with ray_private.starting_actors_kept() if {kept} else contextlib.nullcontext():
             grid = tuner.fit()
         print("RESULT", json.dumps([os.getpid(), len(grid.errors), sorted({{r.metrics["pid"] for r in grid}})]))
-    """, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", STARTS_FILE=str(starts))
+    """, PYTHONPATH=python_path(tmp_path, ROOT), STARTS_FILE=str(starts))
     assert out.returncode == 0, out.stderr[-3000:]
     driver, errors, ran = json.loads(out.stdout.split("RESULT", 1)[1])
     started = [int(pid) for pid in starts.read_text().split() if int(pid) != driver]
