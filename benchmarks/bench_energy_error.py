@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.worker and not args.real:  # re-run under the fake counter
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_NVML), str(ROOT)]), "FAKE_NVML_POWER_W": "250"}
+        path = os.pathsep.join([str(FAKE_NVML), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "PYTHONPATH": path, "FAKE_NVML_POWER_W": "250"}
         sys.exit(subprocess.call([sys.executable, __file__, "--worker", "--trials", str(args.trials)], env=env))
     sys.path.insert(0, str(ROOT))
     direct = [windows_only(approx=False) for _ in range(args.trials)]
