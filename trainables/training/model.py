@@ -1,7 +1,18 @@
-"""The seed's classifier: one hidden dense layer, logits out."""
+"""The seed's classifier: one hidden dense layer, logits out.
+
+    model = InstrumentNet(120, 256, 10, "sigmoid")
+    forward_backward = model.forward_backward_fn()   # the fast loop's step: logits, gradients in .grad
+
+`forward_backward_fn` computes the gradients by hand with torch's private backward ops
+(`torch.ops.aten.*_backward`). It checks them once per process, activation and device
+(`private_backward_fits`: one tiny step against autograd's); where a torch changed them, it
+returns the same step through autograd, with one warning, and the trial trains on.
+"""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -9,12 +20,16 @@ from torch import nn
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 _ACTIVATION_INPLACE = {"sigmoid": torch.sigmoid_, "relu": torch.relu_, "tanh": torch.tanh_}
-# d(activation)/d(input) from the activation's output h, as autograd computes it.
-_ACTIVATION_BACKWARD = {
-    "sigmoid": torch.ops.aten.sigmoid_backward,
-    "tanh": torch.ops.aten.tanh_backward,
-    "relu": lambda grad, h: torch.ops.aten.threshold_backward(grad, h, 0),
-}
+
+
+def _activation_backward(activation: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """d(activation)/d(input) from the activation's output h, as autograd computes it (torch's
+    private ops, looked up when asked for)."""
+    aten = torch.ops.aten
+    if activation == "relu":
+        threshold_backward = aten.threshold_backward
+        return lambda grad, h: threshold_backward(grad, h, 0)
+    return {"sigmoid": aten.sigmoid_backward, "tanh": aten.tanh_backward}[activation]
 
 
 class InstrumentNet(nn.Module):
@@ -47,13 +62,35 @@ class InstrumentNet(nn.Module):
         `descent_targets`' slice for the batch: -one_hot(y) / len(x). fn binds the
         parameters' tensors, so take a new one if they are replaced (load_state_dict
         copies into them: that is fine), and call it under torch.no_grad() (once around
-        the whole epoch: entering it per step costs time).
+        the whole epoch: entering it per step costs time). Where this torch's private
+        backward ops do not fit (`private_backward_fits`), fn runs the step through autograd.
         """
+        if not private_backward_fits(self.activation, self.net[0].weight.device.type):
+            return self._autograd_forward_backward_fn()
+        return self._manual_forward_backward_fn()
+
+    def _autograd_forward_backward_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`forward_backward_fn`'s contract through autograd: the public path."""
+        params = list(self.parameters())
+        grads = [_grad(p) for p in params]
+
+        def forward_backward(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                logits = self(x)
+                loss = (targets * torch.log_softmax(logits, 1)).sum()  # mean cross-entropy
+                for grad, new in zip(grads, torch.autograd.grad(loss, params)):
+                    grad.copy_(new)
+            return logits.detach()
+
+        return forward_backward
+
+    def _manual_forward_backward_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`forward_backward_fn` by hand, with torch's private backward ops."""
         first, last = self.net[0], self.net[2]
         w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias
         w1_t, w2_t = w1.t(), w2.t()
         g_w1, g_b1, g_w2, g_b2 = (_grad(p) for p in (w1, b1, w2, b2))
-        activation, activation_backward = _ACTIVATION_INPLACE[self.activation], _ACTIVATION_BACKWARD[self.activation]
+        activation, activation_backward = _ACTIVATION_INPLACE[self.activation], _activation_backward(self.activation)
         addmm, mm, add, softmax, sum_ = torch.addmm, torch.mm, torch.add, torch.softmax, torch.sum  # local: per step
 
         def forward_backward(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -68,6 +105,34 @@ class InstrumentNet(nn.Module):
             return logits
 
         return forward_backward
+
+
+@functools.cache
+def private_backward_fits(activation: str, device_type: str) -> bool:
+    """Whether the hand-written step (torch's private backward ops) gives autograd's logits and
+    gradients with this torch, for `activation` on `device_type`: one tiny step of each. Where
+    not, one warning (per process, activation and device) naming torch's version."""
+    try:
+        model = InstrumentNet(5, 4, 3, activation).to(device_type)
+        with torch.no_grad():  # fixed values: the check leaves the trial's random streams alone
+            for i, p in enumerate(model.parameters()):
+                p.copy_(torch.linspace(-1.0, 1.0, p.numel()).reshape(p.shape).roll(i))
+        x = torch.linspace(-2.0, 2.0, 30, device=device_type).reshape(6, 5)
+        y = torch.tensor([0, 1, 2, 0, 1, 2], device=device_type)
+        targets = descent_targets(y, 3, 6)
+        steps = []
+        for step in (model._manual_forward_backward_fn(), model._autograd_forward_backward_fn()):
+            with torch.no_grad():
+                logits = step(x, targets)
+            steps.append([logits.clone(), *(p.grad.clone() for p in model.parameters())])
+        fits = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*steps))
+        problem = "its gradients differ from autograd's"
+    except Exception as exc:  # noqa: BLE001 - any failure of the private ops: the public path
+        fits, problem = False, f"{type(exc).__name__}: {exc}"
+    if not fits:
+        warnings.warn(f"torch {torch.__version__}: the {activation} step's private backward ops (torch.ops.aten) no "
+                      f"longer fit ({problem}); training through autograd instead", RuntimeWarning, stacklevel=2)
+    return fits
 
 
 def descent_targets(y: torch.Tensor, n_classes: int, batch_size: int) -> torch.Tensor:

@@ -9,11 +9,18 @@ small network the bookkeeping is a tenth of a CPU step.
 `make_optimizer` first keeps torch from importing torch._dynamo for the optimizer's
 methods (`_optimizer_without_dynamo`): 1.4 s of every trial process's start. (FusedAdam's
 steps never import it; torch's own Adam and SGD steps still do.)
+
+FusedAdam calls torch's private kernels (`torch._fused_adam_`, `torch._foreach_add_`).
+`make_optimizer` checks them once per process and device (`fused_adam_fits`: a tiny step
+beside torch.optim.Adam's); where a torch changed them, it returns torch.optim.Adam with
+one warning, and the trial trains on.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -106,16 +113,50 @@ def _optimizer_without_dynamo() -> None:
             setattr(function, "__dynamo_disable", function)
 
 
+@functools.cache
+def fused_adam_fits(device_type: str) -> bool:
+    """Whether FusedAdam steps as Adam does with this torch on `device_type`: two tiny steps
+    (`step`, then `batch_stepper`) against Adam's update written out in public tensor ops
+    (torch.optim.Adam's own step would import torch._dynamo). Where not, one warning (per
+    process and device) naming torch's version."""
+    try:
+        start = torch.linspace(-1.0, 1.0, 6, device=device_type).reshape(3, 2)
+        param = torch.nn.Parameter(start.clone())
+        fused = FusedAdam([param], lr=0.1)
+        beta1, beta2, eps = *fused.defaults["betas"], fused.defaults["eps"]
+        expected, m, v = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+        with torch.no_grad():
+            for t, step in enumerate((fused.step, fused.batch_stepper()), start=1):
+                grad = expected ** 2 - 0.5
+                param.grad = param.detach() ** 2 - 0.5
+                step()
+                m, v = beta1 * m + (1 - beta1) * grad, beta2 * v + (1 - beta2) * grad ** 2
+                expected -= 0.1 * (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
+        fits = torch.allclose(param, expected, atol=1e-6) and float(fused.state[param]["step"]) == 2.0
+        problem = "its steps differ from Adam's"
+    except Exception as exc:  # noqa: BLE001 - any failure of the private kernels: the public path
+        fits, problem = False, f"{type(exc).__name__}: {exc}"
+    if not fits:
+        warnings.warn(f"torch {torch.__version__}: the fused Adam kernels (torch._fused_adam_, torch._foreach_add_) "
+                      f"no longer fit ({problem}); training with torch.optim.Adam instead", RuntimeWarning,
+                      stacklevel=2)
+    return fits
+
+
 def make_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    """Adam (the seed's) or plain SGD. `fused`: Adam through FusedAdam where torch has the kernel."""
+    """Adam (the seed's) or plain SGD. `fused`: Adam through FusedAdam where torch has the kernel
+    for the parameters' device and it steps as Adam does (`fused_adam_fits`)."""
     _optimizer_without_dynamo()
     params = list(params)
     if name == "adam":
         if fused:
             try:
-                return FusedAdam(params, lr=lr)
+                optimizer = FusedAdam(params, lr=lr)
             except RuntimeError:  # no fused Adam for this device: the standard implementation
                 pass
+            else:
+                if fused_adam_fits(params[0].device.type if params else "cpu"):
+                    return optimizer
         return torch.optim.Adam(params, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
