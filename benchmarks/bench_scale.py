@@ -76,16 +76,16 @@ def tiny_dataset():
                    metadata={"source": "bench_scale"}, path="<tiny>")
 
 
-def lean_trial(config: dict, dataset) -> None:
+def lean_trial(config: dict, dataset, settings: dict | None = None) -> None:
     """sweep_trial's reporting and checkpointing without torch: a nearest-class-mean score per epoch."""
     import numpy as np
 
     from trainables.training.report import EpochReport
     from trainables.training.stop import StopRule
-    from trainables.tuning.trial import STATE_FILE, Cadence, ray_placement, resident_mib
+    from trainables.tuning.trial import STATE_FILE, Cadence, ray_placement, resident_mib, trial_config
 
     started_at_s = time.time()
-    trial = config["trial"]
+    trial = trial_config(config["trial"], settings)
     rule = StopRule(**trial["stop"])
     labels = {"trial_number": trial["number"], "lr": trial["lr"], "batch_size": trial["batch_size"],
               "seed": trial["seed"], "views": ",".join(trial["views"]), "device": "cpu",

@@ -1,6 +1,6 @@
 """The Ray Tune trial: the training core, reporting and checkpointing every second or so.
 
-    tune.Tuner(tune.with_parameters(sweep_trial, dataset=ds), param_space={"trial": ...})
+    tune.Tuner(tune.with_parameters(sweep_trial, dataset=ds, settings=shared), param_space={"trial": ...})
 
 Reads like the seed's loop: build the run, continue from a checkpoint if Tune
 retried the trial, then per epoch train + validate (+ test at the stop) inside
@@ -128,9 +128,20 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def sweep_trial(config: dict, dataset: "Dataset") -> None:
-    """One sweep trial. `config["trial"]` holds number, lr, batch_size, seed, views, train, stop,
-    replay_budget_s, checkpoint_every_s, report_every_s."""
+def trial_config(identity: dict, settings: dict | None) -> dict:
+    """A trial's whole config: number, lr, batch_size, seed, views (`identity`, Tune's param space),
+    train, stop, replay_budget_s, checkpoint_every_s, report_every_s (`settings`, shared by the
+    sweep's trials, with the trial's own lr, batch size and seed in train). `identity` that
+    holds its train settings already (trackers log them; experiments from before the split) is whole."""
+    if "train" in identity or settings is None:
+        return identity
+    own = {key: identity[key] for key in ("lr", "batch_size", "seed")}
+    return {**settings, **identity, "train": {**settings["train"], **own}}
+
+
+def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) -> None:
+    """One sweep trial: `trial_config(config["trial"], settings)` says what to train (and is what its
+    checkpoints record)."""
     started_at_s = time.time()
     # Torch and the training core load here, in the trial's process: the driver, which only
     # schedules trials, never imports torch (1.7 s and 200 MiB).
@@ -141,7 +152,7 @@ def sweep_trial(config: dict, dataset: "Dataset") -> None:
     from trainables.training.replay import settle_energy
     from trainables.training.run import TrainingRun
 
-    trial = config["trial"]
+    trial = trial_config(config["trial"], settings)
     provenance = {"trial": trial, "dataset": dataset.fingerprint}
     train_config, rule = TrainConfig(**trial["train"]), StopRule(**trial["stop"])
     splits = prepare_splits(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y,
