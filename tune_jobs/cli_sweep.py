@@ -27,7 +27,7 @@ from pathlib import Path
 from trainables.errors import InputError
 from trainables.training.stop import ENDED_BY_RULE, RACES, Status
 from analysis import storage
-from tune_jobs import experiment_lock
+from tune_jobs import experiment_lock, ray_private
 from tune_jobs.cluster import connect, disconnect, disconnecting, stop_leftover_local_ray
 from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, preset_names, read_spec, spec_from_dict
@@ -54,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="stop a trial once it can no longer be the fastest (time) or the cheapest (energy) "
                           "to the target; its figures are then lower bounds (spec key `race`)")
     add_place_arguments(run)
+    add_fixes_argument(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     add_eta_argument(run)
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit without starting Ray")
@@ -63,8 +64,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted sweep; finished trials are kept")
     resume.add_argument("experiment", help="experiment name under --storage, or its path inside --storage")
     add_place_arguments(resume)
+    add_fixes_argument(resume)
     resume.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
     resume.set_defaults(func=cmd_resume)
+
+
+def add_fixes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(ray_private.WITHOUT_FIXES_FLAG, action="store_true",
+                        help="run where this Ray's internals no longer fit instrument-sweep's fixes of Ray (which "
+                             "keep a sweep resumable and its logs whole): without them, resume may lose work")
 
 
 def add_eta_argument(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return run_sweep(spec, args.storage, args.name, args.address, args.verbose, analyze=not args.no_analyze,
-                     dashboard=args.dashboard, figure_processes=FIGURE_PROCESSES).exit_code
+                     dashboard=args.dashboard, figure_processes=FIGURE_PROCESSES,
+                     without_ray_fixes=args.without_ray_fixes).exit_code
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,11 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
               verbose: bool = False, analyze: bool = True, dashboard: bool = False,
-              figure_processes: int = 1) -> SweepOutcome:
+              figure_processes: int = 1, without_ray_fixes: bool = False) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (InputError, nothing
-    written), connect to Ray, run every trial, summarize and analyze (the report's figures drawn in
-    `figure_processes` processes). The notebook API calls it too."""
+    written), connect to Ray and check its internals (`connect_and_describe`), run every trial,
+    summarize and analyze (the report's figures drawn in `figure_processes` processes). The
+    notebook API calls it too."""
     from tune_jobs.trackers import check_installed
 
     check_installed(spec.log)
@@ -143,7 +153,8 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
-    cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1)
+    cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1,
+                                   without_ray_fixes=without_ray_fixes)
     check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
@@ -151,7 +162,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
 
         print(f"results: {experiment}", flush=True)
         try:
-            grid = start_sweep(spec, dataset, root, name, cluster)
+            grid = start_sweep(spec, dataset, root, name, cluster, fixes=not without_ray_fixes)
         except BaseException:
             disconnect(cluster)
             raise
@@ -176,10 +187,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
                       f"`instrument-sweep {lock.previous.get('command', '?')}` (pid {lock.previous.get('pid', '?')})",
                       flush=True)
         cluster = connect_and_describe(args.address, args.verbose, args.dashboard,
-                                       figure_server=not args.no_analyze and FIGURE_PROCESSES > 1)
+                                       figure_server=not args.no_analyze and FIGURE_PROCESSES > 1,
+                                       without_ray_fixes=args.without_ray_fixes)
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
-        grid = resume_sweep(experiment, spec, dataset, cluster)
+        grid = resume_sweep(experiment, spec, dataset, cluster, fixes=not args.without_ray_fixes)
         with disconnecting(cluster):
             return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
                           figure_processes=FIGURE_PROCESSES).exit_code
@@ -228,16 +240,24 @@ def load_data(spec: SweepSpec):
     return dataset
 
 
-def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, figure_server: bool = False):
-    """Connect (see cluster.connect) and say where. Meanwhile, as Ray's start mostly waits on its
-    processes, Ray Tune (about 1 s) is imported in the background, and where `figure_server`, the
-    report's figure server starts (analysis.figure_server: it loads matplotlib in its own process)."""
+def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = False, figure_server: bool = False,
+                         without_ray_fixes: bool = False):
+    """Connect (see cluster.connect), check that this Ray's internals fit instrument-sweep's fixes
+    (`ray_private.check_fixes`: InputError, Ray stopped, before any trial starts) and say where.
+    Meanwhile, as Ray's start mostly waits on its processes, Ray Tune (about 1 s) is imported in
+    the background, and where `figure_server`, the report's figure server starts
+    (analysis.figure_server: it loads matplotlib in its own process)."""
     if figure_server:
         from analysis import figure_server as server
 
         server.start()
     threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
-    cluster = connect(address, log_to_driver=verbose, dashboard=dashboard)
+    cluster = connect(address, log_to_driver=verbose, dashboard=dashboard, ray_fixes=not without_ray_fixes)
+    try:
+        ray_private.check_fixes(without=without_ray_fixes)
+    except InputError:
+        disconnect(cluster)
+        raise
     where = "local Ray" if cluster.started_here else f"Ray cluster at {cluster.address}"
     print(f"cluster: {where}: {cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs", flush=True)
     if cluster.dashboard_url:

@@ -91,9 +91,12 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
-def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = False) -> ClusterInfo:
+def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = False,
+            ray_fixes: bool = True) -> ClusterInfo:
     """Start a local Ray (address None), lean (ray_private.lean_local_start), with its dashboard
-    where asked (about 1.2 s more to start: Ray waits for it), or join the cluster at `address`."""
+    where asked (about 1.2 s more to start: Ray waits for it), or join the cluster at `address`.
+    A local Ray listens on loopback only (ray_private.ray_on_loopback: InputError before it starts
+    where this Ray lacks the switch), unless not `ray_fixes` (--without-ray-fixes)."""
     import ray
 
     flag = "--address"
@@ -136,7 +139,8 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
             for key, value in ray_private.TUNE_ACTOR_ENV.items():
                 os.environ.setdefault(key, value)
             worker_env = dict(os.environ)
-            with ray_private.ray_on_loopback(), ray_private.lean_local_start(log_monitor=log_to_driver):
+            with (ray_private.ray_on_loopback(fixes=ray_fixes),
+                  ray_private.lean_local_start(log_monitor=log_to_driver)):
                 context = ray.init(include_dashboard=dashboard, dashboard_host=DASHBOARD_HOST,
                                    log_to_driver=log_to_driver, logging_level=logging.WARNING)
         else:

@@ -6,6 +6,10 @@
 The driver loads the dataset once; `tune.with_parameters` puts it in Ray's
 object store, so every trial on a node shares one copy and worker nodes need no
 files. Every trial is one point of the spec; the union of the views runs once.
+Tune's param space holds only what identifies each trial (number, lr, batch size,
+seed, views): Tune copies a trial's config into every result it keeps and logs,
+so what all trials share (training and stop settings, cadences) goes once beside
+the dataset (`trial_settings`), where the trackers do not log the config as params.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 
 from ray import tune
@@ -39,25 +43,25 @@ KEPT_CHECKPOINTS, SNAPSHOT_MARGIN = 5, 2
 
 
 def param_space(spec: SweepSpec) -> dict:
-    """One grid-search entry per trial, carrying all the trial needs (and analysis reads)."""
-    trials = [
-        {
-            "number": t.number,
-            "lr": t.lr,
-            "batch_size": t.batch_size,
-            "seed": t.seed,
-            "views": list(t.views),
-            "train": asdict(spec.train_config(t)),
-            "stop": asdict(spec.stop),
-            "replay_budget_s": spec.energy.replay_budget_s,
-            "checkpoint_every_s": spec.resources.checkpoint_every_s,
-            # Every epoch is reported where a tracker logs each Tune report as a step, and in a
-            # race, whose stopper can stop a trial only at a report.
-            "report_every_s": 0.0 if spec.log or spec.race else spec.resources.report_every_s,
-        }
-        for t in spec.trials()
-    ]
+    """One grid-search entry per trial: what identifies it (and analysis reads from params.json);
+    with trackers also `trial_settings`, which they log as each run's params."""
+    shared = trial_settings(spec) if spec.log else {}
+    trials = [{"number": t.number, "lr": t.lr, "batch_size": t.batch_size, "seed": t.seed, "views": list(t.views),
+               **shared} for t in spec.trials()]
     return {"trial": tune.grid_search(trials)}
+
+
+def trial_settings(spec: SweepSpec) -> dict:
+    """What every trial of `spec` shares; `trial.trial_config` adds a trial's own point to it."""
+    return {
+        "train": asdict(spec.train_config(spec.trials()[0])),  # lr, batch_size and seed: each trial's own
+        "stop": asdict(spec.stop),
+        "replay_budget_s": spec.energy.replay_budget_s,
+        "checkpoint_every_s": spec.resources.checkpoint_every_s,
+        # Every epoch is reported where a tracker logs each Tune report as a step, and in a
+        # race, whose stopper can stop a trial only at a report.
+        "report_every_s": 0.0 if spec.log or spec.race else spec.resources.report_every_s,
+    }
 
 
 def check_same_dataset(experiment: str, dataset) -> None:
@@ -98,27 +102,27 @@ class EpochCsvLogger(PerEpochRows, CSVLoggerCallback):
 
 
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
-    return tune.with_resources(
-        tune.with_parameters(sweep_trial, dataset=dataset), spec.ray_resources(cluster.gpus, cluster.max_node_cpus)
-    )
+    return tune.with_resources(tune.with_parameters(sweep_trial, dataset=dataset, settings=trial_settings(spec)),
+                               spec.ray_resources(cluster.gpus, cluster.max_node_cpus))
 
 
 @contextmanager
-def tune_settings(auto_loggers: bool, cluster: ClusterInfo) -> Iterator[None]:
-    """Tune's environment switches for the span of one `fit()`, restored afterwards.
+def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) -> Iterator[None]:
+    """Tune's environment switches and our patches of it for the span of one `fit()`, restored afterwards.
 
     Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0) and its
     traceback of each failed trial (TUNE_PRINT_ALL_TRIAL_ERRORS=0: one retry or
     error line instead; Tune still writes the error to the trial's error.txt),
     Tune's snapshot warning would fire on every checkpoint, and `auto_loggers=False`
-    keeps Tune to the loggers a sweep names (no TensorBoard files). Tune's telemetry tally
-    of callbacks, which imports every tracker Ray integrates, is skipped, an actor that is
-    starting is not killed to reuse a cached one, the driver keeps no running statistics of
-    the trials' metrics, no copy of a trial's config per result and no DataFrame per trial at
-    the end (the analysis reads the trials' files), a retried trial's log rows are not
+    keeps Tune to the loggers a sweep names (no TensorBoard files). Speed-ups (each falls back
+    to Tune's own behaviour where it does not fit this Ray): Tune's telemetry tally of callbacks,
+    which imports every tracker Ray integrates, is skipped, an actor that is starting is not
+    killed to reuse a cached one, the driver keeps no running statistics of the trials' metrics
+    and no DataFrame per trial at the end (the analysis reads the trials' files), and the trial
+    actors of a Ray started here get no runtime env: they inherit its variables. Fixes, where
+    `fixes` (checked before: `ray_private.check_fixes`): a retried trial's log rows are not
     overwritten by storage's older copy, the stored snapshot's checkpoints outlive the next
-    snapshot, uploads to local storage land whole, and the trial actors of a Ray started here
-    get no runtime env: they inherit its variables (see `ray_private`).
+    snapshot, and uploads to local storage land whole (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -127,10 +131,12 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo) -> Iterator[None]:
     os.environ.update(wanted)
     try:
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
-              ray_private.metrics_analysed(frozenset()), ray_private.results_without_config(),
-              ray_private.result_frames_not_loaded(), ray_private.driver_logs_kept(),
-              ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN), ray_private.local_uploads_whole(),
-              ray_private.trial_actors_inheriting(cluster.worker_env)):
+              ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
+              ray_private.trial_actors_inheriting(cluster.worker_env), ExitStack() as fixed):
+            if fixes:
+                for fix in (ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN),
+                            ray_private.local_uploads_whole()):
+                    fixed.enter_context(fix)
             yield
     finally:
         for key, value in saved.items():
@@ -141,8 +147,9 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo) -> Iterator[None]:
 
 
 def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
-                progress: bool = True) -> tune.ResultGrid:
-    """Write the spec beside the experiment, then run every trial to its stop."""
+                progress: bool = True, fixes: bool = True) -> tune.ResultGrid:
+    """Write the spec beside the experiment, then run every trial to its stop (with our fixes of
+    Tune where `fixes`: see `tune_settings`)."""
     import yaml
 
     experiment = storage.join(storage_root, name)
@@ -168,17 +175,24 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             verbose=0,
         ),
     )
-    with tune_settings(auto_loggers=False, cluster=cluster):
+    with tune_settings(auto_loggers=False, cluster=cluster, fixes=fixes):
         return tuner.fit()
 
 
-def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo) -> tune.ResultGrid:
+def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo,
+                 fixes: bool = True) -> tune.ResultGrid:
     """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue.
 
     Check `check_same_dataset` first: a trial refuses a checkpoint written for other data.
     """
     tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
-    # The restored experiment brings its own loggers; Tune adds any it lacks (an experiment
-    # from before start_sweep named them has none).
-    with tune_settings(auto_loggers=True, cluster=cluster):
+    # The restored experiment brings its own loggers; an experiment from before start_sweep named
+    # them gets ours, and Tune adds none (no TensorBoard files, as `run`). Where this Ray does not
+    # show the restored callbacks, Tune adds the loggers it finds missing.
+    callbacks = ray_private.restored_callbacks(tuner)
+    if callbacks is not None:
+        callbacks += [logger() for logger, kind in ((EpochJsonLogger, JsonLoggerCallback),
+                                                    (EpochCsvLogger, CSVLoggerCallback))
+                      if not any(isinstance(c, kind) for c in callbacks)]
+    with tune_settings(auto_loggers=callbacks is None, cluster=cluster, fixes=fixes):
         return tuner.fit()

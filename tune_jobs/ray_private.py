@@ -1,85 +1,123 @@
 """The only module that touches Ray's private APIs (`ray._private`, Tune's controller);
-tests/test_private_apis.py checks each one's behaviour, so a Ray that changes them fails
-there, loudly.
+tests/test_private_apis.py checks each one's behaviour on the Ray installed, and feeds each
+patch a changed target to show what then happens.
 
-- `enable_token_auth_if_token_available()`: Ray attaches a cluster token only with
-  RAY_AUTH_MODE=token; its own helper switches that on when a token exists.
-- `lean_local_start(log_monitor)`: a local `ray.init` starts, one after another, the GCS, an
-  autoscaler monitor, an API server (with the dashboard off too) that it waits for, the
-  raylet, and then waits for the raylet's registration, polling once a second; on the way
-  it imports the dashboard's optional packages in the driver to see whether they are
+    ray_private.check_fixes(without=False)   # before any trial: InputError (exit 2) where a fix no longer fits
+    with ray_private.lean_local_start(log_monitor=False): ray.init()   # each patch: a context manager
+    ray_private.PATCHES["local_uploads_whole"].kind                     # "fix" or "speed-up"
+
+Every patch is one of two kinds (`PATCHES`):
+- speed-ups (time or memory; Ray's own behaviour is correct, only slower): where one no longer
+  fits the installed Ray (a target missing, its parameters changed, a name its code used gone,
+  or an exception inside the patched call), Ray's own behaviour is used instead, with one
+  warning that names Ray's version. A sweep never fails for one.
+- fixes (without them a sweep can lose work or not resume, or a local Ray listens beyond
+  loopback): `check_fixes` checks them before any trial starts; where one does not fit, the
+  command stops with exit 2, naming Ray's version and the range tested (SUPPORTED_RAY),
+  unless the user runs without them (`--without-ray-fixes`, `sweep(without_ray_fixes=True)`),
+  warned that resume may then lose work. An exception inside a fix's patched call falls back
+  to Ray's own behaviour with one warning, as for a speed-up. docs/upstream.md reports the Ray
+  bug behind each fix, so the fix can go once Ray has it.
+
+The patches:
+- `enable_token_auth_if_token_available()` (speed-up; a convenience): Ray attaches a cluster
+  token only with RAY_AUTH_MODE=token; its own helper (Ray 2.59 on) switches that on when a
+  token exists. Without it, RAY_AUTH_MODE=token works as Ray documents.
+- `lean_local_start(log_monitor)` (speed-up): a local `ray.init` starts, one after another,
+  the GCS, an autoscaler monitor, an API server (with the dashboard off too) that it waits
+  for, the raylet, and then waits for the raylet's registration, polling once a second; on
+  the way it imports the dashboard's optional packages in the driver to see whether they are
   installed. Inside: no autoscaler monitor (a local Ray has nothing to scale), no API server
   unless the dashboard is asked for, a log monitor only where logs go to the driver, the
   packages looked up instead of imported, and the registration polled every 20 ms.
-- `ray_on_loopback()`: Ray's single-machine switch (`ray_constants.ENABLE_RAY_CLUSTER`),
-  off for one `ray.init`, keeps a local Ray's every listener on 127.0.0.1.
-- `trial_actors_inheriting(worker_env)`: Tune gives every trial actor a runtime env
+- `ray_on_loopback()` (fix: security): Ray's single-machine switch
+  (`ray_constants.ENABLE_RAY_CLUSTER`), off for one `ray.init`, keeps a local Ray's every
+  listener on 127.0.0.1. Without it a local Ray listens on the machine's address.
+- `trial_actors_inheriting(worker_env)` (speed-up): Tune gives every trial actor a runtime env
   (`ray.tune.execution.class_cache`: PL_DISABLE_FORK=1 and the variables it propagates from
   the driver, such as AWS keys). Ray starts a worker with a runtime env through a setup
   process that imports Ray and then starts the worker, which imports Ray again: about 0.6 s
-  of a core per trial process here, and the runtime-env agent's round trip. Inside, where
-  those variables already have their values in `worker_env` (what the workers of a local Ray
-  inherit from the driver that started it), the actors get no runtime env.
-- `callbacks_not_tallied()`: Tune's usage-telemetry tally of a run's callbacks
+  of a core per trial process here, and the runtime-env agent's round trip. Inside, where the
+  runtime env Tune made holds only environment variables that already have their values in
+  `worker_env` (what the workers of a local Ray inherit from the driver that started it), the
+  actors get no runtime env; anything else Tune puts in it keeps Tune's.
+- `callbacks_not_tallied()` (speed-up): Tune's usage-telemetry tally of a run's callbacks
   (`ray.air._internal.usage.tag_callbacks`) imports every tracker integration Ray has to
   count callbacks by class: W&B, MLflow and Comet where installed, 1.7 s before the first
   trial. Skipped for one `fit()`.
-- `starting_actors_kept()`: Tune hands a finished trial's cached actor to the next pending
-  trial even where that trial's own actor is already starting, and kills the starting one
-  (`TuneController._maybe_reuse_cached_actor`). Where trials are shorter than an actor's
+- `starting_actors_kept()` (speed-up): Tune hands a finished trial's cached actor to the next
+  pending trial even where that trial's own actor is already starting, and kills the starting
+  one (`TuneController._maybe_reuse_cached_actor`). Where trials are shorter than an actor's
   start, the first actors up run every trial while the rest are started and killed in turn:
   100 two-epoch trials on 32 logical GPUs started 46-63 processes and ran on 1-4. Inside,
   an actor that is starting is kept for its trial; the cached one goes to a trial whose
   actor still waits for resources.
-- `metrics_analysed(names)`: Tune keeps running statistics (max, min, mean, last, means of
-  the last 5 and 10) of every number a trial reports, in the driver, for the run
-  (`_TrainingRunMetadata.update_metric`) and again as JSON in its experiment state: about
+- `metrics_analysed(names)` (speed-up: memory): Tune keeps running statistics (max, min, mean,
+  last, means of the last 5 and 10) of every number a trial reports, in the driver, for the
+  run (`_TrainingRunMetadata.update_metric`) and again as JSON in its experiment state: about
   95 KiB a trial for our reports, most of the driver's growth with the sweep's size.
   Inside, only the named metrics are kept (what `ResultGrid.get_best_result` ranks by;
   sweeps name none: our analysis reads every epoch from the trials' files).
-- `results_without_config()`: Tune's trainable adds the trial's whole config to every result
-  and every checkpoint's metrics, and the driver keeps each copy (a trial's last result, its
-  kept checkpoints), writes it into its experiment state and into every row of result.json
-  and progress.csv: about 3 KiB of objects a copy. Inside, the driver drops it on arrival;
-  the trial keeps its config once, and Tune writes it to the trial's params.json.
-- `result_frames_not_loaded()`: when `fit()` ends, Tune reads every trial's result.json into
-  a pandas DataFrame for the `ResultGrid` (`ExperimentAnalysis._fetch_trial_dataframes`):
-  2.4 s in the driver for 1,000 trials, whose results our analysis then reads again.
-  Inside, none is loaded (each `Result.metrics_dataframe` is None).
-- `driver_logs_kept()`: Tune's loggers write a trial's result.json and progress.csv in the
-  driver's staging directory and sync it to storage with each snapshot of the experiment
-  (every third checkpoint here). When a trial restarts after a failure they first copy the
-  trial's files from storage over the driver's (`LoggerCallback._restore_from_remote`), so the
-  rows logged since the last sync were lost: a retried trial's result.json skipped epochs.
-  Inside, the copy is made only where the driver has no such file (a resumed experiment).
-- `snapshots_ahead_of_deletion(margin)`: with `CheckpointConfig(num_to_keep=K)` Tune deletes a
-  trial's checkpoint as its K-th newer one registers, and forces a snapshot of the experiment
-  every K checkpoints (`_ExperimentCheckpointManager`): the stored snapshot's latest checkpoint
-  is deleted just before the next snapshot, and a driver killed in between left a trial whose
-  checkpoint is gone ("cannot be loaded" on resume). Inside, the snapshot is forced every
-  K - margin checkpoints, so it is stored while `margin` more checkpoints are made.
-- `local_uploads_whole()`: Tune's driver uploads its staging directory (experiment state,
-  searcher state, each trial's logs) to storage after each snapshot, every file of it, each
-  written in place (`ray.train._internal.storage._upload_to_fs_path`). A driver killed during
-  an upload, often with snapshots every few epochs, could leave a truncated experiment state
-  in storage, which `resume` cannot read. Inside, for local storage, each file lands whole
-  (written beside, then renamed), the experiment's own files last, logs up to their last full
-  line, and files unchanged since their last upload are not copied again.
+- `result_frames_not_loaded()` (speed-up): when `fit()` ends, Tune reads every trial's
+  result.json into a pandas DataFrame for the `ResultGrid`
+  (`ExperimentAnalysis._fetch_trial_dataframes`): 2.4 s in the driver for 1,000 trials, whose
+  results our analysis then reads again. Inside, none is loaded (each
+  `Result.metrics_dataframe` is None).
+- `driver_logs_kept()` (fix: data loss): Tune's loggers write a trial's result.json and
+  progress.csv in the driver's staging directory and sync it to storage with each snapshot of
+  the experiment (every third checkpoint here). When a trial restarts after a failure they
+  first copy the trial's files from storage over the driver's
+  (`LoggerCallback._restore_from_remote`), so the rows logged since the last sync were lost: a
+  retried trial's result.json skipped epochs. Inside, the copy is made only where the driver
+  has no such file (a resumed experiment).
+- `snapshots_ahead_of_deletion(margin)` (fix: resumability): with
+  `CheckpointConfig(num_to_keep=K)` Tune deletes a trial's checkpoint as its K-th newer one
+  registers, and forces a snapshot of the experiment every K checkpoints
+  (`_ExperimentCheckpointManager`): the stored snapshot's latest checkpoint is deleted just
+  before the next snapshot, and a driver killed in between left a trial whose checkpoint is
+  gone ("cannot be loaded" on resume). Inside, the snapshot is forced every K - margin
+  checkpoints, so it is stored while `margin` more checkpoints are made.
+- `local_uploads_whole()` (fix: resumability): Tune's driver uploads its staging directory
+  (experiment state, searcher state, each trial's logs) to storage after each snapshot, every
+  file of it, each written in place (`ray.train._internal.storage._upload_to_fs_path`). A
+  driver killed during an upload, often with snapshots every few epochs, could leave a
+  truncated experiment state in storage, which `resume` cannot read. Inside, for local
+  storage, each file lands whole (written beside, then renamed), the experiment's own files
+  last, logs up to their last full line, and files unchanged since their last upload are not
+  copied again.
+- `restored_callbacks(tuner)` (speed-up): the callbacks a restored Tuner brings from its
+  experiment (`Tuner._local_tuner.get_run_config()`), so `resume` adds only the loggers an
+  experiment lacks and no TensorBoard logger. Where unknown (None), Tune adds its own.
+
+A Tune result's copy of the trial's config (once `results_without_config`) needs no patch:
+the param space holds only what identifies a trial (see tune_jobs.launch.param_space).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import re
+import sys
 import time
+import types
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from trainables.errors import InputError
+
+# The Ray releases every patch was tested with, both ends (pyproject.toml's range;
+# tests/test_dependencies.py keeps the two the same).
+SUPPORTED_RAY = ("2.52", "2.60")
+WITHOUT_FIXES_FLAG = "--without-ray-fixes"
 # Ray's switch for single-machine clusters (ray_constants.ENABLE_RAY_CLUSTER, read when Ray is
 # imported): off, a new local Ray takes 127.0.0.1 as its node address and binds every port there.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -89,18 +127,213 @@ TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
+# -- what each patch relies on, and what happens where it no longer fits -------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing of Ray's a patch relies on: `path` ("module:Class.attribute"), the parameters it
+    takes where the patch calls or replaces it (None: not checked), and names its code must
+    use (attributes the patch sets or functions it replaces, as read there)."""
+
+    path: str
+    params: tuple[str, ...] | None = None
+    names: tuple[str, ...] = ()
+
+    def resolve(self):
+        module, _, attributes = self.path.partition(":")
+        found = importlib.import_module(module)
+        for name in filter(None, attributes.split(".")):
+            found = getattr(found, name)
+        return found
+
+    def mismatch(self) -> str | None:
+        """How the installed Ray differs from what the patch relies on, or None."""
+        try:
+            found = self.resolve()
+        except (ImportError, AttributeError):
+            return f"{self.path} is missing"
+        if self.params is not None:
+            try:
+                params = tuple(inspect.signature(found).parameters)
+            except (TypeError, ValueError):
+                params = None
+            if params != self.params:
+                return f"{self.path} takes ({', '.join(params or ('?',))}), not ({', '.join(self.params)})"
+        unused = [name for name in self.names if not _code_uses(found, name)]
+        return f"{self.path} no longer uses {', '.join(unused)}" if unused else None
+
+
+def _code_uses(function, name: str) -> bool:
+    """Whether `function`'s code (nested functions included) reads, sets or calls `name`."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    pending = [code] if code else []
+    while pending:
+        code = pending.pop()
+        if name in code.co_names:
+            return True
+        pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return False
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A patch's kind and what Ray's own behaviour costs where it is off (for its warning)."""
+
+    kind: Literal["speed-up", "fix"]
+    without: str
+    targets: tuple[Target, ...]
+
+
+_TUNE_CONTROLLER = "ray.tune.execution.tune_controller:TuneController"
+_CHECKPOINT_MANAGER = "ray.tune.execution.experiment_state:_ExperimentCheckpointManager"
+PATCHES: dict[str, Patch] = {
+    "enable_token_auth_if_token_available": Patch("speed-up", "set RAY_AUTH_MODE=token where the cluster wants a token", (
+        Target(f"{TOKEN_SETUP_LOGGER}:maybe_enable_token_auth_if_token_available", ("warn_if_disabled",)),)),
+    "lean_local_start": Patch("speed-up", "a local Ray takes about a second longer to start", (
+        Target("ray._private.node:Node.__init__", ("self", "ray_params", "head", "shutdown_at_exit", "spawn_reaper",
+                                                   "connect_only", "default_worker", "ray_init_cluster")),
+        Target("ray._private.node:Node.start_api_server", ("self", "include_dashboard", "raise_on_failure")),
+        Target("ray._private.node:Node.start_ray_processes", ("self",)),
+        Target("ray._private.node:Node.get_gcs_client", ("self",)),
+        Target("ray._private.node:Node.__init__", names=("all_processes", "node_id")),
+        Target("ray._private.parameter:RayParams.__init__", names=("no_monitor", "include_log_monitor")),
+        Target("ray._private.ray_constants:PROCESS_TYPE_RAYLET"),
+        Target("ray._private.utils:get_dashboard_dependency_error", ()))),
+    "ray_on_loopback": Patch("fix", "a local Ray listens on this machine's network address, not only on 127.0.0.1", (
+        Target("ray._private.ray_constants:ENABLE_RAY_CLUSTER"),)),
+    "trial_actors_inheriting": Patch("speed-up", "each trial process starts through Ray's runtime-env setup "
+                                                 "(about 0.6 s of a core)", (
+        Target("ray.tune.execution.class_cache:_ActorClassCache.get", ("self", "trainable_cls"), ("_cache",)),
+        Target("ray.actor:ActorClass.remote", names=("_default_options",)))),
+    "callbacks_not_tallied": Patch("speed-up", "Tune imports every tracker integration before the first trial", (
+        Target("ray.air._internal.usage:tag_callbacks", ("callbacks",)),
+        Target("ray.tune.tune:run", names=("tag_callbacks",)))),
+    "starting_actors_kept": Patch("speed-up", "Tune may kill starting trial processes to reuse a cached one", (
+        Target(f"{_TUNE_CONTROLLER}._maybe_reuse_cached_actor", ("self", "trial")),
+        Target(f"{_TUNE_CONTROLLER}.__init__",
+               names=("_trial_to_actor", "_resetting_trials", "_actor_manager", "_started_actors")),
+        Target("ray.air.execution._internal.actor_manager:RayActorManager.is_actor_started",
+               ("self", "tracked_actor")))),
+    "metrics_analysed": Patch("speed-up", "the driver keeps running statistics of every reported number", (
+        Target("ray.tune.trainable.metadata:_TrainingRunMetadata.update_metric", ("self", "metric", "value", "step")),)),
+    "result_frames_not_loaded": Patch("speed-up", "Tune reads every trial's results into a DataFrame at the end", (
+        Target("ray.tune.analysis.experiment_analysis:ExperimentAnalysis._fetch_trial_dataframes", ("self",)),)),
+    "driver_logs_kept": Patch("fix", "a retried trial's result.json can lose the epochs since the last snapshot", (
+        Target("ray.tune.logger.logger:LoggerCallback._restore_from_remote", ("self", "file_name", "trial")),
+        Target("ray.tune.logger.json:JsonLoggerCallback.log_trial_start", names=("_restore_from_remote",)),
+        Target("ray.tune.logger.csv:CSVLoggerCallback._setup_trial", names=("_restore_from_remote",)),
+        Target("ray.tune.experiment.trial:Trial.local_path"))),
+    "snapshots_ahead_of_deletion": Patch("fix", "a driver killed between two snapshots can leave a trial whose "
+                                                "stored checkpoint is deleted (resume cannot load it)", (
+        Target(f"{_CHECKPOINT_MANAGER}.__init__", ("self", "storage", "checkpoint_period",
+                                                   "sync_every_n_trial_checkpoints"),
+               ("_sync_every_n_trial_checkpoints",)),
+        Target(f"{_CHECKPOINT_MANAGER}.on_trial_checkpoint", names=("_sync_every_n_trial_checkpoints",)))),
+    "local_uploads_whole": Patch("fix", "a driver killed during an upload can leave a truncated experiment state "
+                                        "(resume cannot read it)", (
+        Target("ray.train._internal.storage:_upload_to_fs_path", ("local_path", "fs", "fs_path", "exclude")),
+        Target("ray.train._internal.storage:_FilesystemSyncer._sync_up_command", names=("_upload_to_fs_path",)))),
+    "restored_callbacks": Patch("speed-up", "resume adds Tune's TensorBoard logger", (
+        Target("ray.tune.tuner:Tuner.__init__", names=("_local_tuner",)),
+        Target("ray.tune.impl.tuner_internal:TunerInternal.get_run_config", ("self",)))),
+}
+FIXES = tuple(name for name, patch in PATCHES.items() if patch.kind == "fix")
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def supported_range() -> str:
+    return f"Ray {SUPPORTED_RAY[0]} to {SUPPORTED_RAY[1]}"
+
+
+def mismatch(patch: str) -> str | None:
+    """What of `patch`'s targets the installed Ray no longer has as the patch relies on, or None."""
+    return next((problem for target in PATCHES[patch].targets if (problem := target.mismatch())), None)
+
+
+def check_fixes(without: bool = False) -> bool:
+    """Whether to apply the fixes: True where every one fits the installed Ray. Where one does not:
+    InputError("ray", ...) (exit 2), or, `without` (the user's --without-ray-fixes), False with a
+    warning. `without` where all fit: False, and a warning that they are off."""
+    problems = {name: problem for name in FIXES if (problem := mismatch(name))}
+    what = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+    if problems and not without:
+        raise InputError("ray", f"Ray {ray_version()} changed internals that instrument-sweep fixes ({what}); "
+                                f"tested: {supported_range()}. Install a tested Ray, or pass {WITHOUT_FIXES_FLAG} "
+                                f"to run without its fixes (resume may then lose work)")
+    if without:
+        _warn(f"running without instrument-sweep's fixes of Ray {ray_version()}"
+              + (f" ({what})" if problems else "") + ": " + "; ".join(PATCHES[n].without for n in FIXES)
+              + "; resume may lose work")
+    return not without
+
+
+_warned: set[str] = set()  # the patches that warned in this process: one warning each
+
+
+def _warn(text: str) -> None:
+    print(f"warning: ray: {text}", file=sys.stderr, flush=True)
+
+
+def _fell_back(patch: str, problem: str) -> None:
+    """Say once per process that `patch` is off and Ray's own behaviour is used."""
+    if patch in _warned:
+        return
+    _warned.add(patch)
+    _warn(f"Ray {ray_version()} does not fit instrument-sweep's {patch} ({problem}; tested: {supported_range()}): "
+          f"Ray's own behaviour instead, so {PATCHES[patch].without}")
+
+
+def _fits(patch: str) -> bool:
+    """Whether `patch` fits the installed Ray; where not, one warning (`_fell_back`)."""
+    problem = mismatch(patch)
+    if problem:
+        _fell_back(patch, problem)
+    return problem is None
+
+
+class _Guard:
+    """Our part of a patched call: where it raises, a warning (once) and Ray's own behaviour from
+    then on. `with guard:` around our part; `guard.ok` is False once it has raised."""
+
+    def __init__(self, patch: str) -> None:
+        self.patch, self.ok = patch, True
+
+    def __enter__(self) -> _Guard:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if kind is None or not issubclass(kind, Exception):
+            return False
+        self.ok = False
+        _fell_back(self.patch, f"{kind.__name__} inside it: {exc}")
+        return True
+
+
+# -- the patches ------------------------------------------------------------------------------
+
+
 def enable_token_auth_if_token_available() -> bool:
     """Turn on token auth where a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) and
-    RAY_AUTH_MODE is unset; True where token auth is on. False also where this Ray has no such
-    helper (RAY_AUTH_MODE=token then works as documented)."""
+    RAY_AUTH_MODE is unset; True where token auth is on. False where this Ray has no such
+    helper (before 2.59: RAY_AUTH_MODE=token then works as documented; no warning) or it no
+    longer fits (a warning)."""
+    target = PATCHES["enable_token_auth_if_token_available"].targets[0]
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:
+        helper = target.resolve()
+    except (ImportError, AttributeError):
+        return False
+    if not _fits("enable_token_auth_if_token_available"):
         return False
     logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)  # its notice: we print what matters
-    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+    with _Guard("enable_token_auth_if_token_available"):
+        return bool(helper(warn_if_disabled=False))
+    return False
 
 
 # The packages whose import Ray's dashboard check tries (ray/dashboard/optional_deps.py).
@@ -114,24 +347,30 @@ def lean_local_start(log_monitor: bool) -> Iterator[None]:
     """A local Ray started inside (`ray.init()` without an address) starts no autoscaler monitor,
     no API server unless `include_dashboard=True`, and a log monitor only where `log_monitor`;
     its start returns as soon as its raylet has registered. Restored on leaving."""
+    if not _fits("lean_local_start"):
+        yield
+        return
     import ray._private.utils as ray_utils
     from ray._private.node import Node
 
     init, start_api_server, start_ray_processes = Node.__init__, Node.start_api_server, Node.start_ray_processes
+    guard = _Guard("lean_local_start")
 
     def lean_init(node, ray_params, head=False, *args, **kwargs):
-        if head and not kwargs.get("connect_only"):
+        if head and not kwargs.get("connect_only") and guard.ok:
             ray_params.no_monitor = True
             ray_params.include_log_monitor = log_monitor
         init(node, ray_params, head, *args, **kwargs)
 
     def api_server_if_asked(node, *, include_dashboard, raise_on_failure):
-        if include_dashboard:
+        if include_dashboard or not guard.ok:
             start_api_server(node, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
 
     def processes_then_registration(node):
         start_ray_processes(node)
-        _wait_for_registration(node)
+        with guard:  # Ray's own wait follows
+            if guard.ok:
+                _wait_for_registration(node)
 
     def dashboard_packages_missing() -> ImportError | None:
         missing = next((name for name in DASHBOARD_PACKAGES if _find_spec(name) is None), None)
@@ -164,18 +403,20 @@ def _wait_for_registration(node, timeout_s: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_on_loopback() -> Iterator[None]:
+def ray_on_loopback(fixes: bool = True) -> Iterator[None]:
     """Start a local Ray inside: it takes 127.0.0.1 as its node address, so its GCS, raylet, object
     manager, workers, agents and this driver listen on loopback only. Restored on leaving.
 
     Ray rewrites a loopback `_node_ip_address` to the machine's address unless its single-machine
     switch is off; the switch is read when Ray is imported (the driver usually has), so it is set
     on Ray's module for this process and in the environment for the processes Ray starts.
-    Does nothing where RAY_ADDRESS makes ray.init() join an existing cluster.
+    Does nothing where RAY_ADDRESS makes ray.init() join an existing cluster, or without `fixes`
+    (`check_fixes`: InputError where the switch is gone).
     """
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS") or not fixes:
         yield
         return
+    check_fix("ray_on_loopback")
     from ray._private import ray_constants
 
     before_env = os.environ.get(SINGLE_MACHINE_ENV)
@@ -188,6 +429,15 @@ def ray_on_loopback() -> Iterator[None]:
             os.environ.pop(SINGLE_MACHINE_ENV, None)
         else:
             os.environ[SINGLE_MACHINE_ENV] = before_env
+
+
+def check_fix(patch: str) -> None:
+    """InputError("ray", ...) where the fix `patch` does not fit the installed Ray (see `check_fixes`)."""
+    problem = mismatch(patch)
+    if problem:
+        raise InputError("ray", f"Ray {ray_version()} changed internals that instrument-sweep fixes ({patch}: "
+                                f"{problem}); tested: {supported_range()}. Install a tested Ray, or pass "
+                                f"{WITHOUT_FIXES_FLAG} to run without its fixes ({PATCHES[patch].without})")
 
 
 @contextlib.contextmanager
@@ -203,21 +453,27 @@ def _swapped(owner, name: str, replacement) -> Iterator[None]:
 
 @contextlib.contextmanager
 def trial_actors_inheriting(worker_env: Mapping[str, str]) -> Iterator[None]:
-    """Inside, Tune registers a trainable's actor class without a runtime env where every variable
-    it would set in the actors' environment has that value in `worker_env`, the environment the
-    workers inherit (empty where unknown: Tune's runtime env, as without this)."""
+    """Inside, a trainable's actor class that Tune registers with a runtime env of environment
+    variables only, each of which has that value in `worker_env` (the environment the workers
+    inherit; empty where unknown), is registered without a runtime env."""
+    if not _fits("trial_actors_inheriting"):
+        yield
+        return
     import ray
     from ray.tune.execution import class_cache
 
-    get = class_cache._ActorClassCache.get
+    get, guard = class_cache._ActorClassCache.get, _Guard("trial_actors_inheriting")
 
     def get_inheriting(cache, trainable_cls):
-        if trainable_cls not in cache._cache:
-            propagated = {k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ}
-            wanted = {**class_cache.DEFAULT_ENV_VARS, **propagated}
-            if all(worker_env.get(k) == v for k, v in wanted.items()):
-                cache._cache[trainable_cls] = ray.remote(trainable_cls)
-        return get(cache, trainable_cls)
+        new = trainable_cls not in cache._cache
+        remote = get(cache, trainable_cls)
+        with guard:
+            runtime_env = remote._default_options.get("runtime_env") if new and guard.ok else None
+            env_vars = (runtime_env or {}).get("env_vars") or {}
+            if runtime_env and set(runtime_env) == {"env_vars"} and all(worker_env.get(k) == v
+                                                                        for k, v in env_vars.items()):
+                remote = cache._cache[trainable_cls] = ray.remote(trainable_cls)
+        return remote
 
     with _swapped(class_cache._ActorClassCache, "get", get_inheriting):
         yield
@@ -227,6 +483,9 @@ def trial_actors_inheriting(worker_env: Mapping[str, str]) -> Iterator[None]:
 def callbacks_not_tallied() -> Iterator[None]:
     """Inside, Tune does not tally the run's callbacks for Ray's usage telemetry (which imports
     wandb, mlflow and comet where installed, to compare classes). Restored on leaving."""
+    if not _fits("callbacks_not_tallied"):
+        yield
+        return
     from ray.air._internal import usage
 
     no_tally = lambda callbacks: False  # noqa: E731 - as Ray's own does when given no callbacks
@@ -238,16 +497,22 @@ def callbacks_not_tallied() -> Iterator[None]:
 def starting_actors_kept() -> Iterator[None]:
     """Inside, Tune does not kill a trial's actor that is starting to reuse a cached actor for that
     trial; trials whose actors wait for resources (no process yet) still take cached actors."""
+    if not _fits("starting_actors_kept"):
+        yield
+        return
     from ray.tune.execution.tune_controller import TuneController
 
-    reuse = TuneController._maybe_reuse_cached_actor
+    reuse, guard = TuneController._maybe_reuse_cached_actor, _Guard("starting_actors_kept")
 
     def reuse_unless_starting(controller, trial) -> bool:
-        actor = controller._trial_to_actor.get(trial)
-        starting = (actor is not None and trial not in controller._resetting_trials
-                    and controller._actor_manager.is_actor_started(actor)  # has its resources and a process
-                    and actor not in controller._started_actors)  # that has not finished starting
-        return False if starting else reuse(controller, trial)
+        with guard:
+            if guard.ok:
+                actor = controller._trial_to_actor.get(trial)
+                if (actor is not None and trial not in controller._resetting_trials
+                        and controller._actor_manager.is_actor_started(actor)  # has its resources and a process
+                        and actor not in controller._started_actors):  # that has not finished starting
+                    return False
+        return reuse(controller, trial)
 
     with _swapped(TuneController, "_maybe_reuse_cached_actor", reuse_unless_starting):
         yield
@@ -256,6 +521,9 @@ def starting_actors_kept() -> Iterator[None]:
 @contextlib.contextmanager
 def metrics_analysed(names: frozenset[str]) -> Iterator[None]:
     """Inside, Tune keeps its per-trial running statistics only for the metrics in `names`."""
+    if not _fits("metrics_analysed"):
+        yield
+        return
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     update = _TrainingRunMetadata.update_metric
@@ -269,30 +537,11 @@ def metrics_analysed(names: frozenset[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def results_without_config() -> Iterator[None]:
-    """Inside, the driver drops the `config` entry Tune adds to each trial result and each
-    checkpoint's metrics before anything keeps or logs them (the trial's own config stays)."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    process_result, process_save = TuneController._process_trial_result, TuneController._process_trial_save
-
-    def result_without_config(controller, trial, result):
-        result.pop("config", None)
-        return process_result(controller, trial, result)
-
-    def save_without_config(controller, trial, checkpoint_value):
-        if isinstance(getattr(checkpoint_value, "metrics", None), dict):
-            checkpoint_value.metrics.pop("config", None)
-        return process_save(controller, trial, checkpoint_value)
-
-    with (_swapped(TuneController, "_process_trial_result", result_without_config),
-          _swapped(TuneController, "_process_trial_save", save_without_config)):
-        yield
-
-
-@contextlib.contextmanager
 def result_frames_not_loaded() -> Iterator[None]:
     """Inside, the `ResultGrid` that `fit()` returns loads no trial's results into a DataFrame."""
+    if not _fits("result_frames_not_loaded"):
+        yield
+        return
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
     with _swapped(ExperimentAnalysis, "_fetch_trial_dataframes", lambda analysis: {}):
@@ -303,13 +552,18 @@ def result_frames_not_loaded() -> Iterator[None]:
 def driver_logs_kept() -> Iterator[None]:
     """Inside, Tune's loggers copy a trial's file from storage into the driver's staging directory
     only where the driver has none: the driver's own is newer (storage's is synced from it)."""
+    if not _fits("driver_logs_kept"):
+        yield
+        return
     from ray.tune.logger.logger import LoggerCallback
 
-    restore = LoggerCallback._restore_from_remote
+    restore, guard = LoggerCallback._restore_from_remote, _Guard("driver_logs_kept")
 
     def restore_unless_kept(callback, file_name: str, trial) -> None:
-        if not Path(trial.local_path, file_name).exists():
-            restore(callback, file_name, trial)
+        with guard:
+            if guard.ok and Path(trial.local_path, file_name).exists():
+                return
+        restore(callback, file_name, trial)
 
     with _swapped(LoggerCallback, "_restore_from_remote", restore_unless_kept):
         yield
@@ -319,14 +573,18 @@ def driver_logs_kept() -> Iterator[None]:
 def snapshots_ahead_of_deletion(margin: int) -> Iterator[None]:
     """Inside, Tune forces its experiment snapshot every `num_to_keep - margin` checkpoints of a trial
     (at least every one) instead of every `num_to_keep`."""
+    if not _fits("snapshots_ahead_of_deletion"):
+        yield
+        return
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 
-    init = _ExperimentCheckpointManager.__init__
+    init, guard = _ExperimentCheckpointManager.__init__, _Guard("snapshots_ahead_of_deletion")
 
     def init_sooner(manager, *args, **kwargs) -> None:
         init(manager, *args, **kwargs)
-        if manager._sync_every_n_trial_checkpoints:
-            manager._sync_every_n_trial_checkpoints = max(1, manager._sync_every_n_trial_checkpoints - margin)
+        with guard:
+            if guard.ok and manager._sync_every_n_trial_checkpoints:
+                manager._sync_every_n_trial_checkpoints = max(1, manager._sync_every_n_trial_checkpoints - margin)
 
     with _swapped(_ExperimentCheckpointManager, "__init__", init_sooner):
         yield
@@ -389,16 +647,33 @@ def _upload_whole(local_dir: str, fs_dir: str, uploaded: dict[str, tuple[int, in
 def local_uploads_whole() -> Iterator[None]:
     """Inside, Tune's uploads of a directory to local storage land file by file, each whole, the
     top-level (experiment) files last; other uploads are Tune's own."""
+    if not _fits("local_uploads_whole"):
+        yield
+        return
     import pyarrow.fs
     from ray.train._internal import storage
 
-    upload, uploaded = storage._upload_to_fs_path, {}
+    upload, uploaded, guard = storage._upload_to_fs_path, {}, _Guard("local_uploads_whole")
 
     def upload_whole(local_path: str, fs, fs_path: str, exclude=None) -> None:
-        if isinstance(fs, pyarrow.fs.LocalFileSystem) and os.path.isdir(local_path) and not exclude:
-            _upload_whole(local_path, fs_path, uploaded)
-        else:
-            upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        if guard.ok and isinstance(fs, pyarrow.fs.LocalFileSystem) and os.path.isdir(local_path) and not exclude:
+            with guard:
+                _upload_whole(local_path, fs_path, uploaded)
+                return
+        upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
 
     with _swapped(storage, "_upload_to_fs_path", upload_whole):
         yield
+
+
+def restored_callbacks(tuner) -> list | None:
+    """The callbacks `Tuner.restore` brought back from the experiment (the list the restored run
+    uses: add to it), or None where this Ray does not show them."""
+    if not _fits("restored_callbacks"):
+        return None
+    with _Guard("restored_callbacks"):
+        run_config = tuner._local_tuner.get_run_config()
+        if run_config.callbacks is None:
+            run_config.callbacks = []
+        return run_config.callbacks
+    return None
