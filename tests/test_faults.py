@@ -115,6 +115,7 @@ def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, proc
     assert sorted(trials.trial_number) == [1, 2, 3]  # every trial exactly once
     assert set(trials.status) <= {"reached_target", "max_epochs"}
     assert_epochs_continue(experiment)
+    assert not list(experiment.glob("trial-*/events.out.tfevents*"))  # no TensorBoard logger, as `run`
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_tag, blob_dataset_dir):

@@ -91,11 +91,36 @@ def test_dry_run_lists_trials_and_views_without_ray():
 
 
 def test_trials_report_every_report_every_s_but_every_epoch_for_a_tracker_or_a_race():
-    from tune_jobs.launch import param_space
+    from trainables.tuning.trial import trial_config
+    from tune_jobs.launch import param_space, trial_settings
 
     def trials(*overrides):
-        return param_space(load_spec("smoke", list(overrides)))["trial"]["grid_search"]
+        spec = load_spec("smoke", list(overrides))
+        return [trial_config(t, trial_settings(spec)) for t in param_space(spec)["trial"]["grid_search"]]
 
     assert {t["report_every_s"] for t in trials()} == {0.5} and {t["checkpoint_every_s"] for t in trials()} == {1.0}
     assert {t["report_every_s"] for t in trials("log=[mlflow]")} == {0.0}  # a tracker logs each report as a step
     assert {t["report_every_s"] for t in trials("race=time")} == {0.0}  # the race stops trials at reports
+
+
+@pytest.mark.parametrize("overrides", [[], ["log=[mlflow]"]])
+def test_a_trials_param_space_entry_holds_only_what_identifies_it_and_its_config_is_whole(overrides):
+    """Tune copies each trial's config into every result it keeps and logs: the param space holds
+    what identifies a trial, and `trial_config` joins what all share (train and stop settings,
+    cadences) to the whole config checkpoints record, as it was before the split. With trackers
+    (which log the config as each run's params) the entry holds it all."""
+    from dataclasses import asdict
+
+    from trainables.tuning.trial import trial_config
+    from tune_jobs.launch import param_space, trial_settings
+
+    spec = load_spec("seed", overrides)
+    entries, settings = param_space(spec)["trial"]["grid_search"], trial_settings(spec)
+    whole = [{"number": t.number, "lr": t.lr, "batch_size": t.batch_size, "seed": t.seed, "views": list(t.views),
+              "train": asdict(spec.train_config(t)), "stop": asdict(spec.stop),
+              "replay_budget_s": spec.energy.replay_budget_s,
+              "checkpoint_every_s": spec.resources.checkpoint_every_s,
+              "report_every_s": 0.0 if spec.log else spec.resources.report_every_s} for t in spec.trials()]
+    assert [trial_config(entry, settings) for entry in entries] == whole
+    assert entries == (whole if spec.log else [{k: w[k] for k in ("number", "lr", "batch_size", "seed", "views")}
+                                               for w in whole])

@@ -62,14 +62,16 @@ class SweepResult:
 
 def sweep(spec: str | Path = DEFAULT_PRESET, data: str | None = None, storage: str = storage.DEFAULT_STORAGE,
           address: str | None = None, name: str | None = None, analyze: bool = True, verbose: bool = False,
-          dashboard: bool = False, **overrides) -> SweepResult:
+          dashboard: bool = False, without_ray_fixes: bool = False, **overrides) -> SweepResult:
     """Run a sweep as `instrument-sweep run` does and return its result.
 
     `spec`: a preset name or a sweep YAML path; `data`: a dataset directory or
     "synthetic" (default: the spec's, synthetic in every preset); `overrides`: spec
     fields, e.g. `repeats=3, stop={"threshold": 0.95}`; `address`: a Ray cluster to
     join (default: start a local Ray and stop it afterwards); `dashboard`: start the
-    local Ray with its dashboard, as `run --dashboard`.
+    local Ray with its dashboard, as `run --dashboard`; `without_ray_fixes`: run where the
+    installed Ray no longer fits instrument-sweep's fixes of it, as `run --without-ray-fixes`
+    (resume may then lose work; otherwise such a Ray raises InputError before any trial).
     """
     from tune_jobs.cli_sweep import print_spec, run_sweep
 
@@ -77,5 +79,6 @@ def sweep(spec: str | Path = DEFAULT_PRESET, data: str | None = None, storage: s
     if data is not None:
         loaded = replace(loaded, data=str(data))
     print_spec(loaded)
-    outcome = run_sweep(loaded, storage, name, address, verbose, analyze=analyze, dashboard=dashboard)
+    outcome = run_sweep(loaded, storage, name, address, verbose, analyze=analyze, dashboard=dashboard,
+                        without_ray_fixes=without_ray_fixes)
     return SweepResult(outcome.experiment, outcome.report_path, outcome.exit_code, loaded)

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from tune_jobs import jobs
+from tune_jobs.cli_sweep import add_fixes_argument
 from tune_jobs.security import dashboard_login_hint
 from tune_jobs.spec import load_spec, preset_names
 
@@ -21,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--storage", help="results root as the cluster sees it: s3://..., gs://... or NFS "
                                            "(default: the head's $INSTRUMENT_SWEEP_STORAGE, else ~/instrument-sweep/sweeps)")
     submit.add_argument("--name", help="experiment name (default: SPEC-DATE-TIME)")
+    add_fixes_argument(submit)
     submit.set_defaults(func=cmd_submit)
 
     for verb, text in (("status", "a submitted sweep's job status"), ("logs", "a submitted sweep's output")):
@@ -40,7 +42,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides, values={"log": args.log} if args.log else None)
     if args.data:
         spec = replace(spec, data=args.data)
-    job_id = jobs.submit(spec, args.address, args.storage, args.name)
+    job_id = jobs.submit(spec, args.address, args.storage, args.name, without_ray_fixes=args.without_ray_fixes)
     address = jobs.jobs_address(args.address)
     print(f"submitted: {job_id}")
     print(f"dashboard: {address}/#/jobs/{job_id}")

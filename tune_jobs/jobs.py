@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs.cluster import check_reachable, parse_address, use_token_if_available
+from tune_jobs.ray_private import WITHOUT_FIXES_FLAG
 from tune_jobs.security import private_token_file
 from tune_jobs.spec import SweepSpec
 
@@ -57,15 +58,18 @@ def client(address: str | None):
         raise InputError("--address", f"the Ray Jobs API at {address} refused the connection: {exc}") from None
 
 
-def entrypoint(spec: SweepSpec, storage: str | None, name: str | None) -> str:
+def entrypoint(spec: SweepSpec, storage: str | None, name: str | None, without_ray_fixes: bool = False) -> str:
     """The job's shell command; without a storage, the head's default (JOB_STORAGE) applies."""
     args = ["python", "-m", "tune_jobs", "run", "--spec-json", json.dumps(spec.to_dict()), "--address", "auto"]
     if name:
         args += ["--name", name]
+    if without_ray_fixes:
+        args += [WITHOUT_FIXES_FLAG]
     return shlex.join(args) + " --storage " + (shlex.quote(storage) if storage else JOB_STORAGE)
 
 
-def submit(spec: SweepSpec, address: str | None, storage: str | None = None, name: str | None = None) -> str:
+def submit(spec: SweepSpec, address: str | None, storage: str | None = None, name: str | None = None,
+           without_ray_fixes: bool = False) -> str:
     """Submit the sweep; return the job's submission id."""
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise InputError("submit", f"needs the project's source checkout as working_dir; {PROJECT_ROOT} is not "
@@ -75,7 +79,7 @@ def submit(spec: SweepSpec, address: str | None, storage: str | None = None, nam
     while True:
         try:
             return jobs.submit_job(
-                entrypoint=entrypoint(spec, storage, name),
+                entrypoint=entrypoint(spec, storage, name, without_ray_fixes),
                 runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES},
                 metadata={"sweep": spec.name},
             )

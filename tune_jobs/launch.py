@@ -28,7 +28,7 @@ from analysis.storage import DATASET_FILE, SPEC_FILE
 from trainables.errors import InputError
 from trainables.training.report import unbatched
 from trainables.tuning.stopper import StatusStopper
-from trainables.tuning.trial import sweep_trial
+from trainables.tuning.trial import sweep_trial, trial_config
 from tune_jobs import ray_private
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import progress_callback
@@ -45,9 +45,9 @@ KEPT_CHECKPOINTS, SNAPSHOT_MARGIN = 5, 2
 def param_space(spec: SweepSpec) -> dict:
     """One grid-search entry per trial: what identifies it (and analysis reads from params.json);
     with trackers also `trial_settings`, which they log as each run's params."""
-    shared = trial_settings(spec) if spec.log else {}
-    trials = [{"number": t.number, "lr": t.lr, "batch_size": t.batch_size, "seed": t.seed, "views": list(t.views),
-               **shared} for t in spec.trials()]
+    settings = trial_settings(spec) if spec.log else None
+    trials = [trial_config({"number": t.number, "lr": t.lr, "batch_size": t.batch_size, "seed": t.seed,
+                            "views": list(t.views)}, settings) for t in spec.trials()]
     return {"trial": tune.grid_search(trials)}
 
 

@@ -1,0 +1,336 @@
+"""What happens where a private API no longer fits: each Ray patch and each private torch call is fed
+a changed target (a parameter renamed, an attribute gone, an exception inside the patched call),
+as a newer release could bring.
+
+- Ray speed-ups (tune_jobs/ray_private.py): Ray's own behaviour, one warning naming Ray's version.
+- Ray fixes: `check_fixes` stops before any trial (exit 2 from the CLI, nothing written) unless
+  --without-ray-fixes, which runs with a warning that resume may lose work.
+- torch (trainables/training/optim.py, model.py): the public path (torch.optim.Adam, autograd),
+  one warning, and training goes on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from processes import cli, tagged_pids, wait_until
+from tune_jobs import ray_private
+from trainables.errors import InputError
+from tune_jobs.ray_private import PATCHES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY_VERSION = __import__("ray").__version__
+TOKEN_HELPER_RAY = (2, 59)  # the first Ray with the token helper
+
+SPEED_UPS = {  # each speed-up patch, entered as tune_jobs uses it
+    "lean_local_start": lambda: ray_private.lean_local_start(log_monitor=False),
+    "trial_actors_inheriting": lambda: ray_private.trial_actors_inheriting({}),
+    "callbacks_not_tallied": ray_private.callbacks_not_tallied,
+    "starting_actors_kept": ray_private.starting_actors_kept,
+    "metrics_analysed": lambda: ray_private.metrics_analysed(frozenset()),
+    "result_frames_not_loaded": ray_private.result_frames_not_loaded,
+}
+FIXES = {
+    "ray_on_loopback": ray_private.ray_on_loopback,
+    "driver_logs_kept": ray_private.driver_logs_kept,
+    "snapshots_ahead_of_deletion": lambda: ray_private.snapshots_ahead_of_deletion(2),
+    "local_uploads_whole": ray_private.local_uploads_whole,
+}
+
+
+def owner_and_name(target: ray_private.Target):
+    module, _, path = target.path.partition(":")
+    *owner_path, name = path.split(".")
+    return ray_private.Target(f"{module}:{'.'.join(owner_path)}").resolve(), name
+
+
+def change(monkeypatch, target: ray_private.Target, how: str):
+    """Change Ray's `target` as a newer Ray could: a renamed parameter, or the attribute gone."""
+    owner, name = owner_and_name(target)
+    if how == "missing":
+        monkeypatch.delattr(owner, name)
+        return None
+
+    def changed(*args, renamed=None, **kwargs):
+        raise AssertionError("a changed target is never called by a patch")
+
+    monkeypatch.setattr(owner, name, changed)
+    return changed
+
+
+def ray_warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ray:")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(ray_private, "_warned", set())  # each test sees its own first warning
+
+
+def test_every_patch_fits_the_installed_ray():
+    token_helper = PATCHES["enable_token_auth_if_token_available"].targets[0]
+    assert {name: ray_private.mismatch(name) for name in PATCHES} == {
+        name: None for name in PATCHES} | ({} if tuple(map(int, RAY_VERSION.split(".")[:2])) >= TOKEN_HELPER_RAY else {
+            "enable_token_auth_if_token_available": f"{token_helper.path} is missing"})
+    assert ray_private.check_fixes() is True
+    kinds = {name: patch.kind for name, patch in PATCHES.items()}
+    assert sorted(name for name, kind in kinds.items() if kind == "fix") == sorted(FIXES)
+    assert set(SPEED_UPS) < {name for name, kind in kinds.items() if kind == "speed-up"}
+
+
+@pytest.mark.parametrize("how", ["signature", "missing"])
+@pytest.mark.parametrize("patch", sorted(SPEED_UPS))
+def test_a_speed_up_that_no_longer_fits_leaves_rays_own_behaviour_with_one_warning(monkeypatch, capsys, patch, how):
+    targets = [t for t in PATCHES[patch].targets if t.params is not None]
+    changed = change(monkeypatch, targets[0], how)
+    before = [getattr(*owner_and_name(t), None) for t in targets]
+    for _ in range(2):  # e.g. a notebook's second sweep: still one warning
+        with SPEED_UPS[patch]():
+            assert [getattr(*owner_and_name(t), None) for t in targets] == before  # nothing swapped: Ray's own
+    assert before[0] is changed or how == "missing"
+    (warning,) = ray_warnings(capsys)
+    assert f"Ray {RAY_VERSION} does not fit instrument-sweep's {patch}" in warning
+    assert targets[0].path in warning and "tested: Ray 2.52 to 2.60" in warning and "Ray's own behaviour" in warning
+
+
+def test_an_attribute_tune_no_longer_sets_is_a_mismatch(monkeypatch):
+    """The controller attributes `starting_actors_kept` reads are checked in Tune's own code."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    init = TuneController.__init__
+    source = init.__code__
+
+    def renamed(self, *args, **kwargs):  # as Tune would be with _started_actors renamed
+        return init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TuneController, "__init__", renamed)
+    assert "_started_actors" in source.co_names
+    assert ray_private.mismatch("starting_actors_kept") == (
+        "ray.tune.execution.tune_controller:TuneController.__init__ no longer uses "
+        "_trial_to_actor, _resetting_trials, _actor_manager, _started_actors")
+
+
+def test_starting_actors_kept_falls_back_to_tunes_reuse_where_the_controller_changed(monkeypatch, capsys):
+    """A controller without the attributes the patch reads (renamed in a newer Tune) surfaced only
+    mid-sweep, where it killed `fit()`; now that call, and every later one, is Tune's own."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    reused = []
+
+    def reuse(self, trial):  # Tune's own, as far as the patch can tell
+        reused.append(trial)
+        return True
+
+    monkeypatch.setattr(TuneController, "_maybe_reuse_cached_actor", reuse)
+    with ray_private.starting_actors_kept():
+        controller = object.__new__(TuneController)  # none of the attributes the patch reads
+        assert [TuneController._maybe_reuse_cached_actor(controller, t) for t in ("a", "b")] == [True, True]
+    assert reused == ["a", "b"]
+    (warning,) = ray_warnings(capsys)
+    assert "starting_actors_kept (AttributeError inside it" in warning and f"Ray {RAY_VERSION}" in warning
+
+
+def test_driver_logs_kept_falls_back_to_tunes_copy_where_a_trial_changed(monkeypatch, capsys, tmp_path):
+    from ray.tune.logger.logger import LoggerCallback
+
+    copied = []
+    def restore(self, file_name, trial):  # Tune's own, as far as the patch can tell
+        copied.append(file_name)
+
+    monkeypatch.setattr(LoggerCallback, "_restore_from_remote", restore)
+    kept = type("Trial", (), {"local_path": str(tmp_path)})()
+    (tmp_path / "result.json").write_text("{}\n")
+    with ray_private.driver_logs_kept():
+        LoggerCallback._restore_from_remote(None, "result.json", kept)  # the driver's file: kept
+        LoggerCallback._restore_from_remote(None, "result.json", object())  # no local_path: Tune's copy
+    assert copied == ["result.json"]
+    assert "driver_logs_kept (AttributeError inside it" in ray_warnings(capsys)[0]
+
+
+@pytest.mark.parametrize("inherited", [True, False])
+def test_trial_actors_inheriting_keeps_tunes_runtime_env_where_it_holds_more_than_variables(monkeypatch, inherited):
+    """The runtime env Tune gives trial actors is read from what Tune made, not rebuilt: where a
+    Tune adds anything besides variables (here a working_dir), the actors keep it."""
+    import ray
+    from ray.tune.execution import class_cache
+
+    runtime_env = {"env_vars": {"PL_DISABLE_FORK": "1"}, **({} if inherited else {"working_dir": "s3://bucket/code.zip"})}
+
+    def get(self, trainable_cls):  # a Tune whose runtime env holds more than env_vars
+        if trainable_cls not in self._cache:
+            self._cache[trainable_cls] = ray.remote(runtime_env=runtime_env)(trainable_cls)
+        return self._cache[trainable_cls]
+
+    monkeypatch.setattr(class_cache._ActorClassCache, "get", get)
+
+    class Trainable:
+        pass
+
+    with ray_private.trial_actors_inheriting({"PL_DISABLE_FORK": "1"}):
+        actor_class = class_cache._ActorClassCache().get(Trainable)
+    assert actor_class._default_options.get("runtime_env") == (None if inherited else runtime_env)
+
+
+@pytest.mark.parametrize("patch", sorted(FIXES))
+def test_a_fix_that_no_longer_fits_stops_before_any_trial_unless_run_without(monkeypatch, capsys, patch):
+    target = PATCHES[patch].targets[0]
+    change(monkeypatch, target, "signature" if target.params is not None else "missing")
+    with pytest.raises(InputError) as refused:
+        ray_private.check_fixes()
+    assert refused.value.where == "ray"
+    problem = refused.value.problem
+    assert problem.startswith(f"Ray {RAY_VERSION} changed internals that instrument-sweep fixes ({patch}: "
+                              f"{target.path}")
+    assert "tested: Ray 2.52 to 2.60" in problem and "--without-ray-fixes" in problem
+    assert ray_private.check_fixes(without=True) is False
+    (warning,) = ray_warnings(capsys)
+    assert f"running without instrument-sweep's fixes of Ray {RAY_VERSION} ({patch}: " in warning
+    assert warning.endswith("resume may lose work")
+
+
+def test_without_the_flag_a_local_ray_without_the_loopback_switch_is_not_started(tmp_path, blob_dataset_dir):
+    """ray_on_loopback, the fix a local Ray's start needs, is checked before Ray starts: exit 2 in one line."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        from ray._private import ray_constants
+        del ray_constants.ENABLE_RAY_CLUSTER  # a Ray without its single-machine switch
+        from tune_jobs.cli import entry
+        entry()
+    """), "run", "--preset", "smoke", "--data", blob_dataset_dir, "--storage", str(tmp_path), "--name", "s"],
+        capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: ray: Ray {RAY_VERSION} changed internals that instrument-sweep fixes (ray_on_loopback: "
+        "ray._private.ray_constants:ENABLE_RAY_CLUSTER is missing); tested: Ray 2.52 to 2.60. Install a tested "
+        "Ray, or pass --without-ray-fixes to run without its fixes (a local Ray listens on this machine's "
+        "network address, not only on 127.0.0.1)")
+    assert not (tmp_path / "s").exists()
+
+
+# A driver whose Ray has a new parameter in `_restore_from_remote` (a fix's target) and in
+# `tag_callbacks` (a speed-up's): what a user with a newer Ray would run.
+CHANGED_RAY = """
+import sys
+from ray.air._internal import usage
+from ray.tune.logger import logger
+restore, tag = logger.LoggerCallback._restore_from_remote, usage.tag_callbacks
+logger.LoggerCallback._restore_from_remote = lambda self, file_name, trial, remote=None: restore(self, file_name, trial)
+usage.tag_callbacks = lambda callbacks, counted=None: tag(callbacks)
+"""
+
+
+@pytest.mark.slow
+def test_run_resume_and_the_notebook_api_stop_on_a_changed_fix_unless_run_without(tmp_path, process_tag,
+                                                                                  blob_dataset_dir):
+    driver = tmp_path / "driver.py"
+    driver.write_text(CHANGED_RAY + "from tune_jobs.cli import entry\nentry()\n")
+    refused_line = f"error: ray: Ray {RAY_VERSION} changed internals that instrument-sweep fixes (driver_logs_kept: "
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(driver), *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300, env={**os.environ, "INSTRUMENT_SWEEP_TEST_TAG": process_tag})
+
+    storage = tmp_path / "sweeps"
+    smoke = ("run", "--preset", "smoke", "--data", blob_dataset_dir, "--storage", str(storage), "--name", "s",
+             "--no-analyze")
+    refused = run(*smoke)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith(refused_line)
+    assert not (storage / "s").exists()  # nothing written
+    wait_until(lambda: not tagged_pids(process_tag), 10, "its local Ray to stop", interval_s=0.2)
+
+    ran = run(*smoke, "--without-ray-fixes")
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    warned = [line for line in ran.stderr.splitlines() if line.startswith("warning: ray:")]
+    assert len(warned) == 2, warned
+    assert "running without instrument-sweep's fixes" in warned[0] and warned[0].endswith("resume may lose work")
+    assert "callbacks_not_tallied" in warned[1] and "Ray's own behaviour" in warned[1]
+    assert "[2/2 done]" in ran.stdout
+
+    resumed = run("resume", "s", "--storage", str(storage), "--no-analyze")
+    assert resumed.returncode == 2 and resumed.stderr.strip().splitlines()[-1].startswith(refused_line)
+
+    api = subprocess.run([sys.executable, "-c", CHANGED_RAY + textwrap.dedent(f"""
+        from tune_jobs import InputError, sweep
+        try:
+            sweep("smoke", data={blob_dataset_dir!r}, storage={str(storage)!r}, name="api", analyze=False)
+        except InputError as exc:
+            print("REFUSED", exc.where)
+    """)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "INSTRUMENT_SWEEP_TEST_TAG": process_tag})
+    assert "REFUSED ray" in api.stdout, api.stderr[-3000:]
+    assert not (storage / "api").exists()
+
+
+# -- torch --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_torch_checks():
+    from trainables.training.model import private_backward_fits
+    from trainables.training.optim import fused_adam_fits
+
+    for check in (fused_adam_fits, private_backward_fits):
+        check.cache_clear()
+    yield
+    for check in (fused_adam_fits, private_backward_fits):
+        check.cache_clear()  # the next test checks the real torch again
+
+
+def train_two_epochs(small_splits):
+    from trainables.training.config import TrainConfig
+    from trainables.training.run import TrainingRun
+    from trainables.training.stop import StopRule
+
+    run = TrainingRun(small_splits, TrainConfig(lr=1e-2, batch_size=64, loader="fast"), StopRule(threshold=None,
+                                                                                                    max_epochs=2))
+    reports = [run.run_epoch() for _ in range(2)]
+    run.close()
+    return run, reports
+
+
+@pytest.mark.parametrize("kernel", ["_fused_adam_", "_foreach_add_"])
+def test_changed_fused_adam_kernels_fall_back_to_torch_adam_with_one_warning(monkeypatch, fresh_torch_checks,
+                                                                              small_splits, kernel):
+    from trainables.training.optim import FusedAdam, make_optimizer
+
+    def changed(*args, **kwargs):  # a kernel whose arguments changed: it raises, as torch would
+        raise TypeError(f"{kernel}() got an unexpected keyword argument")
+
+    monkeypatch.setattr(torch, kernel, changed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizers = [make_optimizer("adam", torch.nn.Linear(3, 2).parameters(), 0.1, fused=True) for _ in "ab"]
+        run, reports = train_two_epochs(small_splits)
+    assert all(type(o) is torch.optim.Adam for o in optimizers) and type(run.optimizer) is torch.optim.Adam
+    assert not any(isinstance(o, FusedAdam) for o in optimizers)
+    (warning,) = [w for w in caught if "no longer fit" in str(w.message)]
+    assert f"torch {torch.__version__}: the fused Adam kernels" in str(warning.message) and kernel in str(warning.message)
+    assert reports[-1].train_acc > 0.5  # it trains
+
+
+def test_a_changed_private_backward_op_falls_back_to_autograd_with_one_warning(monkeypatch, fresh_torch_checks,
+                                                                               small_splits):
+    from trainables.training.model import InstrumentNet, descent_targets
+
+    monkeypatch.setattr(torch.ops.aten, "sigmoid_backward", lambda grad, h: grad)  # a wrong derivative
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = InstrumentNet(6, 8, 3, "sigmoid")
+        x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+        with torch.no_grad():
+            logits = model.forward_backward_fn()(x, descent_targets(y, 3, 10))
+        ours = [p.grad.clone() for p in model.parameters()]
+        run, reports = train_two_epochs(small_splits)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()  # autograd's gradients
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(ours, model.parameters()))
+    assert torch.allclose(logits, model(x).detach())
+    (warning,) = [w for w in caught if "no longer fit" in str(w.message)]
+    assert f"torch {torch.__version__}: the sigmoid step's private backward ops" in str(warning.message)
+    assert reports[-1].train_acc > 0.5  # it trains
