@@ -18,6 +18,7 @@ import re
 import pandas as pd
 
 from analysis import storage
+from trainables.training.config import trial_config
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status
 
@@ -71,9 +72,10 @@ def _results(text: str | None) -> list[dict]:
 def _load(experiment: str) -> list[tuple[str, dict, list[dict], str | None]]:
     """(trial_id, trial config, per-epoch results, error text) for every trial that started."""
     fs, root = storage.filesystem(experiment)
+    settings = json.loads(_read(fs, f"{root}/{storage.SETTINGS_FILE}") or "null")  # None: configs whole in params.json
     trials = []
     for path in _trial_dirs(fs, root):
-        config = json.loads(_read(fs, f"{path}/params.json") or "{}").get("trial", {})
+        config = trial_config(json.loads(_read(fs, f"{path}/params.json") or "{}").get("trial", {}), settings)
         results = _results(_read(fs, f"{path}/result.json"))
         trial_id = (results[-1].get("trial_id") if results else None) or path.rsplit("/", 1)[-1]
         trials.append((trial_id, config, results, _read(fs, f"{path}/error.txt")))

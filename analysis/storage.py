@@ -21,6 +21,7 @@ STORAGE_ENV = "INSTRUMENT_SWEEP_STORAGE"  # the default root where set (cluster.
 DEFAULT_STORAGE = os.environ.get(STORAGE_ENV, "./sweeps")
 SPEC_FILE = "sweep.yaml"  # an experiment's resolved spec, written beside Ray Tune's state
 DATASET_FILE = "dataset.json"  # the fingerprint of the data it trains on (shape, dtype, hash)
+SETTINGS_FILE = "trial_settings.json"  # what its trials share (each params.json holds what identifies one)
 LOCK_FILE = ".instrument-sweep.lock"  # held by the one run/resume working on it (tune_jobs.experiment_lock)
 
 

@@ -82,7 +82,8 @@ def lean_trial(config: dict, dataset, settings: dict | None = None) -> None:
 
     from trainables.training.report import EpochReport
     from trainables.training.stop import StopRule
-    from trainables.tuning.trial import STATE_FILE, Cadence, ray_placement, resident_mib, trial_config
+    from trainables.training.config import trial_config
+    from trainables.tuning.trial import STATE_FILE, Cadence, ray_placement, resident_mib
 
     started_at_s = time.time()
     trial = trial_config(config["trial"], settings)

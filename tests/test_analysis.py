@@ -173,6 +173,11 @@ def test_spec_is_rebuilt_from_the_trials_without_sweep_yaml(tiny_experiment, tmp
     assert not info.from_spec
     assert (info.threshold, info.patience, info.max_epochs) == (0.9, 2, 5)
     assert info.views == (("lr", ("lr",)), ("batch_size", ("batch_size",)))
+    # Each trial's whole config: what identifies it (params.json) joined with what all share
+    # (trial_settings.json), as its checkpoints record it.
+    config = load_epochs(str(copy)).config.iloc[0]["trial"]
+    assert {"number", "lr", "batch_size", "seed", "views", "train", "stop", "report_every_s"} <= set(config)
+    assert config["train"]["lr"] == config["lr"] and config["stop"]["patience"] == 2
 
 
 # -- the seed's bar figure ------------------------------------------------------------------

@@ -39,7 +39,8 @@ def test_the_oldest_leg_pins_every_floor_pyproject_claims():
     # torch: the claimed floor (2.4) exists for Python 3.11 only as multi-GB CUDA builds; the oldest
     # leg takes 2.13, the CPU wheel on CI's disk (the README says so).
     assert pins.pop("torch") == "2.13.0" and floor(ranges.pop("torch")) == "2.4"
-    assert {name: Version(pins[name]) for name in ranges} == {name: Version(floor(spec)) for name, spec in ranges.items()}
+    assert {name: Version(pins[name]) for name in ranges} == {name: Version(floor(spec))
+                                                              for name, spec in ranges.items()}
 
 
 def test_torch_has_no_ceiling_and_ray_the_range_its_patches_were_tested_with():

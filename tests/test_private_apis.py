@@ -5,15 +5,17 @@ changes one fails here, by name, instead of somewhere downstream.
   (`lean_local_start`); the single-machine switch behind `ray_on_loopback`
   (tests/test_security.py); the runtime env Tune gives its trial actors
   (`trial_actors_inheriting`); Tune's callback tally; Tune's reuse of cached actors
-  (`starting_actors_kept`), its running statistics (`metrics_analysed`), the config in its
-  results (`results_without_config`), the DataFrames its result grid loads
-  (`result_frames_not_loaded`), its loggers' copy from storage on a retry (`driver_logs_kept`),
-  its snapshot cadence against checkpoint deletion (`snapshots_ahead_of_deletion`) and its
-  uploads to local storage (`local_uploads_whole`).
+  (`starting_actors_kept`), its running statistics (`metrics_analysed`), the config it copies
+  into every result (why the param space holds only what identifies a trial), the DataFrames
+  its result grid loads (`result_frames_not_loaded`), its loggers' copy from storage on a retry
+  (`driver_logs_kept`), its snapshot cadence against checkpoint deletion
+  (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`).
+  What each patch does where Ray changes under it: tests/test_private_fallbacks.py.
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
-  its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
-  `torch._disable_dynamo` on Optimizer's methods.
+  its step-for-step equality with Adam is in test_training_core.py; its fallback where torch
+  changes them, in test_private_fallbacks.py); the cache attribute of `torch._disable_dynamo`
+  on Optimizer's methods.
 - trainables/training/zeus_import.py: Zeus's module-level scikit-learn import (test_energy.py).
 """
 

@@ -160,7 +160,8 @@ def test_trial_actors_inheriting_keeps_tunes_runtime_env_where_it_holds_more_tha
     import ray
     from ray.tune.execution import class_cache
 
-    runtime_env = {"env_vars": {"PL_DISABLE_FORK": "1"}, **({} if inherited else {"working_dir": "s3://bucket/code.zip"})}
+    runtime_env = {"env_vars": {"PL_DISABLE_FORK": "1"},
+                   **({} if inherited else {"working_dir": "s3://bucket/code.zip"})}
 
     def get(self, trainable_cls):  # a Tune whose runtime env holds more than env_vars
         if trainable_cls not in self._cache:
@@ -310,7 +311,8 @@ def test_changed_fused_adam_kernels_fall_back_to_torch_adam_with_one_warning(mon
     assert all(type(o) is torch.optim.Adam for o in optimizers) and type(run.optimizer) is torch.optim.Adam
     assert not any(isinstance(o, FusedAdam) for o in optimizers)
     (warning,) = [w for w in caught if "no longer fit" in str(w.message)]
-    assert f"torch {torch.__version__}: the fused Adam kernels" in str(warning.message) and kernel in str(warning.message)
+    assert f"torch {torch.__version__}: the fused Adam kernels" in str(warning.message)
+    assert kernel in str(warning.message)
     assert reports[-1].train_acc > 0.5  # it trains
 
 

@@ -91,7 +91,7 @@ def test_dry_run_lists_trials_and_views_without_ray():
 
 
 def test_trials_report_every_report_every_s_but_every_epoch_for_a_tracker_or_a_race():
-    from trainables.tuning.trial import trial_config
+    from trainables.training.config import trial_config
     from tune_jobs.launch import param_space, trial_settings
 
     def trials(*overrides):
@@ -111,7 +111,7 @@ def test_a_trials_param_space_entry_holds_only_what_identifies_it_and_its_config
     (which log the config as each run's params) the entry holds it all."""
     from dataclasses import asdict
 
-    from trainables.tuning.trial import trial_config
+    from trainables.training.config import trial_config
     from tune_jobs.launch import param_space, trial_settings
 
     spec = load_spec("seed", overrides)

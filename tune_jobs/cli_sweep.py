@@ -254,7 +254,7 @@ def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = F
     threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
     cluster = connect(address, log_to_driver=verbose, dashboard=dashboard, ray_fixes=not without_ray_fixes)
     try:
-        ray_private.check_fixes(without=without_ray_fixes)
+        ray_private.check_fixes(without=without_ray_fixes, local=cluster.started_here)
     except InputError:
         disconnect(cluster)
         raise

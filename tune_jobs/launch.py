@@ -9,7 +9,9 @@ files. Every trial is one point of the spec; the union of the views runs once.
 Tune's param space holds only what identifies each trial (number, lr, batch size,
 seed, views): Tune copies a trial's config into every result it keeps and logs,
 so what all trials share (training and stop settings, cadences) goes once beside
-the dataset (`trial_settings`), where the trackers do not log the config as params.
+the dataset (`trial_settings`, also written to the experiment's trial_settings.json, from
+which analysis joins each trial's whole config), where the trackers do not log the config
+as params.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
 
 from analysis import storage
-from analysis.storage import DATASET_FILE, SPEC_FILE
+from analysis.storage import DATASET_FILE, SETTINGS_FILE, SPEC_FILE
 from trainables.errors import InputError
 from trainables.training.report import unbatched
 from trainables.tuning.stopper import StatusStopper
-from trainables.tuning.trial import sweep_trial, trial_config
+from trainables.training.config import trial_config
+from trainables.tuning.trial import sweep_trial
 from tune_jobs import ray_private
 from tune_jobs.cluster import ClusterInfo
 from tune_jobs.progress import progress_callback
@@ -52,7 +55,7 @@ def param_space(spec: SweepSpec) -> dict:
 
 
 def trial_settings(spec: SweepSpec) -> dict:
-    """What every trial of `spec` shares; `trial.trial_config` adds a trial's own point to it."""
+    """What every trial of `spec` shares; `trial_config` adds a trial's own point to it."""
     return {
         "train": asdict(spec.train_config(spec.trials()[0])),  # lr, batch_size and seed: each trial's own
         "stop": asdict(spec.stop),
@@ -155,6 +158,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     experiment = storage.join(storage_root, name)
     storage.write_text(storage.join(experiment, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
     storage.write_text(storage.join(experiment, DATASET_FILE), json.dumps(dataset.fingerprint, indent=1))
+    storage.write_text(storage.join(experiment, SETTINGS_FILE), json.dumps(trial_settings(spec), indent=1))
     # The loggers named below write result.json (what analysis reads) and progress.csv; Tune adds
     # no others, TensorBoard's included (it adds 19% to a sweep's CPU time, on the trials' cores).
     tuner = tune.Tuner(

@@ -89,8 +89,9 @@ The patches:
   experiment (`Tuner._local_tuner.get_run_config()`), so `resume` adds only the loggers an
   experiment lacks and no TensorBoard logger. Where unknown (None), Tune adds its own.
 
-A Tune result's copy of the trial's config (once `results_without_config`) needs no patch:
-the param space holds only what identifies a trial (see tune_jobs.launch.param_space).
+Tune's copy of a trial's config in every result it keeps and logs (once dropped by a patch,
+`results_without_config`) needs none: the param space holds only what identifies a trial
+(tune_jobs.launch.param_space).
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ class Patch:
 _TUNE_CONTROLLER = "ray.tune.execution.tune_controller:TuneController"
 _CHECKPOINT_MANAGER = "ray.tune.execution.experiment_state:_ExperimentCheckpointManager"
 PATCHES: dict[str, Patch] = {
-    "enable_token_auth_if_token_available": Patch("speed-up", "set RAY_AUTH_MODE=token where the cluster wants a token", (
+    "enable_token_auth_if_token_available": Patch("speed-up", "set RAY_AUTH_MODE=token where the cluster wants a "
+                                                              "token", (
         Target(f"{TOKEN_SETUP_LOGGER}:maybe_enable_token_auth_if_token_available", ("warn_if_disabled",)),)),
     "lean_local_start": Patch("speed-up", "a local Ray takes about a second longer to start", (
         Target("ray._private.node:Node.__init__", ("self", "ray_params", "head", "shutdown_at_exit", "spawn_reaper",
@@ -216,7 +218,8 @@ PATCHES: dict[str, Patch] = {
         Target("ray.air.execution._internal.actor_manager:RayActorManager.is_actor_started",
                ("self", "tracked_actor")))),
     "metrics_analysed": Patch("speed-up", "the driver keeps running statistics of every reported number", (
-        Target("ray.tune.trainable.metadata:_TrainingRunMetadata.update_metric", ("self", "metric", "value", "step")),)),
+        Target("ray.tune.trainable.metadata:_TrainingRunMetadata.update_metric",
+               ("self", "metric", "value", "step")),)),
     "result_frames_not_loaded": Patch("speed-up", "Tune reads every trial's results into a DataFrame at the end", (
         Target("ray.tune.analysis.experiment_analysis:ExperimentAnalysis._fetch_trial_dataframes", ("self",)),)),
     "driver_logs_kept": Patch("fix", "a retried trial's result.json can lose the epochs since the last snapshot", (
@@ -256,16 +259,16 @@ def mismatch(patch: str) -> str | None:
     return next((problem for target in PATCHES[patch].targets if (problem := target.mismatch())), None)
 
 
-def check_fixes(without: bool = False) -> bool:
+def check_fixes(without: bool = False, local: bool = True) -> bool:
     """Whether to apply the fixes: True where every one fits the installed Ray. Where one does not:
     InputError("ray", ...) (exit 2), or, `without` (the user's --without-ray-fixes), False with a
-    warning. `without` where all fit: False, and a warning that they are off."""
-    problems = {name: problem for name in FIXES if (problem := mismatch(name))}
+    warning. `without` where all fit: False, and a warning that they are off. Not `local` (a
+    joined cluster): `ray_on_loopback`, which only a local Ray's start needs, is not checked."""
+    checked = [name for name in FIXES if local or name != "ray_on_loopback"]
+    problems = {name: problem for name in checked if (problem := mismatch(name))}
     what = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
     if problems and not without:
-        raise InputError("ray", f"Ray {ray_version()} changed internals that instrument-sweep fixes ({what}); "
-                                f"tested: {supported_range()}. Install a tested Ray, or pass {WITHOUT_FIXES_FLAG} "
-                                f"to run without its fixes (resume may then lose work)")
+        raise _refusal(what, "resume may then lose work")
     if without:
         _warn(f"running without instrument-sweep's fixes of Ray {ray_version()}"
               + (f" ({what})" if problems else "") + ": " + "; ".join(PATCHES[n].without for n in FIXES)
@@ -299,16 +302,17 @@ def _fits(patch: str) -> bool:
 
 class _Guard:
     """Our part of a patched call: where it raises, a warning (once) and Ray's own behaviour from
-    then on. `with guard:` around our part; `guard.ok` is False once it has raised."""
+    then on. `with guard:` around our part; `guard.ok` is False once it has raised. Exceptions of
+    the kinds in `passes` (the machine's, such as a full disk) propagate as Ray's own would."""
 
-    def __init__(self, patch: str) -> None:
-        self.patch, self.ok = patch, True
+    def __init__(self, patch: str, passes: tuple[type[BaseException], ...] = ()) -> None:
+        self.patch, self.ok, self.passes = patch, True, passes
 
     def __enter__(self) -> _Guard:
         return self
 
     def __exit__(self, kind, exc, traceback) -> bool:
-        if kind is None or not issubclass(kind, Exception):
+        if kind is None or not issubclass(kind, Exception) or issubclass(kind, self.passes):
             return False
         self.ok = False
         _fell_back(self.patch, f"{kind.__name__} inside it: {exc}")
@@ -435,9 +439,15 @@ def check_fix(patch: str) -> None:
     """InputError("ray", ...) where the fix `patch` does not fit the installed Ray (see `check_fixes`)."""
     problem = mismatch(patch)
     if problem:
-        raise InputError("ray", f"Ray {ray_version()} changed internals that instrument-sweep fixes ({patch}: "
-                                f"{problem}); tested: {supported_range()}. Install a tested Ray, or pass "
-                                f"{WITHOUT_FIXES_FLAG} to run without its fixes ({PATCHES[patch].without})")
+        raise _refusal(f"{patch}: {problem}", PATCHES[patch].without)
+
+
+def _refusal(what: str, then: str) -> InputError:
+    """The exit-2 error where fixes (`what`: each named, with its problem) do not fit; `then`: what
+    running without them costs."""
+    return InputError("ray", f"Ray {ray_version()} changed internals that instrument-sweep fixes ({what}); tested: "
+                             f"{supported_range()}. Install a tested Ray, or pass {WITHOUT_FIXES_FLAG} to run "
+                             f"without its fixes ({then})")
 
 
 @contextlib.contextmanager
@@ -653,7 +663,8 @@ def local_uploads_whole() -> Iterator[None]:
     import pyarrow.fs
     from ray.train._internal import storage
 
-    upload, uploaded, guard = storage._upload_to_fs_path, {}, _Guard("local_uploads_whole")
+    upload, uploaded = storage._upload_to_fs_path, {}
+    guard = _Guard("local_uploads_whole", passes=(OSError,))  # Tune's syncer logs those, as its own
 
     def upload_whole(local_path: str, fs, fs_path: str, exclude=None) -> None:
         if guard.ok and isinstance(fs, pyarrow.fs.LocalFileSystem) and os.path.isdir(local_path) and not exclude:

@@ -1,6 +1,7 @@
 """`TrainConfig`: what one trial trains with, validated on construction (errors name the field).
 
-When it stops is `trainables.training.stop.StopRule`.
+When it stops is `trainables.training.stop.StopRule`. `trial_config` joins a sweep trial's
+config from what identifies it and what the sweep's trials share.
 """
 
 from __future__ import annotations
@@ -43,3 +44,14 @@ class TrainConfig:
             raise InputError("val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
         require_int("seed", self.seed, minimum=0)
         require_int("cpus", self.cpus, minimum=1)
+
+
+def trial_config(identity: dict, settings: dict | None) -> dict:
+    """A trial's whole config: number, lr, batch_size, seed, views (`identity`, Tune's param space),
+    train, stop, replay_budget_s, checkpoint_every_s, report_every_s (`settings`, shared by the
+    sweep's trials, with the trial's own lr, batch size and seed in train). `identity` that
+    holds its train settings already (trackers log them; experiments from before the split) is whole."""
+    if "train" in identity or settings is None:
+        return identity
+    own = {key: identity[key] for key in ("lr", "batch_size", "seed") if key in identity}
+    return {**settings, **identity, "train": {**settings["train"], **own}}

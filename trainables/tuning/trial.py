@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import ray
 from ray import tune
 
-from trainables.training.config import TrainConfig
+from trainables.training.config import TrainConfig, trial_config
 from trainables.training.report import batched
 from trainables.training.stop import StopRule
 from trainables.tuning import metrics
@@ -128,20 +128,9 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def trial_config(identity: dict, settings: dict | None) -> dict:
-    """A trial's whole config: number, lr, batch_size, seed, views (`identity`, Tune's param space),
-    train, stop, replay_budget_s, checkpoint_every_s, report_every_s (`settings`, shared by the
-    sweep's trials, with the trial's own lr, batch size and seed in train). `identity` that
-    holds its train settings already (trackers log them; experiments from before the split) is whole."""
-    if "train" in identity or settings is None:
-        return identity
-    own = {key: identity[key] for key in ("lr", "batch_size", "seed")}
-    return {**settings, **identity, "train": {**settings["train"], **own}}
-
-
 def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) -> None:
-    """One sweep trial: `trial_config(config["trial"], settings)` says what to train (and is what its
-    checkpoints record)."""
+    """One sweep trial: `trial_config(config["trial"], settings)` (trainables.training.config) says
+    what to train (and is what its checkpoints record)."""
     started_at_s = time.time()
     # Torch and the training core load here, in the trial's process: the driver, which only
     # schedules trials, never imports torch (1.7 s and 200 MiB).
