@@ -213,6 +213,23 @@ def test_without_the_flag_a_local_ray_without_the_loopback_switch_is_not_started
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("without", [False, True])
+def test_the_jobs_run_command_carries_without_ray_fixes_only_where_asked(without):
+    """A cluster's Ray may not fit the fixes the driver applies there: `submit --without-ray-fixes`
+    hands the flag to the job's `run`."""
+    import shlex
+
+    from tune_jobs.cli import build_parser
+    from tune_jobs.jobs import entrypoint
+    from tune_jobs.spec import load_spec
+
+    args = build_parser().parse_args(["submit", "smoke", *(["--without-ray-fixes"] if without else [])])
+    command = shlex.split(entrypoint(load_spec("smoke"), None, None, without_ray_fixes=args.without_ray_fixes))
+    assert command[:4] == ["python", "-m", "tune_jobs", "run"]
+    assert ("--without-ray-fixes" in command) is without
+    assert build_parser().parse_args(command[3:]).without_ray_fixes is without  # `run` takes it
+
+
 # A driver whose Ray has a new parameter in `_restore_from_remote` (a fix's target) and in
 # `tag_callbacks` (a speed-up's): what a user with a newer Ray would run.
 CHANGED_RAY = """

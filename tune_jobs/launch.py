@@ -28,9 +28,9 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallbac
 from analysis import storage
 from analysis.storage import DATASET_FILE, SETTINGS_FILE, SPEC_FILE
 from trainables.errors import InputError
+from trainables.training.config import trial_config
 from trainables.training.report import unbatched
 from trainables.tuning.stopper import StatusStopper
-from trainables.training.config import trial_config
 from trainables.tuning.trial import sweep_trial
 from tune_jobs import ray_private
 from tune_jobs.cluster import ClusterInfo
