@@ -251,8 +251,10 @@ def connect_and_describe(address: str | None, verbose: bool, dashboard: bool = F
         from analysis import figure_server as server
 
         server.start()
-    threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True).start()
+    importing = threading.Thread(target=importlib.import_module, args=("tune_jobs.launch",), daemon=True)
+    importing.start()
     cluster = connect(address, log_to_driver=verbose, dashboard=dashboard, ray_fixes=not without_ray_fixes)
+    importing.join()  # Tune imported whole first: imports of its modules from two threads at once can deadlock
     try:
         ray_private.check_fixes(without=without_ray_fixes, local=cluster.started_here)
     except InputError:
