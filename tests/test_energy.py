@@ -74,7 +74,9 @@ POWER_W = 250.0
 def run_with_fake_gpu(code: str, **env: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": python_path(FAKE_NVML), "FAKE_NVML_POWER_W": str(POWER_W), **env},
+        # One thread, as a trial's CPU share gets (and Ray's workers): the fake CUDA device is the CPU.
+        env={**os.environ, "PYTHONPATH": python_path(FAKE_NVML), "FAKE_NVML_POWER_W": str(POWER_W),
+             "OMP_NUM_THREADS": "1", **env},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
