@@ -90,14 +90,14 @@ def trial_gpus(assigned: Sequence[str | int] | None = None, cpus: int = 1) -> Tr
     if ordinal is None:
         return _on_cpu(cpus, f"given GPU {ids[0]}, which this process does not see (CUDA_VISIBLE_DEVICES="
                              f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}): trained on the CPU")
-    device = torch.device("cuda", ordinal)
-    bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+    device, bare_uuid = torch.device("cuda", ordinal), "?"
     try:
+        bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
         pynvml = _nvml()
-        handle = _handle_by_uuid(pynvml, bare_uuid)
-        gpu = _describe(pynvml, handle)
+        gpu = _describe(pynvml, _handle_by_uuid(pynvml, bare_uuid))
     except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device: train, say why
-        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({bare_uuid}): {error_text(exc)}"))
+        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({bare_uuid}): "
+                                                f"{error_text(exc)}"))
     note = gpu.energy_note or _disagreement(ids, gpu)
     if not note and ids and len(ids) > 1:
         note = f"given {len(ids)} GPUs: it trains on one, and the energy of a several-GPU trial is not measured"

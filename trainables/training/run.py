@@ -137,10 +137,12 @@ class TrainingRun:
     @property
     def energy_note(self) -> str:
         """Why GPU energy is not measured (this attempt's or an earlier one's), or a caveat; "" if none."""
-        notes = [self.earlier_note, self.meter.note]
-        if len(self.gpu_uuids) > 1:
-            notes.append(f"ran on {len(self.gpu_uuids)} GPUs (retried on another): its sums continue across them")
-        return "; ".join(dict.fromkeys(note for note in notes if note))
+        moved = f"ran on {len(self.gpu_uuids)} GPUs (retried on another): its sums continue across them"
+        return "; ".join(filter(None, [self._unmeasured_note, moved if len(self.gpu_uuids) > 1 else ""]))
+
+    @property
+    def _unmeasured_note(self) -> str:
+        return "; ".join(dict.fromkeys(note for note in (self.earlier_note, self.meter.note) if note))
 
     @property
     def done(self) -> bool:
@@ -235,7 +237,7 @@ class TrainingRun:
             "gap_variance": self.gap_variance,
             "status": self.status.value,
             "gpu_uuids": list(self.gpu_uuids),
-            "energy_note": self.energy_note,
+            "energy_note": self._unmeasured_note,
         }
 
     def load_state_dict(self, state: dict) -> None:
