@@ -2,8 +2,10 @@
 GPU nodes (tests/fake_nvml: NVML and torch.cuda; Zeus's real code runs on top).
 
 Each GPU of a fake node draws its own power, so joules name the GPU they were read from. Every
-scenario runs in its own interpreter (Zeus and CUDA read the node once per process); the
-scenarios start together, in one fixture, and each test reads its own.
+scenario runs in its own interpreter (Zeus and CUDA read the node once per process), two at a
+time, all in one fixture; each test reads what its scenario printed. Most scenarios train through
+the default TrainingRun, as before this project matched GPUs by UUID, so each also ran, and
+failed, on that code.
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ def test_a_zeus_setup_error_trains_with_energy_nan_and_says_why(results):
 
 
 def test_a_trial_given_no_gpu_trains_on_the_cpu_on_a_gpu_node_and_measures_no_gpu(results):
-    """Ray 2.60 leaves a zero-GPU worker the node's CUDA_VISIBLE_DEVICES (here: unset, all four)."""
+    """Ray 2.60 leaves a zero-GPU worker the node's CUDA_VISIBLE_DEVICES (here: unset, all eight)."""
     rows = result(results, "ray-no-gpu")
     assert rows[-1]["device"] == "cpu" and rows[-1]["gpu_indices"] == [] and rows[-1]["gpu_uuids"] == ""
     assert math.isnan(rows[-1]["energy_j"]) and rows[-1]["energy_note"] == ""
