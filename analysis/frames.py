@@ -27,9 +27,9 @@ ENERGY_COLUMNS = ("energy_err_j", "energy_resolution_s", "replays", "first_run_t
                   "gpu_max_power_w")  # copied from the trial's last report
 TRIAL_COLUMNS = [
     "trial_id", "trial_number", "sweep", "lr", "batch_size", "seed", "status", "reached_target",
-    "epochs", "time_s", "energy_j", *ENERGY_COLUMNS, "energy_source", "energy_method", "energy_uncertain",
-    "cpu_energy_shared", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device", "node", "node_id",
-    "started_at_s", "ended_at_s", "error",
+    "epochs", "time_s", "energy_j", *ENERGY_COLUMNS, "energy_source", "energy_method", "energy_note",
+    "energy_uncertain", "cpu_energy_shared", "overhead_time_s", "test_acc", "test_loss", "val_acc", "device",
+    "gpu_uuids", "node", "node_id", "started_at_s", "ended_at_s", "error",
 ]
 MAX_REL_ERR = 0.05  # energy_uncertain: energy_err_j above this share of energy_j
 
@@ -102,7 +102,8 @@ def load_trials(experiment: str) -> pd.DataFrame:
     """One row per trial (columns TRIAL_COLUMNS); `sweep` lists the views it belongs to.
 
     `energy_j` is the trial's GPU joules; on nodes without GPUs it is filled from the node's
-    CPU joules where attributable (`attribute_cpu_energy`).
+    CPU joules where attributable (`attribute_cpu_energy`). `energy_note` says why a trial's GPU
+    energy is not measured; `gpu_uuids` lists every GPU it ran on (several after a retry moved it).
     """
     rows = []
     for trial_id, config, results, error in _load(experiment):
@@ -123,12 +124,15 @@ def load_trials(experiment: str) -> pd.DataFrame:
             **{column: getattr(last, column) for column in ENERGY_COLUMNS},
             "energy_source": last.energy_source,
             "energy_method": last.energy_method,
+            "energy_note": last.energy_note,
             "cpu_energy_shared": False,
             "overhead_time_s": last.overhead_time_s,
             "test_acc": last.test_acc,
             "test_loss": last.test_loss,
             "val_acc": last.val_acc,
             "device": last.device,
+            "gpu_uuids": ",".join(dict.fromkeys(uuid for r in results for uuid in
+                                                str(r.get("gpu_uuids") or "").split(",") if uuid)),
             "node": last.node,
             "node_id": last.node_id,
             # The trial's span on the wall clock: from its first attempt's start to its last report.

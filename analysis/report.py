@@ -379,7 +379,7 @@ def _devices(trials: pd.DataFrame) -> str:
 def _energy_line(trials: pd.DataFrame) -> str:
     if not summary.energy_measured(trials):
         return (f"{NOT_MEASURED} (energy_source none: no GPU energy counter and no readable RAPL); "
-                "time is measured, energy columns are empty, not zero")
+                "time is measured, energy columns are empty, not zero" + _energy_notes(trials))
     sources = ", ".join(sorted(set(trials["energy_source"].astype(str)) - {"none"}))
     line = (f"joules from Zeus ({sources}); energy to accuracy covers training and validation of every epoch "
             "plus the final test")
@@ -398,8 +398,17 @@ def _energy_line(trials: pd.DataFrame) -> str:
                  "runs one trial per node)")
     missing = int((trials["energy_source"] == "none").sum()) - shared
     if missing > 0:
-        line += f". {missing} trial(s) ran without an energy counter: {NOT_MEASURED}"
-    return line
+        line += f". {missing} trial(s) have no energy counter that measured them: {NOT_MEASURED}"
+    return line + _energy_notes(trials)
+
+
+def _energy_notes(trials: pd.DataFrame) -> str:
+    """The trials' energy notes (why their GPU energy is not measured, or a caveat), each once,
+    with the trials it concerns."""
+    notes = trials["energy_note"].fillna("").astype(str) if "energy_note" in trials else pd.Series(dtype=str)
+    said = [f"trial(s) {', '.join(_num(n) for n in trials.loc[notes == note, 'trial_number'])}: {note}"
+            for note in dict.fromkeys(notes) if note]
+    return f". Energy notes: {'; '.join(said)}" if said else ""
 
 
 def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]:

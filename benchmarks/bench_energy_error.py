@@ -64,7 +64,7 @@ def one_trial() -> dict:
     x, y = rng.normal(size=(4000, 32)).astype(np.float32), rng.integers(0, 4, 4000)
     splits = prepare_splits(x, y, x[:200], y[:200], 0.2, 0)
     run = TrainingRun(splits, TrainConfig(batch_size=256, n_hidden=64), StopRule(threshold=None, max_epochs=EPOCHS),
-                      meter=EnergyMeter(gpu_indices=[0], cpu=False))
+                      meter=EnergyMeter(cpu=False))
     while True:
         report = run.run_epoch()
         if run.done:

@@ -10,7 +10,7 @@ each clock read; benchmarks/gpu_check.py reuses these rows). Prints one JSON lin
 train_acc (after the last epoch: the loops must learn alike) and, for the fast
 loop, ratio = dataloader epoch_s / fast epoch_s; then a table.
 
-Denormals: CPU math flushes denormal floats, as trials do (`select_device`). A
+Denormals: CPU math flushes denormal floats, as trials do (`trial_gpus`). A
 last row trains the fast loop at lr 0.1, batch 128 for 30 epochs, where the
 sigmoid saturates, and prints late_over_early = median epoch time of epochs
 26-30 / of epochs 2-6 with denormals flushed (goal: at most 1.2) and, measured
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as every trial does (trainables.training.device.select_device)
+    torch.set_flush_denormal(True)  # as every trial does (trainables.training.gpus.trial_gpus)
     x, y, n_classes = dataset(args.data)
     devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
     rows = []

@@ -11,7 +11,8 @@ Writes OUT/gpu-check-<gpu name>.json (OUT: --out, default benchmarks/results) af
 <stem>-variants.log, <stem>-sweep.log, <stem>-pytest.log and <stem>-sweep-analysis/ (the sweep's
 tables, figures and report.md). Stages, in order, each within its share of --budget-s (time a stage
 leaves unused passes to the next):
-  host   gpu_name, driver (NVML), torch, cuda, versions
+  host   gpu_name, driver (NVML), torch, cuda, versions; cuda_devices: each CUDA device's name and UUID
+         (torch's) beside the NVML index and name of the GPU with that UUID, and CUDA_DEVICE_ORDER
   nvml   nvml_energy_update_s: NVML's energy counter polled in a tight loop for --nvml-s seconds while
          matmuls load the GPU, median interval between changes; idle and loaded power
   epoch  bench_epoch.py's rows (both loops, ratio) for batch 32/128/512/2048 on the built-in data and
@@ -20,8 +21,10 @@ leaves unused passes to the next):
          take this one down, experimental variants of the fast loop: a whole epoch's steps captured
          in one CUDA graph (batch 32 and 128) and torch.compile'd forward_backward_fn (batch 128)
   sweep  `python -m tune_jobs run --preset seed` (a temporary storage), read back from its analysis
-         folder: one row per trial, and checks (GPU joules, epoch windows adding up, Ray GPU ids,
-         no two trials on one GPU at once, the report's energy measured)
+         folder: one row per trial (with its device and the UUID of the GPU it measured), and checks
+         (GPU joules, epoch windows adding up, Ray GPU ids, each trial's measured GPU UUID one of
+         this host's CUDA devices, of the model torch named, no two trials on one GPU at once, the
+         report's energy measured)
   tests  pytest -m "gpu or not (slow or cluster)" (-n 8 where pytest-xdist is installed): counts
 Exit codes: 0 every stage ran and every check passed; 1 otherwise; 2 no CUDA (without --allow-cpu).
 """
@@ -61,7 +64,8 @@ STAGE_SHARES = {"host": 0.04, "nvml": 0.04, "epoch": 0.34, "sweep": 0.32, "tests
 UIOWA_SHAPE = {"train_rows": 66_247, "test_rows": 14_904, "features": 120, "classes": 10}
 ACCURACY_BATCH, ACCURACY_EPOCHS, ACCURACY_TOLERANCE = 128, 10, 0.005
 VARIANTS = [("cuda-graph", 128), ("cuda-graph", 32), ("compile", 128)]  # (kind, batch size), run in this order
-SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source"]
+SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source", "device",
+              "gpu_uuids", "energy_note"]
 ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$")
 TERMINAL = {"reached_target", "max_epochs", "diverged", "outpaced"}
 GRACE_S = 15  # after the interrupt, before a stage's subprocess is killed
@@ -171,6 +175,25 @@ def nvml_text(pynvml, function: str, *args) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def cuda_devices(pynvml) -> list[dict]:
+    """Each CUDA device torch shows: its name and UUID, and the NVML index and name of the GPU
+    NVML finds by that UUID (the match every trial makes to measure the GPU it trains on)."""
+    import torch
+
+    devices = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        uuid = f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+        row = {"cuda_index": index, "name": torch.cuda.get_device_name(index), "uuid": uuid}
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+            row.update(nvml_index=pynvml.nvmlDeviceGetIndex(handle), nvml_name=nvml_text(pynvml, "nvmlDeviceGetName",
+                                                                                      handle))
+        except Exception as exc:  # noqa: BLE001 - no NVML, or a MIG slice: say so in the row
+            row["nvml_error"] = f"{type(exc).__name__}: {exc}"
+        devices.append(row)
+    return devices
+
+
 def host_facts(device, nvml) -> dict:
     import torch
 
@@ -192,7 +215,9 @@ def host_facts(device, nvml) -> dict:
                  "nvml_device": nvml_text(pynvml, "nvmlDeviceGetName", handle) if pynvml else handle,
                  "capability": f"{props.major}.{props.minor}" if props else None,
                  "memory_gib": round(props.total_memory / 2**30, 1) if props else None,
-                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "versions": versions},
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"), "versions": versions},
+        "cuda_devices": cuda_devices(pynvml) if pynvml else [],
     }
 
 
@@ -473,7 +498,8 @@ def sweep_stage(report: Report, args, deadline: float) -> None:
         epochs = pd.read_parquet(analysis / "epochs.parquet")
         report_md = (analysis / "report.md").read_text() if (analysis / "report.md").exists() else ""
         report.data["sweep"] = sweep_rows(trials, epochs)
-        report.data["sweep_checks"] = sweep_checks(trials, epochs, report_md)
+        devices = {d["uuid"]: d["name"] for d in report.data.get("cuda_devices", [])}
+        report.data["sweep_checks"] = sweep_checks(trials, epochs, report_md, devices)
         shutil.copytree(analysis, report.path("sweep-analysis"), dirs_exist_ok=True)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
@@ -499,9 +525,10 @@ def sweep_rows(trials, epochs) -> list[dict]:
     return rows
 
 
-def sweep_checks(trials, epochs, report_md: str) -> dict:
-    """The issue's checks on a GPU sweep, each a bool, with the trials that failed it."""
-    failures = {key: [] for key in ("finished", "gpu_joules", "epoch_sums", "gpu_ids")}
+def sweep_checks(trials, epochs, report_md: str, cuda_devices: dict[str, str] | None = None) -> dict:
+    """The issue's checks on a GPU sweep, each a bool, with the trials that failed it. `cuda_devices`
+    (UUID -> torch's name, this host's): each trial measured one of them, of the model it trained on."""
+    failures = {key: [] for key in ("finished", "gpu_joules", "epoch_sums", "gpu_ids", "gpu_uuid")}
     last = last_epochs(epochs)
     for trial in trials.to_dict("records"):
         tid = trial["trial_id"]
@@ -517,6 +544,10 @@ def sweep_checks(trials, epochs, report_md: str) -> dict:
             failures["epoch_sums"].append(tid)
         if tid not in last.index or str(last.loc[tid].get("gpu_ids", "")) in ("", "nan", "None"):
             failures["gpu_ids"].append(tid)
+        measured = str(trial.get("gpu_uuids", "")).split(",")
+        if len(measured) != 1 or not measured[0].startswith("GPU-") or (
+                cuda_devices is not None and cuda_devices.get(measured[0]) != trial.get("device")):
+            failures["gpu_uuid"].append(tid)
     overlaps = []
     if len(epochs) and {"started_at_s", "ended_at_s", "gpu_ids", "node_id"} <= set(epochs.columns):
         attempts = (epochs.groupby(["trial_id", "started_at_s"])
@@ -534,6 +565,7 @@ def sweep_checks(trials, epochs, report_md: str) -> dict:
             "gpu_joules_positive_finite": not failures["gpu_joules"],
             "epoch_energy_sums_match_total": not failures["epoch_sums"],
             "gpu_ids_on_every_trial": not failures["gpu_ids"],
+            "gpu_uuid_is_the_trained_on_device": not failures["gpu_uuid"],
             "no_two_trials_on_a_gpu_at_once": not overlaps,
             "report_energy_measured": bool(report_md) and "not measured" not in report_md,
             "failing_trials": {key: ids for key, ids in failures.items() if ids}, "overlaps": overlaps}

@@ -86,11 +86,13 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
 
 def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,
                    num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None,
-                   metrics_port: int | None = None, metrics_interval_ms: int | None = None) -> subprocess.Popen:
+                   metrics_port: int | None = None, metrics_interval_ms: int | None = None,
+                   env: dict | None = None) -> subprocess.Popen:
     """`ray start --block` for a head or a worker node on this machine, token auth on.
 
     `metrics_port`: where the node serves its Prometheus metrics (default: a free port);
-    `metrics_interval_ms`: how often Ray pushes metrics there (Ray's default: 10 s).
+    `metrics_interval_ms`: how often Ray pushes metrics there (Ray's default: 10 s);
+    `env`: the node's environment (default: this process's), which its workers inherit.
     """
     # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
     subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
@@ -107,9 +109,9 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
     else:
         args += [f"--address=127.0.0.1:{head_port}"]
     out = log.open("w") if log else subprocess.DEVNULL
-    env = tagged_env(tag, RAY_AUTH_MODE="token",
-                     PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    node_env = {**tagged_env(tag), **(env or {}), TAG: tag, "RAY_AUTH_MODE": "token",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=node_env, start_new_session=True)
 
 
 def http_status(url: str, token: str | None = None) -> int:

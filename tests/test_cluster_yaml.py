@@ -40,6 +40,7 @@ def test_cluster_yaml_keeps_its_promises(config):
     assert nodes["gpu_worker"]["min_workers"] == 0 and nodes["gpu_worker"]["max_workers"] >= 1
     starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2
+    assert starts.count("CUDA_DEVICE_ORDER=PCI_BUS_ID ray start") == 2  # Ray's GPU ids are nvidia-smi's
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert any("pip install" in c and "instrument-sweep" in c for c in config["setup_commands"])

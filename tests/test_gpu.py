@@ -24,6 +24,7 @@ def test_energy_of_a_gpu_run_comes_from_nvml_and_adds_up():
     splits = prepare_splits(x, y, x[:5000], y[:5000], 0.2, 0)
     meter = EnergyMeter()
     assert "gpu" in meter.source and meter.gpu_indices == [0]
+    assert meter.gpu_uuid == f"GPU-{torch.cuda.get_device_properties(0).uuid}"  # NVML's GPU is torch's device 0
     # 30 epochs: the fast loop may take under 0.1 s an epoch on an H100, and a direct measurement
     # within 5% needs the run to span about 25 counter periods.
     result = train_to_accuracy(splits, TrainConfig(batch_size=128), StopRule(threshold=None, max_epochs=30),

@@ -34,16 +34,21 @@ def frames(second_start_s: float, second_gpu: str = "0"):
     })
     trials = pd.DataFrame({"trial_id": ["a", "b"], "lr": [1e-3, 1e-2], "batch_size": [128, 128],
                            "status": ["reached_target", "max_epochs"], "epochs": [2, 2], "time_s": [2.0, 2.0],
-                           "energy_j": [22.0, 11.0], "gpu_energy_j": [22.0, 11.0], "energy_source": ["gpu", "gpu"]})
+                           "energy_j": [22.0, 11.0], "gpu_energy_j": [22.0, 11.0], "energy_source": ["gpu", "gpu"],
+                           "device": [H100, H100], "gpu_uuids": [UUID, UUID], "energy_note": ["", ""]})
     return trials, epochs
+
+
+H100, UUID = "NVIDIA H100 80GB HBM3", "GPU-6e3d2d4c-1111-2222-3333-444455556666"
 
 
 def test_sweep_checks_pass_for_back_to_back_gpu_trials_and_rows_carry_gpu_ids_and_energy_columns():
     trials, epochs = frames(second_start_s=103.0)
-    checks = gpu_check.sweep_checks(trials, epochs, "# report\nenergy to accuracy: 22 J\n")
+    checks = gpu_check.sweep_checks(trials, epochs, "# report\nenergy to accuracy: 22 J\n", {UUID: H100})
     assert all(value for value in checks.values() if isinstance(value, bool)), checks
     rows = gpu_check.sweep_rows(trials, epochs)
     assert [row["gpu_ids"] for row in rows] == ["0", "0"]
+    assert [(row["device"], row["gpu_uuids"]) for row in rows] == [(H100, UUID)] * 2  # the GPU run's proof
     assert rows[0]["energy_method"] == "window" and "epoch_energy_j" not in rows[0]
 
 
@@ -56,6 +61,14 @@ def test_sweep_checks_catch_overlaps_missing_joules_and_windows_that_do_not_add_
     checks = gpu_check.sweep_checks(trials, epochs, "energy not measured")
     assert checks["failing_trials"] == {"gpu_joules": ["b"], "epoch_sums": ["a"]}
     assert not checks["report_energy_measured"]
+
+
+def test_sweep_checks_catch_a_trial_that_measured_another_gpu_than_it_trained_on():
+    trials, epochs = frames(second_start_s=103.0)
+    other = "GPU-99999999-1111-2222-3333-444455556666"
+    trials["gpu_uuids"] = [other, f"{UUID},{other}"]  # another host GPU (an A100's), two GPUs
+    checks = gpu_check.sweep_checks(trials, epochs, "x", {UUID: H100, other: "NVIDIA A100-SXM4-80GB"})
+    assert checks["failing_trials"] == {"gpu_uuid": ["a", "b"]} and not checks["gpu_uuid_is_the_trained_on_device"]
 
 
 def test_json_output_is_strict_and_written_whole(tmp_path):

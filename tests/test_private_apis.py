@@ -17,6 +17,8 @@ changes one fails here, by name, instead of somewhere downstream.
   changes them, in test_private_fallbacks.py); the cache attribute of `torch._disable_dynamo`
   on Optimizer's methods.
 - trainables/training/zeus_import.py: Zeus's module-level scikit-learn import (test_energy.py).
+- trainables/training/gpus.py, `zeus_monitor`: Zeus numbering GPUs by CUDA_VISIBLE_DEVICES's
+  integers, once per process, and its GPU objects' NVML `handle` (test_gpus.py).
 """
 
 import json

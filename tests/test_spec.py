@@ -68,8 +68,18 @@ def test_gpus_per_trial_auto_follows_the_cluster():
     spec = load_spec("seed")
     assert spec.ray_resources(cluster_gpus=0) == {"cpu": 1.0, "gpu": 0.0}
     assert spec.ray_resources(cluster_gpus=4) == {"cpu": 1.0, "gpu": 1.0}
-    pinned = load_spec("seed", ["resources.gpus_per_trial=0.5"])
-    assert pinned.ray_resources(cluster_gpus=0)["gpu"] == 0.5
+    pinned = load_spec("seed", ["resources.gpus_per_trial=1"])
+    assert pinned.ray_resources(cluster_gpus=0)["gpu"] == 1.0
+    assert load_spec("seed", ["resources.gpus_per_trial=0"]).ray_resources(cluster_gpus=4)["gpu"] == 0.0
+
+
+@pytest.mark.parametrize("gpus", ["0.5", "2", "1.5", "true"])
+def test_gpus_per_trial_is_auto_0_or_1(gpus):
+    """A trial's energy is its one whole GPU's: half a GPU would be charged the GPU's whole joules,
+    two GPUs would be probed on one."""
+    with pytest.raises(InputError) as err:
+        load_spec("seed", [f"resources.gpus_per_trial={gpus}"])
+    assert err.value.where == "resources.gpus_per_trial" and "must be 'auto', 0 or 1" in str(err.value)
 
 
 def test_batch_larger_than_training_split_is_refused():

@@ -125,6 +125,10 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
             # thread a malloc arena it never returns (~5 MB a trial). One arena keeps trial memory
             # flat; the workers of a local Ray inherit this. cluster.yaml sets it on its nodes.
             os.environ.setdefault("MALLOC_ARENA_MAX", "1")
+            # CUDA numbers GPUs fastest first unless told otherwise: Ray's GPU ids (which it puts in
+            # CUDA_VISIBLE_DEVICES) then differ from nvidia-smi's on a node with mixed models. Trials
+            # match their GPU by UUID either way; this keeps the ids readable. cluster.yaml sets it too.
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             # Ray starts a worker per CPU for the first driver as it connects: dozens on a large
             # node that a small sweep never uses; on 2 cores they delayed Ray's start by 0.6 s and
             # the first trial not at all.

@@ -41,7 +41,7 @@ class Resources:
     """What each trial asks Ray for, and how often a failed trial is retried."""
 
     cpus_per_trial: float = 1.0  # CPU cores per trial; also torch's threads on CPU
-    gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0
+    gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0; or 0 or 1
     max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
     exclusive_node: bool = False  # one trial per node at a time: its node's CPU joules are then its own
     checkpoint_every_s: float = 1.0  # a trial checkpoints after an epoch once this long since its last (0: every epoch)
@@ -52,8 +52,10 @@ class Resources:
             raise InputError("resources.exclusive_node", f"must be true or false, got {self.exclusive_node!r}")
         if not _is_number(self.cpus_per_trial) or not self.cpus_per_trial > 0:
             raise InputError("resources.cpus_per_trial", f"must be a number > 0, got {self.cpus_per_trial!r}")
-        if self.gpus_per_trial != "auto" and not (_is_number(self.gpus_per_trial) and self.gpus_per_trial >= 0):
-            raise InputError("resources.gpus_per_trial", f"must be 'auto' or a number >= 0, got {self.gpus_per_trial!r}")
+        if self.gpus_per_trial != "auto" and not (_is_number(self.gpus_per_trial) and self.gpus_per_trial in (0, 1)):
+            raise InputError("resources.gpus_per_trial", "must be 'auto', 0 or 1 (a trial's energy is its one whole "
+                                                         "GPU's: a shared or several-GPU trial would not be measured "
+                                                         f"honestly), got {self.gpus_per_trial!r}")
         if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise InputError("resources.max_failures", f"must be an integer >= 0, got {self.max_failures!r}")
         for key in ("checkpoint_every_s", "report_every_s"):

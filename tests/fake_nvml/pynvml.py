@@ -1,32 +1,52 @@
 """A fake NVML for machines without an NVIDIA GPU: the real `pynvml` (nvidia-ml-py) with the
 device calls replaced, so Zeus runs its real GPU code path on top of it.
 
-Put this folder first on PYTHONPATH. Environment:
-    FAKE_NVML_GPUS      number of GPUs (default 1)
-    FAKE_NVML_POWER_W   power draw of every GPU (default 250)
-    FAKE_NVML_ARCH      NVML architecture name (default HOPPER; PASCAL has no energy counter,
-                        so Zeus integrates sampled power instead)
-    FAKE_NVML_PERIOD_S  the energy counter's update period (default 0.1)
-The energy counter (mJ) advances like the real one: in steps every 100 ms.
+Put this folder first on PYTHONPATH. The node it shows (how many GPUs, their models, UUIDs, bus
+ids, power, architectures, MIG mode, a missing counter, NVML errors) is described by environment
+variables: see fake_node.py (FAKE_NVML_DEVICES, or FAKE_NVML_GPUS/_POWER_W/_ARCH, FAKE_NVML_PERIOD_S).
+Each GPU's energy counter (mJ) advances at its own power, in steps every period, like the real
+one, so joules read name the GPU they were read from. NVML's indices are the PCI bus order. The
+folder's sitecustomize.py shows torch the same GPUs through CUDA.
 """
 
 import importlib.machinery
 import importlib.util
 import os
 import sys
-import time
+from types import SimpleNamespace
 
-_paths = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+_here = os.path.dirname(os.path.abspath(__file__))
+_paths = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 _spec = importlib.machinery.PathFinder.find_spec("pynvml", _paths)
 _real = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_real)
 globals().update({k: v for k, v in vars(_real).items() if not k.startswith("__")})
 
-UPDATE_PERIOD_S = float(os.environ.get("FAKE_NVML_PERIOD_S", "0.1"))
-_T0 = time.monotonic()
-_GPUS = int(os.environ.get("FAKE_NVML_GPUS", "1"))
-_POWER_W = float(os.environ.get("FAKE_NVML_POWER_W", "250"))
-_ARCH = os.environ.get("FAKE_NVML_ARCH", "HOPPER")
+import fake_node  # noqa: E402 - beside this file, on the same PYTHONPATH
+
+# What the real library's nvmlErrorString says for the errors the fake raises.
+_real.NVMLError._errcode_to_string.update({
+    _real.NVML_ERROR_NOT_SUPPORTED: "Not Supported", _real.NVML_ERROR_UNKNOWN: "Unknown Error",
+    _real.NVML_ERROR_GPU_IS_LOST: "GPU is lost", _real.NVML_ERROR_NOT_FOUND: "Not Found",
+    _real.NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument"})
+
+
+def _error(name: str):
+    return NVMLError(getattr(_real, f"NVML_ERROR_{name}"))  # noqa: F821 - from the real module
+
+
+def _device(handle) -> "fake_node.Device":
+    if not isinstance(handle, fake_node.Device):
+        raise _error("INVALID_ARGUMENT")
+    return handle
+
+
+def _readable(handle) -> "fake_node.Device":
+    """The device behind `handle`, raising its NVML error where it has one now."""
+    device = _device(handle)
+    if device.failing():
+        raise _error(device.energy_error)
+    return device
 
 
 def nvmlInit():
@@ -38,54 +58,112 @@ def nvmlShutdown():
 
 
 def nvmlDeviceGetCount():
-    return _GPUS
+    return len(fake_node.DEVICES)
 
 
 def nvmlDeviceGetHandleByIndex(index):
-    if not 0 <= index < _GPUS:
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)  # noqa: F821 - from the real module
-    return index
+    if not 0 <= index < len(fake_node.DEVICES):
+        raise _error("INVALID_ARGUMENT")
+    if fake_node.DEVICES[index].lost:
+        raise _error("GPU_IS_LOST")
+    return fake_node.DEVICES[index]
+
+
+def nvmlDeviceGetHandleByUUID(uuid):
+    device = fake_node.by_uuid(uuid.decode() if isinstance(uuid, bytes) else uuid)
+    if device is None:
+        raise _error("NOT_FOUND")
+    if device.lost:
+        raise _error("GPU_IS_LOST")
+    return device
+
+
+def nvmlDeviceGetIndex(handle):
+    device = _device(handle)
+    if device.parent is not None:
+        raise _error("INVALID_ARGUMENT")
+    return device.index
+
+
+def nvmlDeviceGetUUID(handle):
+    return _device(handle).uuid
 
 
 def nvmlDeviceGetName(handle):
-    return "Fake NVIDIA H100"
+    return _device(handle).name
+
+
+def nvmlDeviceGetPciInfo(handle):
+    return SimpleNamespace(busId=_device(handle).pci_bus_id.encode())  # bytes, as the real struct's field
+
+
+nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
 
 
 def nvmlDeviceGetArchitecture(handle):
-    return getattr(_real, f"NVML_DEVICE_ARCH_{_ARCH}")
+    return getattr(_real, f"NVML_DEVICE_ARCH_{_device(handle).arch}")
+
+
+def nvmlDeviceGetMigMode(handle):
+    """[current, pending]; GPUs older than Ampere have no MIG: NotSupported, as the real call."""
+    device = _device(handle)
+    if device.rank < fake_node.ARCH_RANK["AMPERE"]:
+        raise _error("NOT_SUPPORTED")
+    mode = NVML_DEVICE_MIG_ENABLE if device.mig else 0  # noqa: F821
+    return [mode, mode]
+
+
+def nvmlDeviceIsMigDeviceHandle(handle):
+    return _device(handle).parent is not None
+
+
+def nvmlDeviceGetMaxMigDeviceCount(handle):
+    return len(_device(handle).mig)
+
+
+def nvmlDeviceGetMigDeviceHandleByIndex(handle, index):
+    instances = _device(handle).mig
+    if not 0 <= index < len(instances):
+        raise _error("NOT_FOUND")
+    return instances[index]
+
+
+def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle):
+    device = _device(handle)
+    if device.parent is None:
+        raise _error("INVALID_ARGUMENT")
+    return fake_node.DEVICES[device.parent]
 
 
 def nvmlDeviceGetC2cModeInfoV(handle):
-    raise NVMLError(NVML_ERROR_NOT_SUPPORTED)  # noqa: F821
+    raise _error("NOT_SUPPORTED")
 
 
 def nvmlDeviceGetTotalEnergyConsumption(handle):
-    """Millijoules since start, updated every UPDATE_PERIOD_S like the real counter."""
-    elapsed = time.monotonic() - _T0
-    return int((elapsed // UPDATE_PERIOD_S) * UPDATE_PERIOD_S * _POWER_W * 1000)
-
-
-def _power_mw() -> int:
-    """The draw, 1 W above and below FAKE_NVML_POWER_W in turns every 100 ms, as sensors wobble."""
-    step = int((time.monotonic() - _T0) // UPDATE_PERIOD_S)
-    return int(_POWER_W * 1000) + (1000 if step % 2 else -1000)
+    """Millijoules since start, updated every period like the real counter. NotSupported on a MIG
+    instance and where the GPU has no counter (older than Volta, or a driver without it)."""
+    device = _readable(handle)
+    if device.parent is not None or not device.counter or device.rank < fake_node.ARCH_RANK["VOLTA"]:
+        raise _error("NOT_SUPPORTED")
+    return device.energy_mj()
 
 
 def nvmlDeviceGetPowerUsage(handle):
-    return _power_mw()
+    return _readable(handle).power_mw()
 
 
 def nvmlDeviceGetFieldValues(handle, fields):
     """Instant (and average) power: every field reads the current draw, in mW."""
+    device = _readable(handle)
     values = []
     for field_id, scope in fields:
         value = c_nvmlFieldValue_t()  # noqa: F821
         value.fieldId, value.scopeId, value.nvmlReturn = field_id, scope, NVML_SUCCESS  # noqa: F821
-        value.value.uiVal = _power_mw()
+        value.value.uiVal = device.power_mw()
         values.append(value)
     return values
 
 
 def nvmlDeviceGetPowerManagementLimitConstraints(handle):
-    """(min, max) power limit in mW: an H100 SXM's."""
-    return (200_000, 700_000)
+    """(min, max) power limit in mW (default: an H100 SXM's max)."""
+    return (200_000, int(_device(handle).max_power_w * 1000))

@@ -1,8 +1,9 @@
 """Per-window time and energy from Zeus, in contiguous windows.
 
-`EnergyMeter` wraps `zeus.monitor.ZeusMonitor`. It measures the GPUs visible to
-this process (indices as CUDA_VISIBLE_DEVICES shows them; none at all on a
-machine without a GPU) and CPU/DRAM energy through RAPL where readable.
+`EnergyMeter` wraps `zeus.monitor.ZeusMonitor`. It measures the one GPU a trial
+trains on, where `trainables.training.gpus` finds its energy measurable (named by
+UUID; none on the CPU or without a GPU), and CPU/DRAM energy through RAPL where
+readable.
 
 Semantics (README, "What a trial measures"):
 - `lap()` ends the current window and begins the next one back to back, so the
@@ -12,7 +13,8 @@ Semantics (README, "What a trial measures"):
   on a GPU add a CUDA sync and the NVML counter reads).
 - GPU and CPU (package + DRAM, the whole node's) joules are kept apart; a trial's
   headline energy is its GPU's, as Zeus's `total_energy` (see `TrainingRun`).
-- Missing energy is NaN with source "none", never 0. Time is always measured.
+- Missing energy is NaN with source "none", never 0, and `note` says why where a
+  GPU was there to measure. Time is always measured.
 - NVML's energy counter updates in steps (about every 100 ms): the meter carries
   its GPU's measured period and idle power (`probe`), from which a run derives
   the error of its sums (`energy_err_j`).
@@ -25,6 +27,8 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+
+from trainables.training.gpus import TrialGpus, error_text, one_line, trial_gpus, zeus_monitor
 
 NAN = float("nan")
 ERR_SIGMAS = 2.5  # counter_error_j spans this many standard deviations of the counter's step error
@@ -70,50 +74,52 @@ def energy_source(has_gpu: bool, has_cpu: bool) -> str:
     return "none"
 
 
-def _visible_gpu_indices() -> list[int]:
-    """Indices of the CUDA devices this process sees; [] without a GPU."""
-    import torch
-
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
 class EnergyMeter:
-    """Contiguous time/energy windows over ZeusMonitor.
+    """Contiguous time/energy windows over ZeusMonitor, for the GPU `gpus` says a trial trains on.
 
-        meter = EnergyMeter(); meter.start()
+        meter = EnergyMeter(trial_gpus(ray_ids)); meter.start()
         for epoch in ...: train(); w = meter.lap()   # w.time_s, w.energy_j, ...
         meter.close()
+
+    Where that GPU's energy is not measured (`TrialGpus.note`), or Zeus fails to set up or to
+    read it (an NVML error mid-trial), windows go on with time (and RAPL CPU joules where Zeus
+    still reads them) and GPU joules NaN, and `note` says why, in one line.
     """
 
     _WINDOW = "instrument-sweep-window"
 
-    def __init__(self, gpu_indices: list[int] | None = None, cpu: bool = True) -> None:
-        from trainables.training.zeus_import import zeus_monitor_class
-
-        ZeusMonitor = zeus_monitor_class()
-        gpus = _visible_gpu_indices() if gpu_indices is None else list(gpu_indices)
-        logging.getLogger("zeus").setLevel(logging.WARNING)
-        # Zeus raises for gpu_indices=[0] on a machine without a GPU: pass [] there.
-        self._monitor = ZeusMonitor(gpu_indices=gpus, cpu_indices=None if cpu else [])
-        self.gpu_indices = list(self._monitor.gpu_indices)
-        self.cpu_indices = list(self._monitor.cpu_indices)
-        self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))
+    def __init__(self, gpus: TrialGpus | None = None, cpu: bool = True) -> None:
+        gpus = gpus if gpus is not None else trial_gpus()
+        self.note = gpus.note
+        self.gpu_uuid = gpus.gpu.uuid if gpus.gpu else ""  # the GPU trained on, measured or not
         # Windows wait for queued CUDA work to finish, so a GPU epoch is charged to its own window.
-        import torch
+        self._sync_device = gpus.device if gpus.device.type == "cuda" else None
+        self.probe = None  # the measured GPU's counter: its update period and idle power, before any window
+        logging.getLogger("zeus").setLevel(logging.WARNING)
+        self._monitor = None
+        try:
+            self._monitor = zeus_monitor([gpus.gpu] if gpus.measured else [], cpu)
+            if self._monitor.gpu_indices:
+                from trainables.training.gpu_counter import probe_gpu
 
-        self._sync = bool(self.gpu_indices) and torch.cuda.is_available()
+                self.probe = probe_gpu(self._monitor.gpus, self._monitor.gpu_indices[0])
+        except Exception as exc:  # noqa: BLE001 - Zeus could not set up or read the GPU: time (and CPU) go on
+            self.note = self.note or one_line(f"Zeus could not measure GPU {self.gpu_uuid or '?'}: {error_text(exc)}")
+            self.probe = None
+            try:
+                self._monitor = zeus_monitor([], cpu)
+            except Exception:  # noqa: BLE001 - nor anything else: time alone
+                self._monitor = None
+        self.gpu_indices = list(self._monitor.gpu_indices) if self._monitor else []  # Zeus's indices
+        self.cpu_indices = list(self._monitor.cpu_indices) if self._monitor else []
+        self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))
         self._window: str | None = None
+        self._began_s = 0.0
         self._count = 0
-        # The first measured GPU's counter: its update period and idle power, before any window.
-        self.probe = None
-        if self.gpu_indices:
-            from trainables.training.gpu_counter import probe_gpu
-
-            self.probe = probe_gpu(self.gpu_indices[0])
 
     @property
     def update_period_s(self) -> float:
-        """The GPU counter's measured update period; NaN without a GPU."""
+        """The GPU counter's measured update period; NaN without a measured GPU."""
         return self.probe.update_period_s if self.probe else NAN
 
     def start(self) -> None:
@@ -135,22 +141,47 @@ class EnergyMeter:
         if self._window is not None:
             self._end()
 
+    def _sync(self) -> None:
+        if self._sync_device is not None:
+            import torch
+
+            torch.cuda.synchronize(self._sync_device)
+
     def _begin(self) -> None:
         self._count += 1
         self._window = f"{self._WINDOW}-{self._count}"
-        self._monitor.begin_window(self._window, sync_execution=self._sync)
+        self._sync()
+        self._began_s = time.perf_counter()
+        if self._monitor is not None:
+            try:
+                self._monitor.begin_window(self._window, sync_execution=False)
+            except Exception as exc:  # noqa: BLE001 - an NVML error mid-trial
+                self._lost(exc)
 
     def _end(self) -> EnergyWindow:
         if self._window is None:
             raise RuntimeError("EnergyMeter: no window is open; call start() first")
-        with warnings.catch_warnings():  # Zeus warns of zero-joule short windows; we flag them instead
-            warnings.simplefilter("ignore", UserWarning)
-            m = self._monitor.end_window(self._window, sync_execution=self._sync)
-        self._window = None
+        window, self._window = self._window, None
+        self._sync()
+        elapsed_s = time.perf_counter() - self._began_s
+        if self._monitor is None:
+            return EnergyWindow(time_s=elapsed_s, gpu_j=NAN, cpu_j=NAN, source="none")
+        try:
+            with warnings.catch_warnings():  # Zeus warns of zero-joule short windows; we flag them instead
+                warnings.simplefilter("ignore", UserWarning)
+                m = self._monitor.end_window(window, sync_execution=False)
+        except Exception as exc:  # noqa: BLE001 - an NVML error mid-trial
+            self._lost(exc)
+            return EnergyWindow(time_s=elapsed_s, gpu_j=NAN, cpu_j=NAN, source="none")
         gpu_j = sum(m.gpu_energy.values()) if m.gpu_energy else NAN
         cpu_parts = [*(m.cpu_energy or {}).values(), *(m.dram_energy or {}).values()]
         cpu_j = sum(cpu_parts) if cpu_parts else NAN
         return EnergyWindow(time_s=float(m.time), gpu_j=float(gpu_j), cpu_j=float(cpu_j), source=self.source)
+
+    def _lost(self, exc: Exception) -> None:
+        """Zeus failed mid-trial: from here on, time alone, and the note says why."""
+        self.note = one_line(f"Zeus failed while measuring GPU {self.gpu_uuid or '?'}: {error_text(exc)}")
+        self._monitor, self.source, self.gpu_indices, self.cpu_indices = None, "none", [], []
 
 
 class TimeOnlyMeter:
@@ -159,6 +190,7 @@ class TimeOnlyMeter:
     source = "none"
     probe = None
     update_period_s = NAN
+    note = gpu_uuid = ""
 
     def __init__(self) -> None:
         self._started: float | None = None

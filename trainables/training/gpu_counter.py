@@ -1,14 +1,16 @@
 """What a GPU's energy counter can resolve, measured: its update period, idle power, power cap.
 
     from trainables.training.gpu_counter import probe_gpu
-    probe = probe_gpu(0)   # GpuProbe(update_period_s=0.1, idle_w=68.2, idle_err_w=0.4, max_power_w=700.0, ...)
+    monitor = zeus_monitor([gpu])                          # trainables.training.gpus
+    probe = probe_gpu(monitor.gpus, monitor.gpu_indices[0])  # GpuProbe(update_period_s=0.1, idle_w=68.2, ...)
 
-Through Zeus's device layer (`zeus.device.get_gpus`), so indices are CUDA's under
-CUDA_VISIBLE_DEVICES. NVML's cumulative energy counter (mJ, Volta and newer) does
+Through Zeus's device layer, on the GPU list `zeus_monitor` sets up. NVML's
+cumulative energy counter (mJ, Volta and newer) does
 not advance continuously: it jumps about every 100 ms, so any window boundary can
 be off by up to one step of energy. The period is measured, not assumed; one
 probe per GPU per process is cached (`probe_gpu`), taken before the process's
-first trial on that GPU while nothing of ours runs on it.
+first trial on that GPU while nothing of ours runs on it: a trial retried on
+another GPU probes that one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ MIN_IDLE_PERIODS = 10  # idle power averages at least this many counter periods
 class GpuProbe:
     """One GPU's counter, measured. Seconds, watts; NaN where the GPU has no energy counter."""
 
-    index: int  # CUDA index as this process sees it
+    index: int  # Zeus's index of the GPU (see trainables.training.gpus.zeus_monitor)
     name: str
     update_period_s: float  # median time between counter changes
     idle_w: float  # mean power over >= MIN_IDLE_PERIODS periods, between counter changes
@@ -65,17 +67,13 @@ def measure_counter(read_mj, timeout_s: float = 5.0) -> tuple[float, float, floa
 
 
 @functools.lru_cache(maxsize=None)
-def probe_gpu(index: int, timeout_s: float = 5.0) -> GpuProbe:
-    """Measure GPU `index`'s counter period and idle power (about 1.2 s at a 100 ms period)."""
-    from zeus.device import get_gpus
-
-    gpus = get_gpus()
+def probe_gpu(gpus, index: int, timeout_s: float = 5.0) -> GpuProbe:
+    """Measure the counter period and idle power of GPU `index` of Zeus's GPU list `gpus` (about
+    1.2 s at a 100 ms period). Only for a GPU whose counter answers (`trainables.training.gpus.energy_note`)."""
     name = gpus.get_name(index)
     try:
         max_power_w = gpus.get_power_management_limit_constraints(index)[1] / 1000.0
     except Exception:  # noqa: BLE001 - not every GPU or driver reports it
         max_power_w = NAN
-    if not gpus.supports_get_total_energy_consumption(index):
-        return GpuProbe(index, name, NAN, NAN, NAN, max_power_w)
     period_s, idle_w, idle_err_w = measure_counter(lambda: gpus.get_total_energy_consumption(index), timeout_s)
     return GpuProbe(index, name, period_s, idle_w, idle_err_w, max_power_w)

@@ -9,7 +9,10 @@ restarted from its seed and replayed back to back (same epochs, validation each
 epoch, the final test; no reporting in between) inside one energy window, until
 that window spans `MIN_PERIODS` periods (its error then is under `MAX_REL_ERR`
 of a run) or the replays would exceed `budget_s`. The report's `time_s` and
-`energy_j` become the per-run means; the first run's stay as `first_run_*`.
+`energy_j` become the per-run means; the first run's stay as `first_run_*`. A
+replay that ends at another epoch or status than the run (nondeterministic
+kernels) is not the same work: the replays are dropped, the direct figure stays,
+and `energy_note` says so.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def settle_energy(run, report: EpochReport, budget_s: float) -> EpochReport:
         while not run.done:
             run.run_epoch()
         replays += 1
+        if (run.epoch, run.status.value) != (report.epoch, report.status):
+            meter.stop()
+            run.meter = meter
+            different = (f"replay {replays} ended at epoch {run.epoch} ({run.status.value}), the run at epoch "
+                         f"{report.epoch} ({report.status}): replays not used")
+            return replace(report, energy_note="; ".join(filter(None, [report.energy_note, different])))
         elapsed = time.perf_counter() - started
         if elapsed >= target_s or elapsed + elapsed / replays > budget_s:
             break

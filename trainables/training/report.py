@@ -58,6 +58,7 @@ class EpochReport:
     overhead_time_s: float = NAN  # cumulative time between epochs (reporting, checkpointing), not in time_s
     overhead_energy_j: float = NAN  # cumulative GPU joules between epochs, not in energy_j
     energy_source: str = "none"  # what energy_j holds: "gpu" or "none" (analysis may attribute "cpu")
+    energy_note: str = ""  # one line: why the trial's GPU energy is not measured (or a caveat); "" otherwise
     status: str = Status.RUNNING.value  # a `Status` value: the stop rule's decision after this epoch
     test_acc: float = NAN
     test_loss: float = NAN
@@ -71,6 +72,7 @@ class EpochReport:
     node: str = ""  # host name
     node_id: str = ""  # Ray node id
     gpu_ids: str = ""  # Ray's GPU ids of the trial, comma-separated ("" on CPU)
+    gpu_uuids: str = ""  # the GPU(s) it trained on, by NVML UUID: more than one after a retry on another GPU
     started_at_s: float = NAN  # wall clock (Unix seconds) when this attempt of the trial began
     ended_at_s: float = NAN  # wall clock when this report was made
     rss_mib: float = NAN  # the trial process's resident memory

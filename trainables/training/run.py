@@ -23,8 +23,8 @@ import torch
 
 from trainables.data.splits import Splits
 from trainables.training.config import TrainConfig
-from trainables.training.device import select_device
 from trainables.training.energy import NAN, EnergyMeter, EnergyWindow, counter_error_j
+from trainables.training.gpus import TrialGpus, trial_gpus
 from trainables.training.loops import EpochStats, evaluate, make_loop
 from trainables.training.model import InstrumentNet
 from trainables.training.optim import make_optimizer
@@ -55,7 +55,11 @@ class TrainResult:
 
 
 class TrainingRun:
-    """One trial's model, optimizer, data on device and counters; advanced by `run_epoch`."""
+    """One trial's model, optimizer, data on device and counters; advanced by `run_epoch`.
+
+    It trains on `gpus.device` and measures with `meter` (default: `EnergyMeter(gpus)`); `gpus`
+    defaults to this process's first CUDA device, if any (`trial_gpus()`), and a `device` given
+    without `gpus` measures no GPU."""
 
     def __init__(
         self,
@@ -64,9 +68,12 @@ class TrainingRun:
         rule: StopRule,
         device: torch.device | None = None,
         meter: EnergyMeter | None = None,
+        gpus: TrialGpus | None = None,
     ) -> None:
         self.config, self.rule = config, rule
-        self.device = device or select_device(config.cpus)
+        if gpus is None:
+            gpus = TrialGpus(device) if device is not None else trial_gpus(cpus=config.cpus)
+        self.device = device or gpus.device
         torch.manual_seed(config.seed)
         self.model = InstrumentNet(
             splits.n_features, config.n_hidden, splits.n_classes, config.activation
@@ -80,8 +87,10 @@ class TrainingRun:
         as_y = lambda a: torch.as_tensor(a, dtype=torch.int64, device=self.device)  # noqa: E731
         self.val = (as_x(splits.val_x), as_y(splits.val_y))
         self.test = (as_x(splits.test_x), as_y(splits.test_y))
-        self.meter = meter if meter is not None else EnergyMeter()
+        self.meter = meter if meter is not None else EnergyMeter(gpus)
         self._reset_counters()
+        self.gpu_uuids = [self.meter.gpu_uuid] if self.meter.gpu_uuid else []  # every GPU the trial ran on
+        self.earlier_note = ""  # why energy was not measured in an attempt before a retry
 
     def _reset_counters(self) -> None:
         gpu = "gpu" in self.meter.source
@@ -124,6 +133,16 @@ class TrainingRun:
         if probe is None or not math.isfinite(probe.update_period_s):
             return NAN
         return counter_error_j(self.gpu_energy_j, self.time_s, probe.idle_w, probe.update_period_s, self.gap_variance)
+
+    @property
+    def energy_note(self) -> str:
+        """Why GPU energy is not measured (this attempt's or an earlier one's), or a caveat; "" if none."""
+        moved = f"ran on {len(self.gpu_uuids)} GPUs (retried on another): its sums continue across them"
+        return "; ".join(filter(None, [self._unmeasured_note, moved if len(self.gpu_uuids) > 1 else ""]))
+
+    @property
+    def _unmeasured_note(self) -> str:
+        return "; ".join(dict.fromkeys(note for note in (self.earlier_note, self.meter.note) if note))
 
     @property
     def done(self) -> bool:
@@ -189,6 +208,8 @@ class TrainingRun:
             overhead_time_s=self.overhead_time_s,
             overhead_energy_j=self.overhead_energy_j,
             energy_source="gpu" if math.isfinite(self.energy_j) else "none",
+            energy_note=self.energy_note,
+            gpu_uuids=",".join(self.gpu_uuids),
             status=self.status.value,
             test_acc=test.acc if test else NAN,
             test_loss=test.loss if test else NAN,
@@ -215,6 +236,8 @@ class TrainingRun:
             "overhead_energy_j": self.overhead_energy_j,
             "gap_variance": self.gap_variance,
             "status": self.status.value,
+            "gpu_uuids": list(self.gpu_uuids),
+            "energy_note": self._unmeasured_note,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -231,6 +254,9 @@ class TrainingRun:
         self.overhead_energy_j = float(state["overhead_energy_j"]) if "gpu" in self.meter.source else NAN
         self.gap_variance = float(state["gap_variance"])
         self.status = Status(state["status"])
+        # A retry on another GPU probed that GPU (its meter's); the row lists every GPU it ran on.
+        self.gpu_uuids = list(dict.fromkeys([*state.get("gpu_uuids", []), *self.gpu_uuids]))
+        self.earlier_note = state.get("energy_note", "")
 
 
 def train_to_accuracy(

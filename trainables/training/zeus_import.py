@@ -4,8 +4,8 @@
     ZeusMonitor = zeus_monitor_class()
 
 `zeus.monitor` imports `sklearn.metrics.auc` at module level; PowerMonitor
-calls it only to integrate sampled power on GPUs without an energy counter.
-Importing scikit-learn (and SciPy behind it) costs every trial process about
+calls it only to integrate sampled power on GPUs without an energy counter,
+which trials do not measure (`trainables.training.gpus`). Importing scikit-learn (and SciPy behind it) costs every trial process about
 70 MiB and a second. During Zeus's import, `sklearn.metrics` resolves to a
 stand-in whose `auc` imports the real one on first call, so results are
 scikit-learn's own; the stand-in is gone from `sys.modules` right after. An

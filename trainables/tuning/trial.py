@@ -57,11 +57,15 @@ def resident_mib() -> float:
         return float("nan")
 
 
-def ray_placement() -> dict:
+def ray_gpu_ids() -> list[str]:
+    """The GPU ids Ray gave this trial (what it put in CUDA_VISIBLE_DEVICES; possibly logical); [] for none."""
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def ray_placement(gpu_ids: list[str] | None = None) -> dict:
     """Which Ray node and GPU ids (Ray's, possibly logical) this trial was given."""
-    context = ray.get_runtime_context()
-    gpu_ids = context.get_accelerator_ids().get("GPU", [])
-    return {"node_id": context.get_node_id(), "gpu_ids": ",".join(map(str, gpu_ids))}
+    gpu_ids = ray_gpu_ids() if gpu_ids is None else gpu_ids
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(gpu_ids)}
 
 
 def check_provenance(saved: dict, trial: dict, fingerprint: dict) -> None:
@@ -137,7 +141,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     import torch
 
     from trainables.data.splits import prepare_splits
-    from trainables.training.device import device_name
+    from trainables.training.gpus import trial_gpus
     from trainables.training.replay import settle_energy
     from trainables.training.run import TrainingRun
 
@@ -146,16 +150,19 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     train_config, rule = TrainConfig(**trial["train"]), StopRule(**trial["stop"])
     splits = prepare_splits(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y,
                             train_config.val_fraction, train_config.seed)
-    run = TrainingRun(splits, train_config, rule)
+    # The device and the measured GPU follow what Ray gave the trial, never what CUDA happens to show.
+    gpu_ids = ray_gpu_ids()
+    gpus = trial_gpus(gpu_ids, train_config.cpus)
+    run = TrainingRun(splits, train_config, rule, gpus=gpus)
     labels = {
         "trial_number": trial["number"],
         "lr": train_config.lr,
         "batch_size": train_config.batch_size,
         "seed": train_config.seed,
         "views": ",".join(trial["views"]),
-        "device": device_name(run.device),
+        "device": gpus.device_name,
         "node": socket.gethostname(),
-        **ray_placement(),
+        **ray_placement(gpu_ids),
     }
     checkpoint = tune.get_checkpoint()
     if checkpoint:
