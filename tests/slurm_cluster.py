@@ -68,9 +68,10 @@ class SlurmCluster:
     # -- set up and tear down
     def __enter__(self) -> "SlurmCluster":
         install_slurm()
-        self.network.__enter__()
+        self.network.__enter__()  # removes what a killed run left in its namespaces
         try:
-            self.dir = Path(tempfile.mkdtemp(prefix=f"{self.network.prefix}-", dir="/tmp"))  # short: TmpFS below
+            self._end_leftovers()
+            self.dir = Path(tempfile.mkdtemp(prefix=self.dir_prefix, dir="/tmp"))  # short: TmpFS below
             self._write_config()
             self._start_munged()
             self._start_daemons()
@@ -90,6 +91,27 @@ class SlurmCluster:
         self._daemons.clear()
         if self.dir.name:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def dir_prefix(self) -> str:
+        return f"{self.network.prefix}-"
+
+    def _end_leftovers(self) -> None:
+        """What a killed run left outside its namespaces: its munged and slurmctld, found by the temp dir
+        they name (in their arguments or SLURM_CONF), and that dir."""
+        mark = f"/tmp/{self.dir_prefix}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit() or (proc / "comm").read_text().strip() not in ("munged", "slurmctld"):
+                    continue
+                named = mark in (proc / "cmdline").read_bytes() or b"SLURM_CONF=" + mark in (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if named:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+        for old in Path("/tmp").glob(f"{self.dir_prefix}*"):
+            shutil.rmtree(old, ignore_errors=True)
 
     @property
     def conf(self) -> Path:
