@@ -101,6 +101,7 @@ def test_two_sweeps_at_once_span_both_nodes_and_share_no_gpu(slurm, tag, tmp_pat
     heads = {name: re.search(r"cluster: Ray cluster at (\S+): 2 node\(s\), 2 CPUs, 2 GPUs", out).group(1)
              for name, out in outputs.items()}
     assert heads["a"] != heads["b"]  # the same first node, each head on its own free port
+    assert all((slurm.tmpfs / f"ray-{job_id}").is_dir() for job_id in jobs.values())  # and its own temp dir
     assert (storage / "a" / "analysis" / "report.md").is_file()
 
     spans = []

@@ -10,7 +10,7 @@ from analysis import storage
 from trainables.errors import InputError
 from tune_jobs import experiment_lock
 from tune_jobs.cli import main
-from tune_jobs.slurm import client, follow
+from tune_jobs.slurm import client, follow, in_job
 from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script, sweep_command
 from tune_jobs.slurm.submit import refusal
 
@@ -124,3 +124,33 @@ def test_slurm_checks_the_spec_as_run_does(capsys):
     assert capsys.readouterr().err == run_error and run_error.startswith("error: stop.patience: ")
     assert main(["slurm", "smoke", "--resume", "seed-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --resume: continues an experiment with its own spec")
+
+
+def test_the_jobs_token_is_private_before_ray_reads_it(tmp_path, monkeypatch):
+    token = tmp_path / "ray-token-14"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    in_job.make_token(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    token.chmod(0o644)  # made readable meanwhile: private again, same token
+    before = token.read_text()
+    in_job.make_token(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == before
+
+
+def test_waiting_for_ray_ends_at_once_when_a_ray_start_step_has_ended():
+    import time
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        assert in_job.step_ended(ended.pid) and not in_job.step_ended(running.pid)
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="a `ray start` step ended"):
+            in_job.wait_for_nodes(f"127.0.0.1:{in_job.free_ports(1)[0]}", 2, 60, steps=[running.pid, ended.pid])
+        assert time.monotonic() - start < 5
+    finally:
+        running.kill()
+        running.wait()
+    assert len(set(in_job.free_ports(3))) == 3

@@ -17,16 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainables.errors import InputError
-from tune_jobs.security import private_token_file, write_new_token
+from tune_jobs import security
 
 POLL_S = 0.5
 
 
 def make_token(path: Path) -> None:
-    """A new Ray token in `path`, created 0600 (an existing one is kept, made 0600 where it is not)."""
+    """A new Ray token in `path`, the file RAY_AUTH_TOKEN_PATH names, created 0600 (an existing one is
+    kept, and made 0600 where it is not; InputError where it cannot be)."""
+    if security.token_file() != path:
+        raise InputError("token", f"{path} is not the file RAY_AUTH_TOKEN_PATH names, which Ray reads")
     if not path.exists():
-        write_new_token(path)
-    private_token_file()  # RAY_AUTH_TOKEN_PATH names `path` in the job: 0600, or stop with why not
+        security.write_new_token(path)
+    security.private_token_file()
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,8 +56,6 @@ def step_ended(pid: int) -> bool:
 def wait_for_nodes(address: str, nodes: int, timeout_s: float, steps: Sequence[int] = ()) -> list[dict]:
     """Poll the Ray cluster at `address` until `nodes` nodes are alive; return them. Raise RuntimeError
     once `timeout_s` has passed, or as soon as one of the `steps` (the `ray start` steps) ends."""
-    import ray
-
     start = time.monotonic()
     deadline = start + timeout_s
     host, _, port = address.rpartition(":")
@@ -75,6 +76,8 @@ def wait_for_nodes(address: str, nodes: int, timeout_s: float, steps: Sequence[i
             break
         except OSError:
             check(f"the Ray head at {address}")
+    import ray
+
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         while len(alive := [n for n in ray.nodes() if n.get("Alive")]) < nodes:
