@@ -64,7 +64,8 @@ def hold(experiment: str, command: str, create: bool = False) -> Iterator[Experi
     """Hold `experiment`'s lock for the span of the block.
 
     `create=True` (run): make the experiment directory first; InputError("--name", ...) if it
-    exists (beyond what `slurm` prepared for its job, storage.JOB_DIR). Otherwise InputError("experiment", ...) naming the holder while another command holds it.
+    exists beyond what `slurm` prepared for its job (storage.JOB_DIR). Otherwise
+    InputError("experiment", ...) naming the holder while another command holds it.
     """
     lock = acquire(experiment, command, create)
     try:
