@@ -23,6 +23,7 @@ SPEC_FILE = "sweep.yaml"  # an experiment's resolved spec, written beside Ray Tu
 DATASET_FILE = "dataset.json"  # the fingerprint of the data it trains on (shape, dtype, hash)
 SETTINGS_FILE = "trial_settings.json"  # what its trials share (each params.json holds what identifies one)
 LOCK_FILE = ".instrument-sweep.lock"  # held by the one run/resume working on it (tune_jobs.experiment_lock)
+JOB_DIR = "slurm"  # a Slurm job's script, spec and output (tune_jobs.slurm), written before its sweep starts
 
 
 def is_uri(location: str) -> bool:
@@ -75,6 +76,16 @@ def exists(location: str) -> bool:
 
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def started(location: str) -> bool:
+    """Whether an experiment is at `location`: anything but the JOB_DIR that a Slurm submission prepares."""
+    if is_uri(location):
+        return exists(location)
+    path = Path(location)
+    if not path.is_dir():
+        return path.exists()
+    return any(entry.name != JOB_DIR for entry in path.iterdir())
 
 
 def write_text(location: str, text: str) -> None:

@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_sweep, doctor
+    from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_slurm, cli_sweep, doctor
 
     parser = argparse.ArgumentParser(
         prog="instrument-sweep",
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli_sweep.register(commands)
+    cli_slurm.register(commands)
     cli_jobs.register(commands)
     cli_analyze.register(commands)
     cli_data.register(commands)

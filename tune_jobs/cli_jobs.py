@@ -1,10 +1,13 @@
-"""Ray Jobs commands: `submit`, `status`, `logs` (see tune_jobs/jobs.py)."""
+"""Ray Jobs commands: `submit`, `status`, `logs` (see tune_jobs/jobs.py); `status` and `logs` also follow
+a Slurm job that `instrument-sweep slurm` submitted (a plain number as JOB_ID, see tune_jobs/slurm/follow.py)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import replace
 
+from analysis import storage
 from tune_jobs import jobs
 from tune_jobs.cli_sweep import add_fixes_argument
 from tune_jobs.security import dashboard_login_hint
@@ -26,9 +29,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.set_defaults(func=cmd_submit)
 
     for verb, text in (("status", "a submitted sweep's job status"), ("logs", "a submitted sweep's output")):
-        sub = commands.add_parser(verb, help=text)
-        sub.add_argument("job_id", metavar="JOB_ID")
+        sub = commands.add_parser(verb, help=f"{text} (a Ray job, or a Slurm job: a number)")
+        sub.add_argument("job_id", metavar="JOB_ID", help="raysubmit_... (Ray Jobs), or a Slurm job id")
         sub.add_argument("--address", help=f"Ray Jobs API (default: {jobs.DEFAULT_JOBS_ADDRESS})")
+        sub.add_argument("--storage", default=storage.DEFAULT_STORAGE,
+                         help="a Slurm job's storage root: where its output is found once Slurm has forgotten the "
+                              f"job (default: {storage.DEFAULT_STORAGE})")
         if verb == "logs":
             sub.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
         sub.set_defaults(func=cmd_status if verb == "status" else cmd_logs)
@@ -53,11 +59,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def slurm_job(args: argparse.Namespace):
+    """The Slurm job JOB_ID names (a number, no --address, Slurm's commands here), else None: a Ray job."""
+    from tune_jobs.slurm import follow
+
+    if follow.is_job_id(args.job_id) and not args.address and shutil.which("scontrol"):
+        return follow.find(args.job_id, args.storage)
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    print(jobs.status(args.job_id, args.address))
+    from tune_jobs.slurm import follow
+
+    job = slurm_job(args)
+    print(follow.status_text(job) if job else jobs.status(args.job_id, args.address))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    jobs.logs(args.job_id, args.address, follow=args.follow)
+    from tune_jobs.slurm import follow
+
+    job = slurm_job(args)
+    if job:
+        follow.logs(job, follow=args.follow)
+    else:
+        jobs.logs(args.job_id, args.address, follow=args.follow)
     return 0

@@ -35,24 +35,14 @@ from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, pres
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
 FIGURE_PROCESSES = min(4, os.cpu_count() or 1)  # the commands draw a report's figures in this many processes
+RESUME_ENV = "INSTRUMENT_SWEEP_RESUME"  # how to continue a sweep where `resume` is not the way (a Slurm job sets it)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `run` and `resume` to the `instrument-sweep` parser."""
     run = commands.add_parser("run", help="run a sweep (default: the seed preset on the built-in dataset)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("spec", nargs="?", help="sweep YAML file or preset name (default: seed)")
-    run.add_argument("--preset", help=f"preset name: {', '.join(preset_names())}")
-    run.add_argument("--spec-json", help=argparse.SUPPRESS)  # how `submit` hands a validated spec over
-    run.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
-    run.add_argument("--log", action="append", default=[], metavar="TRACKER",
-                     help="track each trial as a run: mlflow[=TRACKING_URI] (default ./mlruns) or "
-                          "wandb[=PROJECT]; repeatable (extras: pip install -e '.[mlflow]' / '.[wandb]')")
-    run.add_argument("--race", choices=tuple(RACES),
-                     help="stop a trial once it can no longer be the fastest (time) or the cheapest (energy) "
-                          "to the target; its figures are then lower bounds (spec key `race`)")
+    add_spec_arguments(run)
     add_place_arguments(run)
     add_fixes_argument(run)
     run.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
@@ -67,6 +57,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_fixes_argument(resume)
     resume.add_argument("--no-analyze", action="store_true", help="skip writing tables, plots and report.md")
     resume.set_defaults(func=cmd_resume)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweep to run: a spec or preset, its data and overrides (read by `spec_from_args`)."""
+    parser.add_argument("spec", nargs="?", help="sweep YAML file or preset name (default: seed)")
+    parser.add_argument("--preset", help=f"preset name: {', '.join(preset_names())}")
+    parser.add_argument("--spec-json", help=argparse.SUPPRESS)  # how `submit` hands a validated spec over
+    parser.add_argument("--data", help="dataset directory, or 'synthetic' for the built-in dataset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set stop.threshold=0.95 --set repeats=3")
+    parser.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                        help="track each trial as a run: mlflow[=TRACKING_URI] (default ./mlruns) or "
+                             "wandb[=PROJECT]; repeatable (extras: pip install -e '.[mlflow]' / '.[wandb]')")
+    parser.add_argument("--race", choices=tuple(RACES),
+                        help="stop a trial once it can no longer be the fastest (time) or the cheapest (energy) "
+                             "to the target; its figures are then lower bounds (spec key `race`)")
 
 
 def add_fixes_argument(parser: argparse.ArgumentParser) -> None:
@@ -129,13 +135,10 @@ class SweepOutcome:
     exit_code: int
 
 
-def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
-              verbose: bool = False, analyze: bool = True, dashboard: bool = False,
-              figure_processes: int = 1, without_ray_fixes: bool = False) -> SweepOutcome:
-    """What `run` does after printing the spec: check data, storage and name (InputError, nothing
-    written), connect to Ray and check its internals (`connect_and_describe`), run every trial,
-    summarize and analyze (the report's figures drawn in `figure_processes` processes). The
-    notebook API calls it too."""
+def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None):
+    """What `run` checks before it connects to Ray (InputError, nothing written): the trackers, the data
+    (loaded), the storage (created, with room) and the name (new, or holding only what `slurm` prepared
+    for its job). Returns (spec with the data path absolute, dataset, storage root, name, experiment)."""
     from tune_jobs.trackers import check_installed
 
     check_installed(spec.log)
@@ -150,9 +153,20 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     if "/" in name or name in ("", ".", ".."):
         raise InputError("--name", f"must be a plain name without '/', got {name!r}")
     experiment = storage.join(root, name)
-    if storage.exists(experiment):
+    if storage.started(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
                                    f"`instrument-sweep resume {name}` or choose another --name")
+    return spec, dataset, root, name, experiment
+
+
+def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
+              verbose: bool = False, analyze: bool = True, dashboard: bool = False,
+              figure_processes: int = 1, without_ray_fixes: bool = False) -> SweepOutcome:
+    """What `run` does after printing the spec: check data, storage and name (`check_new_sweep`:
+    InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`),
+    run every trial, summarize and analyze (the report's figures drawn in `figure_processes`
+    processes). The notebook API calls it too."""
+    spec, dataset, root, name, experiment = check_new_sweep(spec, storage_arg, name)
     cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1,
                                    without_ray_fixes=without_ray_fixes)
     check_race(spec, cluster)
@@ -170,15 +184,24 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
             return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_jobs.launch import check_same_dataset, resume_sweep
+def check_resumable(storage_arg: str, name_or_path: str):
+    """What `resume` checks before it connects to Ray (InputError): the experiment lies under the
+    storage root, its spec, and its data, the same as it was. Returns (root, experiment, spec, dataset)."""
+    from tune_jobs.launch import check_same_dataset
 
-    root = storage.resolve_storage(args.storage, create=False)
-    experiment = experiment_under(root, args.experiment)
+    root = storage.resolve_storage(storage_arg, create=False)
+    experiment = experiment_under(root, name_or_path)
     spec = read_spec(experiment)
     print_spec(spec, trials=False)
     dataset = load_data(spec)
     check_same_dataset(experiment, dataset)
+    return root, experiment, spec, dataset
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tune_jobs.launch import resume_sweep
+
+    root, experiment, spec, dataset = check_resumable(args.storage, args.experiment)
     with experiment_lock.hold(experiment, "resume") as lock:  # exit 2 while another command works on it
         if lock.previous:  # the last command here was killed: its local Ray's agents may hold their ports
             ended = stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))
@@ -298,8 +321,8 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
     ended = [s.value for s in (*ENDED_BY_RULE, Status.ERROR)]
     unfinished = len(spec.trials()) - int(trials.status.isin(ended).sum())
     if unfinished:
-        check_stopped_for_space(root, experiment)
-        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `instrument-sweep resume {experiment}`")
+        check_stopped_for_space(root, resume_command(experiment))
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume_command(experiment)}`")
         return SweepOutcome(experiment, None, EXIT_INTERRUPTED)
     report = None
     if analyze:
@@ -309,10 +332,15 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
         print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
-        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `instrument-sweep resume "
-              f"{experiment}` retries them")
+        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume_command(experiment)}` retries them")
         return SweepOutcome(experiment, report, EXIT_TRIALS_FAILED)
     return SweepOutcome(experiment, report, 0)
+
+
+def resume_command(experiment: str) -> str:
+    """How to continue `experiment`: `instrument-sweep resume PATH`, or what RESUME_ENV says (a Slurm job
+    says `instrument-sweep slurm --resume ...`: a new job, not a sweep on the login node)."""
+    return os.environ.get(RESUME_ENV) or f"instrument-sweep resume {experiment}"
 
 
 def print_summary(trials) -> None:

@@ -64,7 +64,8 @@ def hold(experiment: str, command: str, create: bool = False) -> Iterator[Experi
     """Hold `experiment`'s lock for the span of the block.
 
     `create=True` (run): make the experiment directory first; InputError("--name", ...) if it
-    exists. Otherwise InputError("experiment", ...) naming the holder while another command holds it.
+    exists beyond what `slurm` prepared for its job (storage.JOB_DIR). Otherwise
+    InputError("experiment", ...) naming the holder while another command holds it.
     """
     lock = acquire(experiment, command, create)
     try:
@@ -82,8 +83,9 @@ def acquire(experiment: str, command: str, create: bool = False) -> ExperimentLo
         try:
             directory.mkdir()
         except FileExistsError:
-            raise InputError("--name", f"{experiment} already exists; continue it with `instrument-sweep "
-                                       f"resume {directory.name}` or choose another --name") from None
+            if storage.started(experiment):  # not just the JOB_DIR that `slurm` prepared for this run's job
+                raise InputError("--name", f"{experiment} already exists; continue it with `instrument-sweep "
+                                           f"resume {directory.name}` or choose another --name") from None
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

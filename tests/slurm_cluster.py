@@ -1,0 +1,229 @@
+"""A real Slurm on one machine: a controller and compute nodes, each node its own host (root only).
+
+    with SlurmCluster("isslm", "10.88.0", ["node1", "node2"], cpus=2, gpus=2) as slurm:  # Unavailable where it cannot
+        slurm.env                      # os.environ with SLURM_CONF: for sbatch, squeue, scontrol, ...
+        slurm.tmpfs                    # the nodes' TmpFS (node-local disk on a real cluster)
+        slurm.job_state("12")          # "RUNNING", "COMPLETED", ... as scontrol reports it
+
+Debian's slurm-wlm (installed with apt-get where missing, as root). Everything else lives in one
+temp dir and ends with the cluster, also when a test fails: munged on its own socket (the
+machine's /run/munge is not touched), slurmctld in the root network namespace with its own UTS
+hostname, and one slurmd per node in that node's network namespace (tests/netns.py) with its own
+UTS hostname, so a job's processes on each node see that node's address only. No cgroups
+(`proctrack/linuxproc`, `task/none`), no accounting (`accounting_storage/none`: sacct reports
+nothing). GPUs are logical: gres files that are character devices made with mknod (Slurm rejects
+regular files and opens none of them), so `--gpus-per-node` sets CUDA_VISIBLE_DEVICES as on a GPU
+node. Each slurmd, and so every job process on its node, sees its own /etc/hosts naming the nodes and
+the controller (bind-mounted in a mount namespace of its own), as a cluster's DNS would: without it
+every lookup of a node's own hostname waits 10 s for a DNS server the namespaces cannot reach, and Ray
+looks its hostname up several times as it starts. The machine's /etc/hosts is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from netns import Network, Unavailable
+
+PACKAGES = ["slurm-wlm", "munge"]
+DAEMONS = ["slurmctld", "slurmd", "munged", "sbatch"]
+CONTROLLER = "ctl"
+START_TIMEOUT_S = 60.0
+
+
+def install_slurm() -> None:
+    """Debian's Slurm and munge (about 10 s), where they are missing; Unavailable where that cannot be done."""
+    if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise Unavailable(f"Slurm is not installed, and only root with apt-get installs it here: "
+                          f"apt-get install -y {' '.join(PACKAGES)}")
+    install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", *PACKAGES]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if done.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise Unavailable(f"`{' '.join(install)}` failed: {done.stderr.strip()[-500:]}")
+
+
+class SlurmCluster:
+    """A controller on the bridge's address and one slurmd per node (see the module docstring)."""
+
+    def __init__(self, prefix: str, subnet: str, nodes: list[str], cpus: int = 2, gpus: int = 2,
+                 partition: str = "debug") -> None:
+        self.nodes, self.cpus, self.gpus, self.partition = nodes, cpus, gpus, partition
+        self.network = Network(prefix, subnet, nodes)
+        self.dir = Path()
+        self._daemons: list[subprocess.Popen] = []
+
+    # -- set up and tear down
+    def __enter__(self) -> "SlurmCluster":
+        install_slurm()
+        self.network.__enter__()  # removes what a killed run left in its namespaces
+        try:
+            self._end_leftovers()
+            self.dir = Path(tempfile.mkdtemp(prefix=self.dir_prefix, dir="/tmp"))  # short: TmpFS below
+            self._write_config()
+            self._start_munged()
+            self._start_daemons()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for daemon in reversed(self._daemons):  # slurmctld and munged (the slurmds go with their namespaces)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+        self.network.remove()  # every process of the nodes: slurmd, slurmstepd, the jobs and their Ray
+        for daemon in self._daemons:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.wait(timeout=5)
+        self._daemons.clear()
+        if self.dir.name:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def dir_prefix(self) -> str:
+        return f"{self.network.prefix}-"
+
+    def _end_leftovers(self) -> None:
+        """What a killed run left outside its namespaces: its munged and slurmctld, found by the temp dir
+        they name (in their arguments or SLURM_CONF), and that dir."""
+        mark = f"/tmp/{self.dir_prefix}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit() or (proc / "comm").read_text().strip() not in ("munged", "slurmctld"):
+                    continue
+                named = mark in (proc / "cmdline").read_bytes() or b"SLURM_CONF=" + mark in (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if named:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+        for old in Path("/tmp").glob(f"{self.dir_prefix}*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "slurm.conf"
+
+    @property
+    def tmpfs(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def _write_config(self) -> None:
+        d = self.dir
+        for sub in ("state", "spool", "log", "tmp", "dev"):
+            (d / sub).mkdir()
+        for i in range(self.gpus):  # NVIDIA's major number; nothing opens them
+            os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
+        nodes = "\n".join(f"NodeName={n} NodeAddr={self.network.address(n)} NodeHostname={n} CPUs={self.cpus} "
+                          f"RealMemory=4000 Gres=gpu:{self.gpus} State=UNKNOWN" for n in self.nodes)
+        self.conf.write_text(f"""\
+ClusterName={self.network.prefix}
+SlurmctldHost={CONTROLLER}({self.network.gateway})
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={d}/munge.socket
+CredType=cred/munge
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool/%n
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd-%n.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd-%n.log
+TmpFS={self.tmpfs}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+KillWait=5
+GresTypes=gpu
+{nodes}
+PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
+""")
+        names = [f"{self.network.gateway} {CONTROLLER}", *(f"{self.network.address(n)} {n}" for n in self.nodes)]
+        (d / "hosts").write_text("\n".join(["127.0.0.1 localhost", *names]) + "\n")
+        (d / "gres.conf").write_text(f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu "
+                                     f"File={d}/dev/nvidia[0-{self.gpus - 1}]\n")
+
+    def _start_munged(self) -> None:
+        d = self.dir
+        self._daemons.append(subprocess.Popen(
+            ["munged", "--foreground", "--force", f"--socket={d}/munge.socket", f"--pid-file={d}/munged.pid",
+             f"--log-file={d}/log/munged.log", f"--seed-file={d}/munged.seed"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=(d / "log" / "munged.out").open("w")))
+        self._wait(lambda: (d / "munge.socket").exists(), "munged")
+
+    def _start_daemons(self) -> None:
+        log = (self.dir / "log" / "daemons.out").open("w")
+        hostname = 'hostname "$0" && exec "$@"'
+        self._daemons.append(subprocess.Popen(
+            ["unshare", "--uts", "sh", "-c", hostname, CONTROLLER, "slurmctld", "-D", "-i"],
+            env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
+        own_hosts = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.dir / "hosts")]
+        for node in self.nodes:
+            self.network.popen(node, [*own_hosts, "slurmd", "-D"], hostname=node, env=self.env, stdout=log,
+                               stderr=subprocess.STDOUT)
+        self._wait(self._nodes_idle, "the nodes to be idle")
+
+    def _nodes_idle(self) -> bool:
+        out = self.run(["sinfo", "-h", "-N", "-o", "%N %t"])
+        states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+        return all(states.get(n) == "idle" for n in self.nodes)
+
+    def _wait(self, ready, what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready():
+            for daemon in self._daemons:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"{daemon.args[0]} ended ({daemon.returncode}) while waiting for {what}; "
+                                       f"logs in {self.dir / 'log'}: {self.logs()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}; logs: {self.logs()[-3000:]}")
+            time.sleep(0.2)
+
+    # -- use
+    def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        """A Slurm client command against this cluster (output captured as text)."""
+        return subprocess.run(args, capture_output=True, text=True, env=self.env, timeout=60, **kwargs)
+
+    def job_state(self, job_id: str) -> str:
+        """The job's JobState as scontrol reports it ("" once slurmctld has forgotten it)."""
+        return self._job_field(job_id, "JobState")
+
+    def job_nodes(self, job_id: str, timeout_s: float = 120) -> list[str]:
+        """The nodes Slurm gave the job, once it has started."""
+        deadline = time.monotonic() + timeout_s
+        while not (nodes := self._job_field(job_id, "NodeList")) or nodes == "(null)":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} has no nodes after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        return self.run(["scontrol", "show", "hostnames", nodes]).stdout.split()
+
+    def _job_field(self, job_id: str, key: str) -> str:
+        out = self.run(["scontrol", "-o", "show", "job", job_id]).stdout
+        return next((f.split("=", 1)[1] for f in out.split() if f.startswith(f"{key}=")), "")
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')}" for p in sorted((self.dir / "log").glob("*")))

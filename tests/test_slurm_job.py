@@ -1,0 +1,163 @@
+"""`instrument-sweep slurm` without a Slurm: the allocation's checks, the job script it writes, how Slurm's
+answers are read, and how `status` reads a job's output. tests/test_slurm.py runs all of it on a real Slurm."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from analysis import storage
+from trainables.errors import InputError
+from tune_jobs import experiment_lock
+from tune_jobs.cli import main
+from tune_jobs.slurm import client, follow, in_job
+from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script, sweep_command
+from tune_jobs.slurm.submit import refusal
+
+# `scontrol -o show job` of a running job, as Slurm 22.05 prints it (abridged)
+SCONTROL_LINE = ("JobId=14 JobName=t1 UserId=root(0) GroupId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
+                 "ExitCode=0:0 RunTime=00:00:42 TimeLimit=00:10:00 Partition=debug AllocNode:Sid=localhost:3165 "
+                 "NodeList=node[1-2] BatchHost=node1 NumNodes=2 TRES=cpu=2,node=2,billing=2,gres/gpu=2 "
+                 "CPUs/Task=1 Command=/shared/sweeps/t1/slurm/run.sh WorkDir=/shared/sweeps/t1/slurm "
+                 "StdOut=/shared/sweeps/t1/slurm/14.out Power=")
+
+
+def script(nodes: int = 2, gpus: int = 2, resume: bool = False) -> str:
+    files = JobFiles("/shared/sweeps/seed-1")
+    command = sweep_command(files, "/shared/sweeps", "seed-1", resume=resume)
+    return job_script(Allocation(nodes=nodes, gpus_per_node=gpus, cpus_per_task=2, time="01:00:00"), files, command,
+                      "/tmp", "/home/you/venv/bin")
+
+
+def test_the_job_passes_run_and_resume_flags_on():
+    files = JobFiles("/shared/sweeps/seed-1")
+    flags = ("--no-analyze", "--without-ray-fixes")
+    for resume in (False, True):
+        assert sweep_command(files, "/shared/sweeps", "seed-1", resume=resume, flags=flags)[-2:] == list(flags)
+
+
+@pytest.mark.parametrize("flag, fields", [
+    ("--nodes", {"nodes": 0}), ("--gpus-per-node", {"gpus_per_node": -1}), ("--cpus-per-task", {"cpus_per_task": 1.5}),
+    ("--time", {"time": "two hours"}), ("--partition", {"partition": "gpu\n#SBATCH --x"}),
+    ("--account", {"account": "a b"}), ("--sbatch-arg", {"sbatch_args": ("qos=high",)}),
+])
+def test_allocation_refuses_bad_flags_naming_them(flag, fields):
+    with pytest.raises(InputError) as err:
+        Allocation(**fields)
+    assert err.value.where == flag
+
+
+def test_job_script_is_bash_and_starts_ray_before_the_sweep(tmp_path):
+    text = script()
+    path = tmp_path / "run.sh"
+    path.write_text(text)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    lines = text.splitlines()
+
+    def first(fragment: str) -> int:
+        return next(i for i, line in enumerate(lines) if fragment in line)
+
+    assert lines[0] == "#!/bin/bash" and "#SBATCH --gpus-per-node=2" in lines and "#SBATCH --signal=B:INT@60" in lines
+    # the token before any Ray process; the head, then the workers, then the wait, then the sweep as the job's process
+    assert first("in_job token") < first("ray start --head") < first("--relative=1") < first("in_job wait") \
+        < first("exec instrument-sweep run spec.yaml --name seed-1") == len(lines) - 1
+    assert 'export INSTRUMENT_SWEEP_RESUME="instrument-sweep slurm --resume seed-1 --storage /shared/sweeps"' in lines
+    assert "--num-cpus=2 --num-gpus=2" in text and "--wait" not in text
+
+
+def test_one_node_cpu_job_starts_only_a_head_with_no_gpus():
+    text = script(nodes=1, gpus=0, resume=True)
+    assert "--relative" not in text and "--gpus-per-node" not in text and "--num-gpus=0" in text
+    assert "--nodes=1 --timeout-s=120 --steps $steps" in text
+    assert text.rstrip().endswith('exec instrument-sweep resume seed-1 --storage /shared/sweeps --address "$head"')
+
+
+def test_ray_temp_dir_stays_short_enough_for_unix_sockets():
+    assert check_ray_temp_root("/tmp") == "/tmp"
+    assert check_ray_temp_root("/local/scratch/slurm/job-tmp/very/deep") == "/tmp"
+
+
+def test_an_account_slurm_refuses_is_named():
+    # Slurm's words (ESLURM_INVALID_ACCOUNT); the test Slurm keeps no accounts, so it never refuses one itself
+    problem = client.message(subprocess.CompletedProcess([], 1, "", "sbatch: error: Batch job submission failed: "
+                                                                      "Invalid account or account/partition "
+                                                                      "combination specified\n"))
+    err = refusal(problem, Allocation(account="nolab"))
+    assert err.where == "--account" and err.problem.startswith("nolab: Invalid account")
+
+
+def test_scontrol_fields_keep_values_with_spaces_and_equals():
+    fields = client.parse_fields(SCONTROL_LINE)
+    assert fields["JobState"] == "RUNNING" and fields["NodeList"] == "node[1-2]"
+    assert fields["TRES"] == "cpu=2,node=2,billing=2,gres/gpu=2" and fields["AllocNode:Sid"] == "localhost:3165"
+    assert fields["StdOut"] == "/shared/sweeps/t1/slurm/14.out" and fields["Power"] == ""
+    assert follow.is_job_id("14") and follow.is_job_id("14_3") and not follow.is_job_id("raysubmit_ab12")
+
+
+def test_status_of_an_unfinished_job_says_how_far_and_how_to_resume(tmp_path):
+    experiment = tmp_path / "seed-1"
+    (experiment / "slurm").mkdir(parents=True)
+    (experiment / storage.SPEC_FILE).write_text("name: seed\n")
+    output = experiment / "slurm" / "14.out"
+    output.write_text("ray: 2 node(s) up after 6.0 s: node1, node2\n[1/9 done] start  #2 lr=0.01\n"
+                      "[2/9 done] done   #1 lr=0.1\ninterrupted with 7 trial(s) unfinished\n"
+                      "srun: error: node1: task 0: Terminated\n")
+    running = follow.SlurmJob("14", "RUNNING", client.parse_fields(SCONTROL_LINE), "0:0", output)
+    text = follow.status_text(running).splitlines()
+    assert text[:3] == ["RUNNING", "job:      Slurm job 14 on node[1-2] for 00:00:42 of 00:10:00",
+                        "progress: [2/9 done] done   #1 lr=0.1"]
+    assert not any(line.startswith("resume:") for line in text)
+    timeout = follow.status_text(follow.SlurmJob("14", "TIMEOUT", {}, "0:0", output)).splitlines()
+    assert "last:     interrupted with 7 trial(s) unfinished" in timeout  # not Slurm's own line after it
+    assert f"resume:   instrument-sweep slurm --resume seed-1 --storage {tmp_path}" in timeout
+
+
+def test_a_folder_prepared_for_a_job_is_no_experiment_yet(tmp_path):
+    experiment = tmp_path / "seed-1"
+    (experiment / storage.JOB_DIR).mkdir(parents=True)
+    assert not storage.started(str(experiment))
+    with experiment_lock.hold(str(experiment), "run", create=True):  # the job's `run` takes it over
+        pass
+    assert storage.started(str(experiment))  # its lock file is there now
+    with pytest.raises(InputError) as err:
+        experiment_lock.acquire(str(experiment), "run", create=True)
+    assert err.value.where == "--name"
+
+
+def test_slurm_checks_the_spec_as_run_does(capsys):
+    assert main(["run", "smoke", "--set", "stop.patience=0", "--dry-run"]) == 2
+    run_error = capsys.readouterr().err
+    assert main(["slurm", "smoke", "--set", "stop.patience=0"]) == 2
+    assert capsys.readouterr().err == run_error and run_error.startswith("error: stop.patience: ")
+    assert main(["slurm", "smoke", "--resume", "seed-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --resume: continues an experiment with its own spec")
+
+
+def test_the_jobs_token_is_private_before_ray_reads_it(tmp_path, monkeypatch):
+    token = tmp_path / "ray-token-14"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    in_job.make_token(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    token.chmod(0o644)  # made readable meanwhile: private again, same token
+    before = token.read_text()
+    in_job.make_token(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == before
+
+
+def test_waiting_for_ray_ends_at_once_when_a_ray_start_step_has_ended():
+    import time
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        assert in_job.step_ended(ended.pid) and not in_job.step_ended(running.pid)
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="a `ray start` step ended"):
+            in_job.wait_for_nodes(f"127.0.0.1:{in_job.free_ports(1)[0]}", 2, 60, steps=[running.pid, ended.pid])
+        assert time.monotonic() - start < 5
+    finally:
+        running.kill()
+        running.wait()
+    assert len(set(in_job.free_ports(3))) == 3

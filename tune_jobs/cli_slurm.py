@@ -1,0 +1,80 @@
+"""The `slurm` command: a sweep as a Slurm batch job (see tune_jobs/slurm/).
+
+    instrument-sweep slurm seed --nodes 2 --gpus-per-node 4 --time 02:00:00 --storage ~/sweeps
+    instrument-sweep slurm my_sweep.yaml --data ~/uiowa --partition gpu --account lab --dry-run > job.sh
+    instrument-sweep slurm --resume seed-20261204-101500 --storage ~/sweeps --time 01:00:00
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+
+from analysis import storage
+from trainables.errors import InputError
+from tune_jobs import ray_private
+from tune_jobs.cli_sweep import add_eta_argument, add_fixes_argument, add_spec_arguments, print_spec, spec_from_args
+
+ALLOCATION_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    slurm = commands.add_parser("slurm", help="submit a sweep to Slurm: Ray across the job's nodes, the sweep on it",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_spec_arguments(slurm)
+    add_eta_argument(slurm)
+    slurm.add_argument("--resume", metavar="NAME", help="submit a job that continues this experiment (under "
+                                                        "--storage); flags not given keep the last job's values")
+    job = slurm.add_argument_group("the job")
+    job.add_argument("--nodes", type=int, help="nodes; Ray's head on the first (default: 1)")
+    job.add_argument("--gpus-per-node", type=int, metavar="G", help="GPUs per node (default: 0)")
+    job.add_argument("--cpus-per-task", type=int, metavar="C",
+                     help="CPUs per node, one task per node (default: enough for one trial per GPU)")
+    job.add_argument("--time", metavar="HH:MM:SS", help="time limit (default: the partition's)")
+    job.add_argument("--partition", metavar="P", help="partition (default: the cluster's default)")
+    job.add_argument("--account", metavar="A", help="account to charge (default: yours)")
+    job.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="ARG",
+                     help="a further sbatch option, e.g. --sbatch-arg=--qos=high; repeatable")
+    slurm.add_argument("--storage", default=storage.DEFAULT_STORAGE,
+                       help="results root on a filesystem the nodes share; the job's script and output go into "
+                            f"the experiment's {storage.JOB_DIR}/ folder (default: {storage.DEFAULT_STORAGE})")
+    slurm.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
+    slurm.add_argument("--dry-run", action="store_true", help="check everything, print the job script, submit nothing")
+    slurm.add_argument("--no-analyze", action="store_true", help="the job skips tables, plots and report.md")
+    add_fixes_argument(slurm)
+    slurm.set_defaults(func=cmd_slurm)
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from tune_jobs.slurm import submit
+    from tune_jobs.slurm.job import Allocation
+
+    given = {name: getattr(args, name) for name in ALLOCATION_FLAGS}
+    given["sbatch_args"] = tuple(args.sbatch_args) if args.sbatch_args else None
+    flags = (*(["--no-analyze"] if args.no_analyze else []),
+             *([ray_private.WITHOUT_FIXES_FLAG] if args.without_ray_fixes else []))  # passed on to run / resume
+    # A dry run's stdout is the script alone (`--dry-run > job.sh`); what the checks say goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.dry_run else contextlib.nullcontext():
+        if args.resume:
+            if args.spec or args.preset or args.name:
+                raise InputError("--resume", "continues an experiment with its own spec and name; give no SPEC, "
+                                             "--preset or --name with it")
+            job = submit.submit_resume(args.resume, args.storage, given, flags=flags,
+                                       dry_run=args.dry_run)
+        else:
+            spec = spec_from_args(args)
+            print_spec(spec)
+            gpus = given["gpus_per_node"] or 0
+            if given["cpus_per_task"] is None:  # one trial per GPU (or one trial on CPUs) at a time on each node
+                given["cpus_per_task"] = max(1, gpus) * math.ceil(spec.resources.cpus_per_trial)
+            allocation = Allocation().overridden(**given)
+            job = submit.submit_new(spec, allocation, args.storage, args.name, flags=flags,
+                                    dry_run=args.dry_run)
+    if args.dry_run:
+        print(job.script, end="")
+        return 0
+    print()
+    print("\n".join(submit.submitted_lines(job)))
+    return 0
