@@ -305,8 +305,9 @@ def train_two_epochs(small_splits):
     from trainables.training.run import TrainingRun
     from trainables.training.stop import StopRule
 
-    run = TrainingRun(small_splits, TrainConfig(lr=1e-2, batch_size=64, loader="fast"), StopRule(threshold=None,
-                                                                                                    max_epochs=2))
+    # On the CPU, as the checks above: a GPU host would check (and warn) once more, for its CUDA device.
+    run = TrainingRun(small_splits, TrainConfig(lr=1e-2, batch_size=64, loader="fast"),
+                      StopRule(threshold=None, max_epochs=2), device=torch.device("cpu"))
     reports = [run.run_epoch() for _ in range(2)]
     run.close()
     return run, reports

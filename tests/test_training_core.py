@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trainables.training.config import TrainConfig
+from trainables.training.gpus import trial_gpus
 from trainables.training.stop import StopRule
 from trainables.errors import InputError
 from trainables.training.loops import evaluate, make_loop, summed_loss_and_hits
@@ -284,8 +285,10 @@ def test_a_trial_flushes_denormals_and_learns_the_same(small_splits, denormals_k
     assert (tiny * 1.0).item() != 0.0
     config, rule = TrainConfig(lr=0.1, batch_size=64, n_hidden=32), StopRule(threshold=None, max_epochs=4)
     kept = train_to_accuracy(small_splits, config, rule, device=torch.device("cpu"))
-    run = TrainingRun(small_splits, config, rule)  # picks the trial's device, as a Tune trial does
-    assert run.device.type in ("cpu", "cuda") and (tiny * 1.0).item() == 0.0
+    # A trial given no GPU, as a Tune trial on CPUs: trial_gpus picks its device and flushes (on a GPU
+    # host too, where a trial given a GPU would train on CUDA, whose numbers differ from the CPU's).
+    run = TrainingRun(small_splits, config, rule, gpus=trial_gpus([]))
+    assert run.device.type == "cpu" and (tiny * 1.0).item() == 0.0
     flushed = [run.run_epoch() for _ in range(4)]
     run.close()
     for a, b in zip(kept.history, flushed):

@@ -3,7 +3,8 @@ device calls replaced, so Zeus runs its real GPU code path on top of it.
 
 Put this folder first on PYTHONPATH. The node it shows (how many GPUs, their models, UUIDs, bus
 ids, power, architectures, MIG mode, a missing counter, NVML errors) is described by environment
-variables: see fake_node.py (FAKE_NVML_DEVICES, or FAKE_NVML_GPUS/_POWER_W/_ARCH, FAKE_NVML_PERIOD_S).
+variables: see fake_node.py (FAKE_NVML_DEVICES, or FAKE_NVML_GPUS/_POWER_W/_ARCH, FAKE_NVML_PERIOD_S);
+FAKE_NVML_READ_S makes each energy-counter read take that long, as NVML reads can.
 Each GPU's energy counter (mJ) advances at its own power, in steps every period, like the real
 one, so joules read name the GPU they were read from. NVML's indices are the PCI bus order. The
 folder's sitecustomize.py shows torch the same GPUs through CUDA.
@@ -13,6 +14,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -139,9 +141,15 @@ def nvmlDeviceGetC2cModeInfoV(handle):
     raise _error("NOT_SUPPORTED")
 
 
+READ_S = float(os.environ.get("FAKE_NVML_READ_S", "0"))  # how long a counter read takes (4 ms on an H200 VM)
+
+
 def nvmlDeviceGetTotalEnergyConsumption(handle):
-    """Millijoules since start, updated every period like the real counter. NotSupported on a MIG
-    instance and where the GPU has no counter (older than Volta, or a driver without it)."""
+    """Millijoules since start, updated every period like the real counter, read in FAKE_NVML_READ_S.
+    NotSupported on a MIG instance and where the GPU has no counter (older than Volta, or a driver
+    without it)."""
+    if READ_S:
+        time.sleep(READ_S)
     device = _readable(handle)
     if device.parent is not None or not device.counter or device.rank < fake_node.ARCH_RANK["VOLTA"]:
         raise _error("NOT_SUPPORTED")

@@ -1,16 +1,20 @@
 """Per-window time and energy from Zeus, in contiguous windows.
 
-`EnergyMeter` wraps `zeus.monitor.ZeusMonitor`. It measures the one GPU a trial
-trains on, where `trainables.training.gpus` finds its energy measurable (named by
-UUID; none on the CPU or without a GPU), and CPU/DRAM energy through RAPL where
-readable.
+`EnergyMeter` reads the counters of Zeus's device layer (the GPUs and CPUs a
+`zeus.monitor.ZeusMonitor` set up): the one GPU a trial trains on, where
+`trainables.training.gpus` finds its energy measurable (named by UUID; none on the
+CPU or without a GPU), and CPU/DRAM energy through RAPL where readable.
 
 Semantics (README, "What a trial measures"):
-- `lap()` ends the current window and begins the next one back to back, so the
-  windows of one trial are contiguous and their joules add up to the trial's
-  total. The gap between two windows is the cost of one end plus one begin:
-  about 5 us per lap without a GPU (`benchmarks/bench_energy.py` measures it;
-  on a GPU add a CUDA sync and the NVML counter reads).
+- `lap()` ends the current window and begins the next at one instant: one clock
+  read and one read of each counter are the end of the one and the start of the
+  other, so the windows of one trial leave no gap in time or energy and their
+  joules add up to the trial's total. (Zeus's own begin/end windows each read the
+  clock and then the counters: the reads between an end and the next begin fell
+  in no window, about 24 ms a lap on an H200 whose NVML reads took 4 ms, more than
+  a 13 ms epoch.) A boundary costs about 5 us without a GPU
+  (`benchmarks/bench_energy.py`); on a GPU add a CUDA sync and one counter read,
+  which fall in the window that begins.
 - GPU and CPU (package + DRAM, the whole node's) joules are kept apart; a trial's
   headline energy is its GPU's, as Zeus's `total_energy` (see `TrainingRun`).
 - Missing energy is NaN with source "none", never 0, and `note` says why where a
@@ -25,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 from trainables.training.gpus import TrialGpus, error_text, one_line, trial_gpus, zeus_monitor
@@ -75,7 +78,7 @@ def energy_source(has_gpu: bool, has_cpu: bool) -> str:
 
 
 class EnergyMeter:
-    """Contiguous time/energy windows over ZeusMonitor, for the GPU `gpus` says a trial trains on.
+    """Contiguous time/energy windows over Zeus's counters, for the GPU `gpus` says a trial trains on.
 
         meter = EnergyMeter(trial_gpus(ray_ids)); meter.start()
         for epoch in ...: train(); w = meter.lap()   # w.time_s, w.energy_j, ...
@@ -85,8 +88,6 @@ class EnergyMeter:
     read it (an NVML error mid-trial), windows go on with time (and RAPL CPU joules where Zeus
     still reads them) and GPU joules NaN, and `note` says why, in one line.
     """
-
-    _WINDOW = "instrument-sweep-window"
 
     def __init__(self, gpus: TrialGpus | None = None, cpu: bool = True) -> None:
         gpus = gpus if gpus is not None else trial_gpus()
@@ -113,9 +114,7 @@ class EnergyMeter:
         self.gpu_indices = list(self._monitor.gpu_indices) if self._monitor else []  # Zeus's indices
         self.cpu_indices = list(self._monitor.cpu_indices) if self._monitor else []
         self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))
-        self._window: str | None = None
-        self._began_s = 0.0
-        self._count = 0
+        self._mark: tuple[float, float, float] | None = None  # the open window's start: (s, GPU mJ, CPU mJ)
 
     @property
     def update_period_s(self) -> float:
@@ -124,22 +123,22 @@ class EnergyMeter:
 
     def start(self) -> None:
         """Begin the first window."""
-        self._begin()
+        self._mark = self._read()
 
     def lap(self) -> EnergyWindow:
-        """End the current window and begin the next at once; return the ended one."""
-        window = self._end()
-        self._begin()
+        """End the current window and begin the next at the same instant; return the ended one."""
+        now = self._read()
+        window, self._mark = self._window_to(now), now
         return window
 
     def stop(self) -> EnergyWindow:
         """End the current window without beginning another."""
-        return self._end()
+        window, self._mark = self._window_to(self._read()), None
+        return window
 
     def close(self) -> None:
-        """End a window left open, discarding it."""
-        if self._window is not None:
-            self._end()
+        """Forget a window left open."""
+        self._mark = None
 
     def _sync(self) -> None:
         if self._sync_device is not None:
@@ -147,36 +146,30 @@ class EnergyMeter:
 
             torch.cuda.synchronize(self._sync_device)
 
-    def _begin(self) -> None:
-        self._count += 1
-        self._window = f"{self._WINDOW}-{self._count}"
+    def _read(self) -> tuple[float, float, float]:
+        """(seconds, GPU mJ, CPU + DRAM mJ) now, after queued CUDA work has finished; NaN for what is
+        not measured. An NVML error mid-trial ends GPU (and CPU) energy for the rest (`_lost`)."""
         self._sync()
-        self._began_s = time.perf_counter()
+        now_s, gpu_mj, cpu_mj = time.perf_counter(), NAN, NAN
         if self._monitor is not None:
             try:
-                self._monitor.begin_window(self._window, sync_execution=False)
+                if self.gpu_indices:
+                    gpu_mj = float(sum(self._monitor.gpus.get_total_energy_consumption(i) for i in self.gpu_indices))
+                if self.cpu_indices:
+                    parts = [self._monitor.cpus.get_total_energy_consumption(i) for i in self.cpu_indices]
+                    cpu_mj = float(sum(p.cpu_mj + (p.dram_mj or 0.0) for p in parts))
             except Exception as exc:  # noqa: BLE001 - an NVML error mid-trial
                 self._lost(exc)
+                gpu_mj = cpu_mj = NAN
+        return now_s, gpu_mj, cpu_mj
 
-    def _end(self) -> EnergyWindow:
-        if self._window is None:
+    def _window_to(self, now: tuple[float, float, float]) -> EnergyWindow:
+        if self._mark is None:
             raise RuntimeError("EnergyMeter: no window is open; call start() first")
-        window, self._window = self._window, None
-        self._sync()
-        elapsed_s = time.perf_counter() - self._began_s
-        if self._monitor is None:
-            return EnergyWindow(time_s=elapsed_s, gpu_j=NAN, cpu_j=NAN, source="none")
-        try:
-            with warnings.catch_warnings():  # Zeus warns of zero-joule short windows; we flag them instead
-                warnings.simplefilter("ignore", UserWarning)
-                m = self._monitor.end_window(window, sync_execution=False)
-        except Exception as exc:  # noqa: BLE001 - an NVML error mid-trial
-            self._lost(exc)
-            return EnergyWindow(time_s=elapsed_s, gpu_j=NAN, cpu_j=NAN, source="none")
-        gpu_j = sum(m.gpu_energy.values()) if m.gpu_energy else NAN
-        cpu_parts = [*(m.cpu_energy or {}).values(), *(m.dram_energy or {}).values()]
-        cpu_j = sum(cpu_parts) if cpu_parts else NAN
-        return EnergyWindow(time_s=float(m.time), gpu_j=float(gpu_j), cpu_j=float(cpu_j), source=self.source)
+        (began_s, gpu0, cpu0), (now_s, gpu1, cpu1) = self._mark, now
+        source = self.source if math.isfinite(gpu1 - gpu0) or math.isfinite(cpu1 - cpu0) else "none"
+        return EnergyWindow(time_s=now_s - began_s, gpu_j=(gpu1 - gpu0) / 1000.0, cpu_j=(cpu1 - cpu0) / 1000.0,
+                            source=source)
 
     def _lost(self, exc: Exception) -> None:
         """Zeus failed mid-trial: from here on, time alone, and the note says why."""
