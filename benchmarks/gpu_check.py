@@ -18,8 +18,8 @@ leaves unused passes to the next):
   epoch  bench_epoch.py's rows (both loops, ratio) for batch 32/128/512/2048 on the built-in data and
          on UIowa-shaped random data (66,247 + 14,904 rows, 120 features, 10 classes); test accuracy
          of both loops after 10 epochs at batch 128; then, in a child process so a failure cannot
-         take this one down, experimental variants of the fast loop: a whole epoch's steps captured
-         in one CUDA graph (batch 32 and 128) and torch.compile'd forward_backward_fn (batch 128)
+         take this one down, the fast loop other ways, to show what its CUDA graph pays: step by
+         step without the graph (batch 32 and 128), and with torch.compile'd forward_backward_fn (128)
   sweep  `python -m tune_jobs run --preset seed` (a temporary storage), read back from its analysis
          folder: one row per trial (with its device and the UUID of the GPU it measured), and checks
          (GPU joules, epoch windows adding up, Ray GPU ids, each trial's measured GPU UUID one of
@@ -63,7 +63,7 @@ import bench_epoch  # noqa: E402  (the project's internals are reached through i
 STAGE_SHARES = {"host": 0.04, "nvml": 0.04, "epoch": 0.34, "sweep": 0.32, "tests": 0.26}
 UIOWA_SHAPE = {"train_rows": 66_247, "test_rows": 14_904, "features": 120, "classes": 10}
 ACCURACY_BATCH, ACCURACY_EPOCHS, ACCURACY_TOLERANCE = 128, 10, 0.005
-VARIANTS = [("cuda-graph", 128), ("cuda-graph", 32), ("compile", 128)]  # (kind, batch size), run in this order
+VARIANTS = [("eager", 128), ("eager", 32), ("compile", 128)]  # (kind, batch size), run in this order
 SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source", "device",
               "gpu_uuids", "energy_note"]
 ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$")
@@ -382,61 +382,22 @@ def epoch_stage(report: Report, device, args, deadline: float) -> None:
 
 
 def variant_epoch(kind: str, model, optimizer, x, y, n_classes: int, batch_size: int, device):
-    """The fast loop's epoch, experimental: `cuda-graph` replays one CUDA graph holding every step of the
-    epoch (captured after one eager warm-up epoch); `compile` runs the model's torch.compile'd forward_backward_fn.
-    Returns epoch() -> training accuracy; the setup (capture, compilation) happens here or in the first epoch."""
+    """The fast loop's epoch, other ways, to show what its CUDA graph pays: `eager` launches every step's
+    kernels one by one (the fast loop without its graph); `compile` runs the model's torch.compile'd
+    forward_backward_fn eagerly. Returns epoch() -> training accuracy; the setup (compilation) happens in
+    the first epochs."""
     import torch
 
-    from trainables.training.model import descent_targets
+    from trainables.training.loops import make_loop
 
-    n = x.shape[0]
-    generator = torch.Generator(device=device).manual_seed(0)
-    xs, ys = torch.empty_like(x), torch.empty_like(y)
-    step = optimizer.batch_stepper()  # FusedAdam's: the fast loop's optimizer step
-    forward_backward = model.forward_backward_fn()
-    forward_backward = torch.compile(forward_backward) if kind == "compile" else forward_backward
-    ts = descent_targets(y, n_classes, batch_size)
-
-    def shuffle() -> None:
-        perm = torch.randperm(n, device=device, generator=generator)
-        for source, target in ((x, xs), (y, ys)):
-            torch.index_select(source, 0, perm, out=target)
-        ts.copy_(descent_targets(ys, n_classes, batch_size))
-
-    def steps():
-        logits = []
-        for xb, tb in zip(xs.split(batch_size), ts.split(batch_size)):
-            logits.append(forward_backward(xb, tb))
-            step()
-        return (torch.cat(logits).argmax(dim=1) == ys).sum()
-
+    loop = make_loop("fast", x, y, batch_size, device, seed=0)
+    loop.epoch_graph = None  # step by step
     if kind == "compile":
-        def epoch() -> float:
-            with torch.no_grad():
-                shuffle()
-                return steps().item() / n
-        return epoch
-    if kind != "cuda-graph":
+        forward_backward = torch.compile(model.forward_backward_fn())
+        model.forward_backward_fn = lambda: forward_backward
+    elif kind != "eager":
         raise ValueError(f"unknown variant {kind!r}")
-    if device.type != "cuda":
-        raise RuntimeError("CUDA graphs need a CUDA device")
-    with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture, as torch's docs advise
-            shuffle()
-            steps()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            hits = steps()
-
-    def epoch() -> float:
-        with torch.no_grad():
-            shuffle()
-            graph.replay()
-            return hits.item() / n
-    return epoch
+    return lambda: loop.train_epoch(model, optimizer).acc
 
 
 def variant_child(plan_path: str) -> None:
@@ -459,7 +420,7 @@ def variant_child(plan_path: str) -> None:
             started = time.perf_counter()
             epoch = variant_epoch(variant["loader"].split("+")[1], model, optimizer, x, y, variant["n_classes"],
                                   variant["batch_size"], device)
-            for _ in range(2 if variant["loader"].endswith("compile") else 1):  # warm-up: compilation, capture
+            for _ in range(2 if variant["loader"].endswith("compile") else 1):  # warm-up, compilation
                 epoch()
             sync()
             row["setup_s"] = round(time.perf_counter() - started, 3)
@@ -605,7 +566,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per epoch row, median (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     parser.add_argument("--nvml-s", type=float, default=3.0, help="seconds to poll the energy counter")
-    parser.add_argument("--skip-variants", action="store_true", help="no CUDA graph / torch.compile rows")
+    parser.add_argument("--skip-variants", action="store_true", help="no step-by-step / torch.compile rows")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--sweep-preset", default="seed")

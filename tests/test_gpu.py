@@ -50,3 +50,60 @@ def test_a_short_gpu_run_is_replayed_on_its_own_gpu():
     assert last.energy_method == "replay" and last.replays >= 2
     assert last.energy_err_j < 0.05 * last.energy_j
     assert last.first_run_energy_j == pytest.approx(sum(r.epoch_energy_j for r in result.history))
+
+
+def _graphed_and_eager(epochs: int, batch_size: int = 128):
+    """The fast loop `epochs` epochs on CUDA with its epoch graph and without: (epoch stats, parameters,
+    Adam's step counters, the loop) of each."""
+    from trainables.training.loops import make_loop
+    from trainables.training.model import InstrumentNet
+    from trainables.training.optim import make_optimizer
+
+    x, y = blobs(5000, n_features=120, n_classes=10, seed=0)
+    device, results = torch.device("cuda", 0), {}
+    for graphed in (True, False):
+        torch.manual_seed(0)
+        model = InstrumentNet(120, 256, 10).to(device)
+        optimizer = make_optimizer("adam", model.parameters(), 1e-3, fused=True)
+        loop = make_loop("fast", x, y, batch_size, device, seed=0)
+        if not graphed:
+            loop.epoch_graph = None
+        stats = [loop.train_epoch(model, optimizer) for _ in range(epochs)]
+        steps = [state["step"].item() for state in optimizer.state.values()]
+        results[graphed] = (stats, [p.detach().clone() for p in model.parameters()], steps, loop)
+    return results[True], results[False], math.ceil(len(y) / batch_size)
+
+
+def test_the_fast_loop_replays_each_epoch_as_one_cuda_graph_with_the_same_numbers():
+    """The first epoch runs step by step, the second is captured, the rest replay it: the same training
+    as launching every kernel, and Adam's step counters (which checkpoints keep) count every batch."""
+    (graphed, params, steps, loop), (eager, eager_params, eager_steps, _), batches = _graphed_and_eager(4)
+    assert loop.epoch_graph.graph is not None and not loop.epoch_graph.failed
+    assert [s.acc for s in graphed] == [s.acc for s in eager]
+    assert [s.loss for s in graphed] == pytest.approx([s.loss for s in eager], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, eager_params))
+    assert steps == eager_steps == [4 * batches] * 4
+
+
+def test_a_checkpointed_gpu_run_continues_exactly_through_a_new_graph():
+    """A retry loads the checkpoint into a new run (new tensors for Adam's state): its loop captures again,
+    and the run ends where an uninterrupted one does."""
+    from trainables.data.splits import prepare_splits
+    from trainables.training.energy import TimeOnlyMeter
+    from trainables.training.run import TrainingRun
+
+    x, y = blobs(5000, n_features=120, n_classes=10, seed=0)
+    splits = prepare_splits(x, y, x[:500], y[:500], 0.2, 0)
+    config, rule = TrainConfig(batch_size=64), StopRule(threshold=None, max_epochs=6)
+    whole = TrainingRun(splits, config, rule, meter=TimeOnlyMeter())
+    uninterrupted = [whole.run_epoch() for _ in range(6)]
+    first = TrainingRun(splits, config, rule, meter=TimeOnlyMeter())
+    before = [first.run_epoch() for _ in range(3)]
+    state = first.state_dict()
+    first.close()
+    again = TrainingRun(splits, config, rule, meter=TimeOnlyMeter())
+    again.load_state_dict(state)
+    after = [again.run_epoch() for _ in range(3)]
+    assert again.loop.epoch_graph.graph is not None and not again.loop.epoch_graph.failed
+    assert [r.train_acc for r in before + after] == [r.train_acc for r in uninterrupted]
+    assert after[-1].val_acc == uninterrupted[-1].val_acc and after[-1].test_acc == uninterrupted[-1].test_acc
