@@ -46,8 +46,8 @@ def test_lap_windows_are_contiguous():
     import time
 
     meter = EnergyMeter()
+    meter.start()  # on a GPU host its first CUDA sync starts CUDA (0.1-0.4 s): not in any window, nor here
     t0 = time.perf_counter()
-    meter.start()
     laps = []
     for _ in range(5):
         time.sleep(0.02)
@@ -111,8 +111,8 @@ def test_gpu_windows_measure_joules_and_the_counter_is_probed():
 
 def test_windows_stay_contiguous_where_counter_reads_are_slow():
     """On an H200 in a VM an NVML energy read took about 4 ms: windows that each read the clock and
-    then the counters at both ends lost about 24 ms a lap (more than a 13 ms GPU epoch). One read at
-    each boundary ends one window and begins the next: times add up to the wall time, joules to the
+    then the counters at both ends lost one read a lap (an epoch there takes 5 ms). One read at each
+    boundary ends one window and begins the next: times add up to the wall time, joules to the
     counter's advance, however slow the reads."""
     got = run_with_fake_gpu("""
         import json, time

@@ -10,11 +10,10 @@ Semantics (README, "What a trial measures"):
   read and one read of each counter are the end of the one and the start of the
   other, so the windows of one trial leave no gap in time or energy and their
   joules add up to the trial's total. (Zeus's own begin/end windows each read the
-  clock and then the counters: the reads between an end and the next begin fell
-  in no window, about 24 ms a lap on an H200 whose NVML reads took 4 ms, more than
-  a 13 ms epoch.) A boundary costs about 5 us without a GPU
-  (`benchmarks/bench_energy.py`); on a GPU add a CUDA sync and one counter read,
-  which fall in the window that begins.
+  clock and then the counters: an end's reads fell in no window, one NVML read a
+  lap, 4 ms on an H200 VM, where an epoch at batch 128 takes 5 ms.) A boundary
+  costs about 5 us without a GPU (`benchmarks/bench_energy.py`); on a GPU add a
+  CUDA sync and one counter read, which fall in the window that begins.
 - GPU and CPU (package + DRAM, the whole node's) joules are kept apart; a trial's
   headline energy is its GPU's, as Zeus's `total_energy` (see `TrainingRun`).
 - Missing energy is NaN with source "none", never 0, and `note` says why where a
