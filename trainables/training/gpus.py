@@ -13,8 +13,9 @@ CUDA_VISIBLE_DEVICES says (Ray 2.60 leaves a zero-GPU worker the node's value). 
 id is what Ray put in CUDA_VISIBLE_DEVICES (an index, or a GPU-/MIG- UUID where the node's own
 CUDA_VISIBLE_DEVICES held UUIDs), so its place there is the torch device. That device's UUID
 (`torch.cuda.get_device_properties(k).uuid`) names the GPU in NVML whatever order CUDA numbers
-devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID): the GPU trained on is the GPU
-measured. Its energy is measured where `energy_note` finds nothing against it: not a MIG slice
+devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID) and whichever devices it shows the
+process (under Slurm's ConstrainDevices or in a container, CUDA's 0 may be NVML's 3, so an index is
+never compared with NVML's): the GPU trained on is the GPU measured. Its energy is measured where `energy_note` finds nothing against it: not a MIG slice
 or a GPU in MIG mode, Volta or newer, and its counter answers. Every other case (and a Zeus
 that fails to set up or to read it: `EnergyMeter`) trains all the same and reports the reason;
 energy is then NaN, never another GPU's joules and never a crash.
@@ -98,7 +99,7 @@ def trial_gpus(assigned: Sequence[str | int] | None = None, cpus: int = 1) -> Tr
     except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device: train, say why
         return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({bare_uuid}): "
                                                 f"{error_text(exc)}"))
-    note = gpu.energy_note or _disagreement(ids, gpu)
+    note = gpu.energy_note
     if not note and ids and len(ids) > 1:
         note = f"given {len(ids)} GPUs: it trains on one, and the energy of a several-GPU trial is not measured"
     return TrialGpus(device, gpu, note)
@@ -211,20 +212,6 @@ def _cuda_ordinal(gpu_id: str) -> int | None:
         return int(gpu_id) if int(gpu_id) < torch.cuda.device_count() else None
     entries = [entry.strip() for entry in visible.split(",")]
     return entries.index(gpu_id) if gpu_id in entries else None
-
-
-def _disagreement(ids: list[str] | None, gpu: NvmlGpu) -> str:
-    """Where Ray's id names another GPU than torch trains on (under PCI bus order an index is
-    NVML's): the trial may be on another trial's GPU, so its joules are not reported."""
-    if not ids or gpu.mig:
-        return ""
-    gpu_id = ids[0]
-    if gpu_id.isdigit():
-        if os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" or int(gpu_id) == gpu.nvml_index:
-            return ""
-    elif gpu.uuid.startswith(gpu_id):
-        return ""
-    return f"Ray's GPU {gpu_id} is not the GPU torch trains on ({gpu.uuid}, NVML index {gpu.nvml_index})"
 
 
 def _nvml():
