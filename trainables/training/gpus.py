@@ -3,6 +3,7 @@
     from trainables.training.gpus import trial_gpus, node_gpus
     gpus = trial_gpus(["1"])    # in a Ray trial: its ids, ray.get_runtime_context().get_accelerator_ids()["GPU"]
     gpus = trial_gpus()         # outside Ray: this process's first CUDA device, if it has one
+    cuda_device_gpu(0)          # what NVML calls CUDA device 0 (matched by UUID): an NvmlGpu
     gpus.device                 # what to train on: cuda:K, or the CPU
     gpus.gpu                    # the GPU trained on as NVML names it (NvmlGpu: uuid, name, nvml_index, ...)
     gpus.measured, gpus.note    # whether its energy is measured; where not, one line saying why
@@ -91,18 +92,33 @@ def trial_gpus(assigned: Sequence[str | int] | None = None, cpus: int = 1) -> Tr
     if ordinal is None:
         return _on_cpu(cpus, f"given GPU {ids[0]}, which this process does not see (CUDA_VISIBLE_DEVICES="
                              f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}): trained on the CPU")
-    device, bare_uuid = torch.device("cuda", ordinal), "?"
+    device = torch.device("cuda", ordinal)
     try:
-        bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
-        pynvml = _nvml()
-        gpu = _describe(pynvml, _handle_by_uuid(pynvml, bare_uuid))
-    except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device: train, say why
-        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({bare_uuid}): "
-                                                f"{error_text(exc)}"))
+        gpu = cuda_device_gpu(ordinal)
+    except UnnamedGpu as exc:  # no NVML, or it does not know the device: train, say why
+        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({exc})"))
     note = gpu.energy_note
     if not note and ids and len(ids) > 1:
         note = f"given {len(ids)} GPUs: it trains on one, and the energy of a several-GPU trial is not measured"
     return TrialGpus(device, gpu, note)
+
+
+class UnnamedGpu(Exception):
+    """NVML cannot name a CUDA device: "UUID: why" (torch's bare UUID, "?" where torch cannot read it)."""
+
+
+def cuda_device_gpu(ordinal: int) -> NvmlGpu:
+    """The GPU (or MIG instance) that CUDA device `ordinal` of this process is, as NVML names it: found
+    by the UUID torch reads, whatever order CUDA numbers devices in. UnnamedGpu where NVML cannot."""
+    import torch
+
+    bare_uuid = "?"
+    try:
+        bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+        pynvml = _nvml()
+        return _describe(pynvml, _handle_by_uuid(pynvml, bare_uuid))
+    except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device
+        raise UnnamedGpu(f"{bare_uuid}: {error_text(exc)}") from exc
 
 
 def node_gpus() -> tuple[list[NvmlGpu], str]:
