@@ -166,9 +166,9 @@ def energy_note(pynvml, handle) -> str:
     return ""
 
 
-def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True):
-    """Zeus's `ZeusMonitor` over `gpus`, and RAPL where `cpu`; its `gpu_indices` are Zeus's
-    indices of `gpus`, in order.
+def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True, **options):
+    """Zeus's `ZeusMonitor` over `gpus`, and RAPL where `cpu` (ZeusMonitor's other `options` passed
+    on); its `gpu_indices` are Zeus's indices of `gpus`, in order.
 
     Zeus numbers GPUs by CUDA_VISIBLE_DEVICES's integer entries, read once per process when it
     first builds its GPU list: it cannot name a GPU by UUID, a UUID or MIG entry there makes it
@@ -195,7 +195,7 @@ def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True):
                     if gpu.uuid not in listed:
                         raise RuntimeError(f"Zeus's GPU list in this process ({', '.join(listed)}) lacks {gpu.uuid}")
                     indices.append(listed.index(gpu.uuid))
-            return ZeusMonitor(gpu_indices=indices, cpu_indices=None if cpu else [])
+            return ZeusMonitor(gpu_indices=indices, cpu_indices=None if cpu else [], **options)
         finally:
             if visible is None:
                 del os.environ["CUDA_VISIBLE_DEVICES"]
