@@ -61,7 +61,7 @@ def test_job_script_is_bash_and_starts_ray_before_the_sweep(tmp_path):
     # the token before any Ray process; the head, then the workers, then the wait, then the sweep as the job's process
     assert first("in_job token") < first("ray start --head") < first("--relative=1") < first("in_job wait") \
         < first("exec instrument-sweep run spec.yaml --name seed-1") == len(lines) - 1
-    assert 'export INSTRUMENT_SWEEP_RESUME="instrument-sweep slurm --resume seed-1 --storage /shared/sweeps"' in lines
+    assert "export INSTRUMENT_SWEEP_RESUME='instrument-sweep slurm --resume seed-1 --storage /shared/sweeps'" in lines
     assert "--num-cpus=2 --num-gpus=2" in text and "--wait" not in text
 
 
@@ -131,6 +131,58 @@ def test_slurm_checks_the_spec_as_run_does(capsys):
     assert capsys.readouterr().err == run_error and run_error.startswith("error: stop.patience: ")
     assert main(["slurm", "smoke", "--resume", "seed-1"]) == 2
     assert capsys.readouterr().err.startswith("error: --resume: continues an experiment with its own spec")
+
+
+@pytest.mark.parametrize("flag", [["--data", "synthetic"], ["--set", "repeats=2"], ["--log", "mlflow"],
+                                  ["--race", "time"], ["--eta", "0"], ["--preset", "smoke"]])
+def test_resume_refuses_what_only_a_new_sweep_takes(capsys, flag):
+    assert main(["slurm", "--resume", "seed-1", *flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume: continues an experiment with its own spec, data and name; give no "
+                          f"{flag[0]} with it") and len(err.splitlines()) == 1
+
+
+def test_slurm_checks_the_ray_fixes_before_anything_is_submitted(monkeypatch, capsys, tmp_path):
+    """The job runs this install's Ray: a Ray that no longer fits the fixes stops `slurm` at once (exit 2,
+    nothing written), not the job after it waited in the queue; --without-ray-fixes goes on (to sbatch)."""
+    from ray.tune.logger.logger import LoggerCallback
+
+    from tune_jobs.ray_private import PATCHES
+
+    assert PATCHES["driver_logs_kept"].targets[0].path.endswith("LoggerCallback._restore_from_remote")
+    monkeypatch.delattr(LoggerCallback, "_restore_from_remote")  # as a newer Ray could have it
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch: a job that got that far would say so
+    storage = tmp_path / "sweeps"
+    for args in (["smoke", "--name", "s"], ["--resume", "s"]):
+        assert main(["slurm", *args, "--storage", str(storage)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ray: Ray ") and "(driver_logs_kept: " in err[-1]
+        assert not storage.exists()
+    assert main(["slurm", "smoke", "--name", "s", "--storage", str(storage), "--without-ray-fixes"]) == 2
+    assert capsys.readouterr().err.startswith("error: sbatch: not found on PATH")
+
+
+@pytest.mark.parametrize("name", ["my sweep$(touch PWNED)", "-x", "..", "a;b", "é"])
+def test_a_name_the_job_script_cannot_hold_as_it_is_is_refused(capsys, monkeypatch, tmp_path, name):
+    monkeypatch.chdir(tmp_path)
+    assert main(["slurm", "smoke", f"--name={name}", "--storage", str(tmp_path / "sweeps"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.splitlines()  # after the spec (a dry run prints it to stderr)
+    assert err[-1] == f"error: --name: {name!r}: a Slurm job's name must be letters, digits, '.', '_' and '-', " \
+                      "starting with a letter or digit"
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_resume_command_in_the_script_is_quoted(tmp_path):
+    """Whatever the experiment's folder is called, the script's export runs nothing and holds the command."""
+    files = JobFiles(str(tmp_path / "it's $(touch PWNED)"))
+    text = job_script(Allocation(), files, sweep_command(files, str(tmp_path), "x", resume=True), "/tmp", "/bin")
+    (export,) = [line for line in text.splitlines() if line.startswith("export INSTRUMENT_SWEEP_RESUME=")]
+    shown = subprocess.run(["bash", "-c", f'{export}; printf %s "$INSTRUMENT_SWEEP_RESUME"'], cwd=tmp_path,
+                           capture_output=True, text=True).stdout
+    assert shown == files.resume_command and not (tmp_path / "PWNED").exists()
+    import shlex
+
+    assert shlex.split(files.resume_command)[3] == "it's $(touch PWNED)"
 
 
 def test_the_jobs_token_is_private_before_ray_reads_it(tmp_path, monkeypatch):

@@ -120,7 +120,8 @@ class JobFiles:
     def resume_command(self) -> str:
         """How to continue the experiment: as a new job."""
         experiment = Path(self.experiment)
-        return f"instrument-sweep slurm --resume {experiment.name} --storage {experiment.parent}"
+        return shlex.join(["instrument-sweep", "slurm", "--resume", experiment.name, "--storage",
+                           str(experiment.parent)])
 
 
 def sweep_command(files: JobFiles, root: str, name: str, resume: bool, flags: tuple[str, ...] = ()) -> list[str]:
@@ -160,7 +161,7 @@ def job_script(allocation: Allocation, files: JobFiles, command: list[str], ray_
         "export RAY_AUTH_MODE=token CUDA_DEVICE_ORDER=PCI_BUS_ID MALLOC_ARENA_MAX=1",
         "export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0",
         "# How the sweep says to continue it, should it stop unfinished: as a new job.",
-        f'export INSTRUMENT_SWEEP_RESUME="{files.resume_command}"',
+        f"export INSTRUMENT_SWEEP_RESUME={q(files.resume_command)}",
         "# This job's own Ray token, readable by you only (0600), made before any Ray process starts.",
         'export RAY_AUTH_TOKEN_PATH="$PWD/ray-token-$SLURM_JOB_ID"',
         'python -m tune_jobs.slurm.in_job token "$RAY_AUTH_TOKEN_PATH"',
