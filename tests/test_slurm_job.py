@@ -112,6 +112,82 @@ def test_status_of_an_unfinished_job_says_how_far_and_how_to_resume(tmp_path):
     assert f"resume:   instrument-sweep slurm --resume seed-1 --storage {tmp_path}" in timeout
 
 
+def test_status_of_a_job_that_ended_without_its_output_asks_whether_the_storage_is_shared(tmp_path):
+    """A --storage on the login node's own disk passes every check there; on the compute node the job fails
+    before it can write its output."""
+    output = tmp_path / "sweeps" / "seed-1" / "slurm" / "15.out"
+    failed = follow.status_text(follow.SlurmJob("15", "FAILED", {"StdOut": str(output)}, "1:0", output))
+    assert failed.splitlines() == ["FAILED", "job:      Slurm job 15 ended with exit code 1",
+                                   f"output:   no output file ({output}): is --storage shared with the compute "
+                                   "nodes? The job's first node writes it there, into the experiment's slurm/ folder"]
+    forgotten = follow.status_text(follow.SlurmJob("15", "FAILED", {}, "1:0", None))  # known to accounting only
+    assert "output:   no output file: is --storage shared with the compute nodes?" in forgotten
+    running = follow.status_text(follow.SlurmJob("15", "RUNNING", client.parse_fields(SCONTROL_LINE), "0:0", output))
+    assert "output:   " + str(output) in running.splitlines()  # not written yet, maybe: not a question yet
+
+
+def test_sbatch_args_come_last_among_the_sbatch_lines():
+    files = JobFiles("/shared/sweeps/seed-1")
+    text = job_script(Allocation(time="01:00:00", sbatch_args=("--qos=high", "--mem=64G")), files,
+                      sweep_command(files, "/shared/sweeps", "seed-1", resume=False), "/tmp", "/bin")
+    options = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert options[-2:] == ["#SBATCH --qos=high", "#SBATCH --mem=64G"] and "#SBATCH --time=01:00:00" in options
+
+
+# Slurm's `scontrol` as the login node runs it (the one Slurm command `status` and `logs` need): it knows
+# job 14 while the file STATES holds states for it, one per call (RUNNING, then COMPLETED), and appends
+# the next line of LINES to the job's output at each call, as the running sweep would; once STATES is
+# used up it has forgotten the job, as Slurm does MinJobAge after it ended.
+SCONTROL = """#!/bin/sh
+PATH=/usr/bin:/bin
+state=$(head -n 1 "$FAKE_SLURM/STATES"); sed -i 1d "$FAKE_SLURM/STATES"
+head -n 1 "$FAKE_SLURM/LINES" >> "$FAKE_SLURM/out"; sed -i 1d "$FAKE_SLURM/LINES"
+[ -n "$state" ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }
+echo "JobId=14 JobName=seed-1 JobState=$state Reason=None ExitCode=0:0 RunTime=00:00:09 TimeLimit=00:10:00 \
+NodeList=node[1-2] StdOut=$FAKE_SLURM/out"
+"""
+
+
+def fake_scontrol(tmp_path, monkeypatch, states: list[str], lines: list[str]):
+    """PATH holding only the fake scontrol above (no sacct: a cluster without accounting)."""
+    folder = tmp_path / "fake-slurm"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "scontrol").write_text(SCONTROL)
+    (folder / "bin" / "scontrol").chmod(0o755)
+    (folder / "STATES").write_text("".join(f"{state}\n" for state in states))
+    (folder / "LINES").write_text("".join(f"{line}\n" for line in lines))
+    monkeypatch.setenv("FAKE_SLURM", str(folder))
+    monkeypatch.setenv("PATH", str(folder / "bin"))  # Slurm's own commands, where this machine has them: not here
+    return folder
+
+
+def test_logs_follow_prints_a_running_jobs_output_as_it_grows_until_the_job_ends(tmp_path, monkeypatch, capsys):
+    lines = ["ray: 2 node(s) up after 6.0 s: node1, node2", "[1/2 done] done   #1 lr=0.1", "[2/2 done] done   #2"]
+    fake_scontrol(tmp_path, monkeypatch, ["RUNNING", "RUNNING", "COMPLETED"], lines)
+    monkeypatch.setattr(follow, "FOLLOW_POLL_S", 0.01)
+    assert main(["logs", "14", "--follow"]) == 0
+    assert capsys.readouterr().out == "".join(f"{line}\n" for line in lines)  # the last, written as it ended, too
+
+
+def test_status_and_logs_find_the_output_under_the_storage_once_slurm_forgot_the_job(tmp_path, monkeypatch,
+                                                                                      capsys):
+    fake_scontrol(tmp_path, monkeypatch, [], [])
+    root = tmp_path / "sweeps"
+    (root / "seed-1" / "slurm").mkdir(parents=True)
+    (root / "seed-1" / storage.SPEC_FILE).write_text("name: seed\n")
+    (root / "seed-1" / "slurm" / "14.out").write_text("[1/9 done] done   #1 lr=0.1\ninterrupted with 8 trial(s) "
+                                                      "unfinished\n")
+    assert main(["status", "14", "--storage", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ENDED", "job:      Slurm job 14 ended", "progress: [1/9 done] done   #1 lr=0.1",
+        "last:     interrupted with 8 trial(s) unfinished", f"output:   {root}/seed-1/slurm/14.out",
+        f"resume:   if unfinished: instrument-sweep slurm --resume seed-1 --storage {root}"]
+    assert main(["logs", "14", "--storage", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("[1/9 done]")
+    assert main(["status", "15", "--storage", str(root)]) == 2
+    assert capsys.readouterr().err.startswith("error: JOB_ID: 15: Slurm does not know this job")
+
+
 def test_a_folder_prepared_for_a_job_is_no_experiment_yet(tmp_path):
     experiment = tmp_path / "seed-1"
     (experiment / storage.JOB_DIR).mkdir(parents=True)
