@@ -193,11 +193,30 @@ def test_a_folder_prepared_for_a_job_is_no_experiment_yet(tmp_path):
     (experiment / storage.JOB_DIR).mkdir(parents=True)
     assert not storage.started(str(experiment))
     with experiment_lock.hold(str(experiment), "run", create=True):  # the job's `run` takes it over
-        pass
-    assert storage.started(str(experiment))  # its lock file is there now
+        with pytest.raises(InputError) as err:  # and holds it: another `run` of the name is refused
+            experiment_lock.acquire(str(experiment), "run", create=True)
+        assert err.value.where == "experiment"
+        (experiment / storage.SPEC_FILE).write_text("name: seed\n")
+    assert storage.started(str(experiment))  # it wrote its spec: an experiment now
     with pytest.raises(InputError) as err:
         experiment_lock.acquire(str(experiment), "run", create=True)
     assert err.value.where == "--name"
+
+
+def test_a_job_that_died_holding_the_lock_before_writing_anything_can_be_submitted_again(tmp_path,
+                                                                                         blob_dataset_dir):
+    """Only its lock file is left beside the job's folder: `slurm --resume` says to submit it again, and
+    that is not refused as "already exists"."""
+    from tune_jobs.cli_sweep import check_new_sweep
+    from tune_jobs.spec import load_spec
+
+    experiment = tmp_path / "seed-1"
+    (experiment / storage.JOB_DIR).mkdir(parents=True)
+    (experiment / storage.JOB_DIR / "spec.yaml").write_text("name: smoke\n")
+    experiment_lock.acquire(str(experiment), "run", create=True).release()  # as the kernel releases a killed one's
+    assert (experiment / storage.LOCK_FILE).exists() and not storage.started(str(experiment))
+    spec = load_spec("smoke", [f"data={blob_dataset_dir}"])
+    assert check_new_sweep(spec, str(tmp_path), "seed-1")[3:] == ("seed-1", str(experiment))
 
 
 def test_slurm_checks_the_spec_as_run_does(capsys):
