@@ -1,6 +1,7 @@
 """`instrument-sweep slurm` without a Slurm: the allocation's checks, the job script it writes, how Slurm's
 answers are read, and how `status` reads a job's output. tests/test_slurm.py runs all of it on a real Slurm."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_job_script_is_bash_and_starts_ray_before_the_sweep(tmp_path):
 
     assert lines[0] == "#!/bin/bash" and "#SBATCH --gpus-per-node=2" in lines and "#SBATCH --signal=B:INT@60" in lines
     # the token before any Ray process; the head, then the workers, then the wait, then the sweep as the job's process
-    assert first("in_job token") < first("ray start --head") < first("--relative=1") < first("in_job wait") \
+    assert first("in_job token") < first("ray-start --head") < first("--relative=1") < first("in_job wait") \
         < first("exec instrument-sweep run spec.yaml --name seed-1") == len(lines) - 1
     assert "export INSTRUMENT_SWEEP_RESUME='instrument-sweep slurm --resume seed-1 --storage /shared/sweeps'" in lines
     assert "--num-cpus=2 --num-gpus=2" in text and "--wait" not in text
@@ -290,6 +291,65 @@ def test_the_jobs_token_is_private_before_ray_reads_it(tmp_path, monkeypatch):
     before = token.read_text()
     in_job.make_token(token)
     assert token.stat().st_mode & 0o777 == 0o600 and token.read_text() == before
+
+
+# A `ray start --block` as far as its step is concerned: files in its temp dir, until a signal ends it.
+RAY_NODE = """
+import pathlib, sys, time
+logs = pathlib.Path(sys.argv[1], "session_1", "logs")
+logs.mkdir(parents=True)
+(logs / "raylet.out").write_text("up")
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("to", ["the step's task", "every process of the step"])
+def test_a_ray_node_step_passes_on_the_signal_that_ends_it_then_removes_rays_temp_dir(tmp_path, to):
+    """Slurm signals the task (srun passing on a signal) or every process of the step (the job ended): either
+    way `ray start` ends, and its temp dir on the node's disk goes with it; the step's exit code is its."""
+    import signal
+    import sys
+    import textwrap
+
+    temp_dir = tmp_path / "ray-14"
+    wrapper = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from tune_jobs.slurm.in_job import run_then_remove
+        sys.exit(run_then_remove([sys.executable, "-c", {RAY_NODE!r}, {str(temp_dir)!r}], Path({str(temp_dir)!r})))
+    """)
+    step = subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert step.stdout.readline() == "up\n" and (temp_dir / "session_1" / "logs" / "raylet.out").is_file()
+        if to == "the step's task":
+            step.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(step.pid, signal.SIGTERM)
+        out, _ = step.communicate(timeout=30)
+    finally:
+        step.kill()
+    assert step.returncode == 128 + signal.SIGTERM and out == f"ray: removed {temp_dir}\n"
+    assert not temp_dir.exists()
+
+
+def test_a_nodes_slurm_address_is_used_as_an_ip_address():
+    assert in_job.ip_address("localhost") == "127.0.0.1" and in_job.ip_address("10.88.0.12") == "10.88.0.12"
+    assert in_job.temp_dir_of(["--block", "--temp-dir=/tmp/ray-14", "--num-cpus=2"]) == Path("/tmp/ray-14")
+    with pytest.raises(InputError) as err:
+        in_job.ip_address("no-such-node.invalid")
+    assert err.value.where == "node" and "cannot resolve its Slurm address" in err.value.problem
+
+
+def test_where_slurm_is_required_a_machine_without_it_fails_the_slurm_tests_instead_of_skipping(monkeypatch):
+    from slurm_cluster import REQUIRE_ENV, unavailable
+
+    monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no apt-get"):
+        unavailable("no apt-get")
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"{REQUIRE_ENV}=1, but no Slurm here: no apt-get"):
+        unavailable("no apt-get")
 
 
 def test_waiting_for_ray_ends_at_once_when_a_ray_start_step_has_ended():

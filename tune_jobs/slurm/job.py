@@ -167,22 +167,23 @@ def job_script(allocation: Allocation, files: JobFiles, command: list[str], ray_
         'python -m tune_jobs.slurm.in_job token "$RAY_AUTH_TOKEN_PATH"',
         "",
         "# Ray's head: this node (the allocation's first), at the address Slurm reaches it by, on free ports.",
-        "head_ip=$(scontrol show node \"$SLURMD_NODENAME\" | grep -oP 'NodeAddr=\\K\\S+')",
+        "head_ip=$(python -m tune_jobs.slurm.in_job node-ip)",
         "read -r gcs_port client_port < <(python -m tune_jobs.slurm.in_job free-ports 2)",
         'head="$head_ip:$gcs_port"',
-        "# Each Ray node: its temp dir on the node's own disk, the CPUs and GPUs Slurm gave this job there, agents",
-        "# on free ports. Each runs as a job step until the job ends; its output goes to JOBID-ray-NODE.out.",
+        "# Each Ray node: `ray start` at its node's Slurm address, its temp dir on the node's own disk (removed as",
+        "# the step ends), the CPUs and GPUs Slurm gave this job there, agents on free ports. Each runs as a job",
+        "# step until the job ends; its output goes to JOBID-ray-NODE.out.",
         f"ray_node=({' '.join(ray_node[:4])}",
         f"          {' '.join(ray_node[4:])})",
         'srun --overlap --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" --output=%j-ray-%N.out \\',
-        '    ray start --head --port="$gcs_port" --ray-client-server-port="$client_port" --include-dashboard=false \\',
-        '    "${ray_node[@]}" &',
+        '    python -m tune_jobs.slurm.in_job ray-start --head --port="$gcs_port" \\',
+        '    --ray-client-server-port="$client_port" --include-dashboard=false "${ray_node[@]}" &',
         "steps=$!",
     ]
     if workers:
         lines += [
             f"srun --overlap --nodes={workers} --ntasks={workers} --relative=1 --output=%j-ray-%N.out \\",
-            '    ray start --address="$head" "${ray_node[@]}" &',
+            '    python -m tune_jobs.slurm.in_job ray-start --address="$head" "${ray_node[@]}" &',
             'steps="$steps $!"',
         ]
     lines += [
