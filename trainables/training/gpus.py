@@ -13,13 +13,14 @@ A trial given no GPU trains on the CPU and measures no GPU, on any node, whateve
 CUDA_VISIBLE_DEVICES says (Ray 2.60 leaves a zero-GPU worker the node's value). Given one, the
 id is what Ray put in CUDA_VISIBLE_DEVICES (an index, or a GPU-/MIG- UUID where the node's own
 CUDA_VISIBLE_DEVICES held UUIDs), so its place there is the torch device. That device's UUID
-(`torch.cuda.get_device_properties(k).uuid`) names the GPU in NVML whatever order CUDA numbers
-devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID) and whichever devices it shows the
-process (under Slurm's ConstrainDevices or in a container, CUDA's 0 may be NVML's 3, so an index is
-never compared with NVML's): the GPU trained on is the GPU measured. Its energy is measured where `energy_note` finds nothing against it: not a MIG slice
-or a GPU in MIG mode, Volta or newer, and its counter answers. Every other case (and a Zeus
-that fails to set up or to read it: `EnergyMeter`) trains all the same and reports the reason;
-energy is then NaN, never another GPU's joules and never a crash.
+(`torch.cuda.get_device_properties(k).uuid`, `cuda_device_gpu`) names the GPU in NVML whatever
+order CUDA numbers devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID) and whichever
+devices it shows the process (under Slurm's ConstrainDevices or in a container, CUDA's 0 may be
+NVML's 3, so no index is compared with NVML's): the GPU trained on is the GPU measured. Its energy
+is measured where `energy_note` finds nothing against it: not a MIG slice or a GPU in MIG mode,
+Volta or newer, and its counter answers. Every other case (and a Zeus that fails to set up or to
+read it: `EnergyMeter`) trains all the same and reports the reason; energy is then NaN, never
+another GPU's joules and never a crash.
 
 `zeus_monitor` is the one place that speaks Zeus's GPU numbering (see there).
 """

@@ -5,7 +5,8 @@
     text = job_script(allocation, files, sweep_command, ray_temp_root="/tmp")
 
 The script (README, "Run on Slurm", walks through it line by line): a Ray head on the first node
-and one Ray worker per other node, each `srun --overlap ... ray start --block`, a job step that
+and one Ray worker per other node, each `srun --overlap ... ray start --block` (through `in_job
+ray-start`: at the node's Slurm address, and its temp dir removed as it ends), a job step that
 ends with the job; this job's own token, made 0600 before Ray starts; the head's ports picked free
 on its node; Ray's temp dir on node-local disk; then the sweep's own command as the job's last
 process (`exec`), so its output and exit code are the job's, and `--signal=B:INT@60` reaches it

@@ -5,10 +5,11 @@
     job = submit_new(..., dry_run=True)                                         # job.script only
 
 Everything is checked before anything is written: the spec and dataset exactly as `run` checks
-them (`resume`'s checks for a resume), a storage directory the nodes can share, and the job
-itself with `sbatch --test-only` (an unknown partition or account, more GPUs per node than the
-partition has). Then the experiment's JOB_DIR gets the spec, the allocation and the script, and
-`sbatch` submits the script; if sbatch refuses it, what was written is removed again.
+them (`resume`'s checks for a resume), a plain experiment name, a storage directory the nodes can
+share, and the job itself with `sbatch --test-only` (an unknown partition or account, more GPUs
+per node than the partition has). Then the experiment's JOB_DIR gets the spec, the allocation and
+the script, and `sbatch` submits the script; if sbatch refuses it, what was written is removed
+again.
 """
 
 from __future__ import annotations
