@@ -79,13 +79,14 @@ def exists(location: str) -> bool:
 
 
 def started(location: str) -> bool:
-    """Whether an experiment is at `location`: anything but the JOB_DIR that a Slurm submission prepares."""
+    """Whether an experiment is at `location`: anything but the JOB_DIR that a Slurm submission prepares
+    and the LOCK_FILE of a command that took it and died before writing anything."""
     if is_uri(location):
         return exists(location)
     path = Path(location)
     if not path.is_dir():
         return path.exists()
-    return any(entry.name != JOB_DIR for entry in path.iterdir())
+    return any(entry.name not in (JOB_DIR, LOCK_FILE) for entry in path.iterdir())
 
 
 def write_text(location: str, text: str) -> None:

@@ -32,13 +32,17 @@ EPOCHS, EPOCH_S, GAP_S = 60, 0.020, 0.006
 
 
 def windows_only(approx: bool) -> tuple[float, float]:
-    """Sum of 60 epoch windows of EPOCH_S with GAP_S gaps, straight from ZeusMonitor."""
-    from trainables.training.zeus_import import zeus_monitor_class
-
+    """Sum of 60 epoch windows of EPOCH_S with GAP_S gaps, straight from ZeusMonitor (over the GPU a
+    trial here would measure: this process's first CUDA device, found by UUID)."""
     import warnings
 
+    from trainables.training.gpus import trial_gpus, zeus_monitor
+
     warnings.filterwarnings("ignore", message="The energy consumption of one or more GPUs was measured as zero")
-    monitor = zeus_monitor_class()(gpu_indices=[0], cpu_indices=[], approx_instant_energy=approx)
+    gpus = trial_gpus()
+    if not gpus.measured:
+        raise SystemExit(f"no GPU energy to measure here: {gpus.note or 'no CUDA device'}")
+    monitor = zeus_monitor([gpus.gpu], cpu=False, approx_instant_energy=approx)
     joules = seconds = 0.0
     for epoch in range(EPOCHS):
         monitor.begin_window(f"e{epoch}", sync_execution=False)

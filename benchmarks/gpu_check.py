@@ -11,8 +11,9 @@ Writes OUT/gpu-check-<gpu name>.json (OUT: --out, default benchmarks/results) af
 <stem>-variants.log, <stem>-sweep.log, <stem>-pytest.log and <stem>-sweep-analysis/ (the sweep's
 tables, figures and report.md). Stages, in order, each within its share of --budget-s (time a stage
 leaves unused passes to the next):
-  host   gpu_name, driver (NVML), torch, cuda, versions; cuda_devices: each CUDA device's name and UUID
-         (torch's) beside the NVML index and name of the GPU with that UUID, and CUDA_DEVICE_ORDER
+  host   gpu_name, driver (NVML), torch, cuda, versions; cuda_devices: each CUDA device's name beside
+         the UUID (GPU-... or MIG-...), NVML index and name of the GPU NVML finds by torch's UUID, as a
+         trial finds it; and CUDA_DEVICE_ORDER
   nvml   nvml_energy_update_s: NVML's energy counter polled in a tight loop for --nvml-s seconds while
          matmuls load the GPU, median interval between changes; idle and loaded power
   epoch  bench_epoch.py's rows (both loops, ratio) for batch 32/128/512/2048 on the built-in data and
@@ -175,21 +176,21 @@ def nvml_text(pynvml, function: str, *args) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def cuda_devices(pynvml) -> list[dict]:
-    """Each CUDA device torch shows: its name and UUID, and the NVML index and name of the GPU
-    NVML finds by that UUID (the match every trial makes to measure the GPU it trains on)."""
+def cuda_devices() -> list[dict]:
+    """Each CUDA device torch shows: its name, and the UUID, NVML index and name of the GPU (or MIG
+    instance) NVML finds by torch's UUID: the match every trial makes (trainables/training/gpus.py)."""
     import torch
+
+    from trainables.training.gpus import UnnamedGpu, cuda_device_gpu
 
     devices = []
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        uuid = f"GPU-{torch.cuda.get_device_properties(index).uuid}"
-        row = {"cuda_index": index, "name": torch.cuda.get_device_name(index), "uuid": uuid}
+        row = {"cuda_index": index, "name": torch.cuda.get_device_name(index)}
         try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            row.update(nvml_index=pynvml.nvmlDeviceGetIndex(handle), nvml_name=nvml_text(pynvml, "nvmlDeviceGetName",
-                                                                                      handle))
-        except Exception as exc:  # noqa: BLE001 - no NVML, or a MIG slice: say so in the row
-            row["nvml_error"] = f"{type(exc).__name__}: {exc}"
+            gpu = cuda_device_gpu(index)
+            row.update(uuid=gpu.uuid, nvml_index=gpu.nvml_index, nvml_name=gpu.name)
+        except UnnamedGpu as exc:  # no NVML, or it does not know the device: say so in the row
+            row.update(uuid=str(exc).partition(":")[0], nvml_error=str(exc))
         devices.append(row)
     return devices
 
@@ -217,7 +218,7 @@ def host_facts(device, nvml) -> dict:
                  "memory_gib": round(props.total_memory / 2**30, 1) if props else None,
                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                  "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"), "versions": versions},
-        "cuda_devices": cuda_devices(pynvml) if pynvml else [],
+        "cuda_devices": cuda_devices() if pynvml else [],
     }
 
 

@@ -5,7 +5,8 @@
         slurm.tmpfs                    # the nodes' TmpFS (node-local disk on a real cluster)
         slurm.job_state("12")          # "RUNNING", "COMPLETED", ... as scontrol reports it
 
-Debian's slurm-wlm (installed with apt-get where missing, as root). Everything else lives in one
+Debian's slurm-wlm (installed with apt-get where missing, as root; where that cannot be, the tests
+skip, or fail with INSTRUMENT_SWEEP_REQUIRE_SLURM=1: `unavailable`). Everything else lives in one
 temp dir and ends with the cluster, also when a test fails: munged on its own socket (the
 machine's /run/munge is not touched), slurmctld in the root network namespace with its own UTS
 hostname, and one slurmd per node in that node's network namespace (tests/netns.py) with its own
@@ -32,10 +33,20 @@ from pathlib import Path
 
 from netns import Network, Unavailable
 
+REQUIRE_ENV = "INSTRUMENT_SWEEP_REQUIRE_SLURM"  # "1" (CI): a Slurm that cannot be had fails the tests
 PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ["slurmctld", "slurmd", "munged", "sbatch"]
 CONTROLLER = "ctl"
 START_TIMEOUT_S = 60.0
+
+
+def unavailable(reason: str):
+    """Skip the Slurm tests, saying why; or, where REQUIRE_ENV is "1" (CI), fail them: there they must run."""
+    import pytest
+
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1, but no Slurm here: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def install_slurm() -> None:

@@ -59,6 +59,9 @@ def test_a_killed_holder_frees_the_lock_and_leaves_its_record(tmp_path):
 def test_run_creates_the_experiment_or_refuses_an_existing_one(tmp_path):
     with experiment_lock.hold(str(tmp_path / "new"), "run", create=True):
         assert (tmp_path / "new" / LOCK_FILE).is_file()
+    # A run that ended before writing anything left only its lock file: no experiment, a new run may take it.
+    with experiment_lock.hold(str(tmp_path / "new"), "run", create=True):
+        (tmp_path / "new" / "sweep.yaml").write_text("name: seed\n")
     with pytest.raises(InputError) as err:
         experiment_lock.acquire(str(tmp_path / "new"), "run", create=True)
     assert err.value.where == "--name" and "already exists" in err.value.problem

@@ -87,3 +87,18 @@ def test_without_cuda_it_says_so_and_exits_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "CUDA is not available" in run.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_cuda_devices_name_each_gpu_and_mig_instance_as_the_trials_do():
+    """A GPU and a MIG instance on a fake node: each row's UUID is NVML's (GPU-... or MIG-...), found as a
+    trial finds it (trainables/training/gpus.py), so the sweep's measured UUIDs can be looked up in it."""
+    from test_gpus import MIG_INSTANCE, NODE, fake_node_env, uuid
+
+    code = "import json; from benchmarks import gpu_check; print(json.dumps(gpu_check.cuda_devices()))"
+    env = fake_node_env(NODE, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=f"2,{MIG_INSTANCE}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["cuda_index"], r["uuid"], r.get("nvml_index"), r.get("nvml_error")) for r in rows] == [
+        (0, uuid(2), 2, None), (1, MIG_INSTANCE, 7, None)]
+    assert rows[0]["name"] == rows[0]["nvml_name"] == NODE[2]["name"]

@@ -36,9 +36,9 @@ def uuid(index: int) -> str:
 # CUDA's index k is never NVML's k, so joules read by CUDA index come from another GPU. Then every
 # way a GPU cannot be measured: eight GPUs (CUDA shows the MIG GPU's instances, after the L4s).
 MIXED = [{"name": "NVIDIA A100-SXM4-40GB", "arch": "AMPERE", "power_w": 300},
-         {"name": "NVIDIA H100 80GB HBM3", "arch": "HOPPER", "power_w": 500},
+         {"name": "NVIDIA H100 80GB HBM3", "arch": "HOPPER", "power_w": 500, "max_power_w": 700},
          {"name": "Tesla V100-SXM2-16GB", "arch": "VOLTA", "power_w": 200},
-         {"name": "NVIDIA L4", "arch": "ADA", "power_w": 70}]
+         {"name": "NVIDIA L4", "arch": "ADA", "power_w": 70, "max_power_w": 72}]
 CUDA_ORDER = [1, 3, 0, 2]  # NVML's index of CUDA's device k, fastest first (MIXED)
 NODE = [*MIXED,
         {"name": "Tesla V100-PCIE-32GB", "arch": "VOLTA", "power_w": 250, "counter": False},  # 4: no counter
@@ -83,6 +83,8 @@ PRELUDE = """
         return [{"device": str(run.device), "epoch": r.epoch, "time_s": r.time_s, "energy_j": r.energy_j,
                  "overhead_time_s": r.overhead_time_s, "overhead_energy_j": r.overhead_energy_j,
                  "epoch_energy_j": r.epoch_energy_j, "energy_source": r.energy_source, "idle_w": r.gpu_idle_w,
+                 "dynamic_energy_j": r.dynamic_energy_j, "energy_err_j": r.energy_err_j,
+                 "max_power_w": r.gpu_max_power_w,
                  "energy_note": getattr(r, "energy_note", None), "gpu_uuids": getattr(r, "gpu_uuids", None),
                  "gpu_indices": run.meter.gpu_indices} for r in reports]
 
@@ -137,21 +139,27 @@ ZEUS_OTHERWISE = """
         got["missing"] = str(exc)
 """
 
-# Retried on another GPU, in a new process as Ray retries: 2 epochs on Ray's GPU "0" and a
-# checkpoint; then, from it, 2 more on GPU "1".
+# Retried on another GPU, in a new process as Ray retries: 40 epochs on Ray's GPU "0" and a
+# checkpoint; then, from it, 40 more on GPU "1"; and 2 from it as a checkpoint written before the
+# attempts were kept (no "attempts"). No pause between epochs: the counter's steps fall into the
+# epochs' windows, and only each attempt's two ends are off by up to a step.
 RETRY_FIRST = """
     import torch
     from trainables.training.gpus import trial_gpus
-    first = TrainingRun(splits, CONFIG, rule(4), gpus=trial_gpus(["0"]))
-    out["retry-first"] = rows_of(first, train(first, 2, 0.05))
+    first = TrainingRun(splits, CONFIG, rule(80), gpus=trial_gpus(["0"]))
+    out["retry-first"] = rows_of(first, train(first, 40))
     torch.save(first.state_dict(), STATE_FILE)
 """
 RETRY_SECOND = """
     import torch
     from trainables.training.gpus import trial_gpus
-    again = TrainingRun(splits, CONFIG, rule(4), gpus=trial_gpus(["1"]))
-    again.load_state_dict(torch.load(STATE_FILE, weights_only=True))
-    out["retry-second"] = rows_of(again, train(again, 2, 0.05))
+    again = TrainingRun(splits, CONFIG, rule(80), gpus=trial_gpus(["1"]))
+    state = torch.load(STATE_FILE, weights_only=True)
+    again.load_state_dict(state)
+    out["retry-second"] = rows_of(again, train(again, 40))
+    legacy = TrainingRun(splits, CONFIG, rule(80), gpus=trial_gpus(["1"]))
+    legacy.load_state_dict({k: v for k, v in state.items() if k != "attempts"})
+    out["retry-legacy"] = rows_of(legacy, train(legacy, 2))
 """
 
 # Every GPU of the node as a trial given it judges it (by UUID, as Ray passes UUIDs).
@@ -206,6 +214,9 @@ SCENARIOS = {
     "uuid-form": scenario(NODE, ZEUS_NUMBERING, ran("uuid-form", epochs=6, gap_s=0.04),
                           ran("ray-uuid-id", epochs=6, gap_s=0.04, ids=[uuid(2)]), CUDA_VISIBLE_DEVICES=uuid(2)),
     "mig": scenario(NODE, ran("mig"), CUDA_VISIBLE_DEVICES=MIG_INSTANCE),
+    # Slurm's ConstrainDevices (or a container) shows CUDA only NVML's GPU 2: Ray's "0" under PCI bus order.
+    "constrained": scenario(NODE, ran("constrained", epochs=6, gap_s=0.04, ids=["0"]), CUDA_VISIBLE_DEVICES="0",
+                            CUDA_DEVICE_ORDER="PCI_BUS_ID", FAKE_CUDA_SEES="[2]"),
     # Integer indices in PCI bus order: what Zeus read before this change was then the right GPU.
     "no-counter": scenario(NODE, ran("no-counter"), CUDA_VISIBLE_DEVICES="4", CUDA_DEVICE_ORDER="PCI_BUS_ID"),
     "pre-volta": scenario(NODE, ran("pre-volta"), CUDA_VISIBLE_DEVICES="5", CUDA_DEVICE_ORDER="PCI_BUS_ID"),
@@ -296,6 +307,15 @@ def test_uuid_form_cuda_visible_devices_trains_and_measures_that_gpu(results):
     assert_own_joules(rows[-1], MIXED[2]["power_w"])
 
 
+def test_a_gpu_whose_cuda_index_is_not_nvmls_is_measured(results):
+    """Where CUDA is shown fewer GPUs than NVML (a cgroup, a container), Ray's id "0" under PCI bus order is
+    NVML's GPU 2, the V100: it is the GPU trained on, and measured (comparing the two indices made it NaN)."""
+    rows = result(results, "constrained")
+    assert rows[-1]["device"] == "cuda:0" and rows[-1]["gpu_uuids"] == uuid(2)
+    assert rows[-1]["energy_source"] == "gpu" and rows[-1]["energy_note"] == ""
+    assert_own_joules(rows[-1], MIXED[2]["power_w"])
+
+
 def test_a_mig_instance_trains_with_energy_nan_and_says_why(results):
     rows = result(results, "mig")
     assert_not_measured(rows, "a MIG instance: NVML measures no energy of MIG slices")
@@ -354,13 +374,36 @@ def test_two_gpus_or_an_id_this_process_does_not_see_are_not_measured(results):
 
 
 def test_a_retry_on_another_gpu_continues_the_sums_probes_its_own_gpu_and_lists_both(results):
-    rows = result(results, "retry-first") + result(results, "retry-second")
-    first_w, second_w = (MIXED[CUDA_ORDER[k]]["power_w"] for k in (0, 1))  # the H100, then the L4
-    assert abs(rows[1]["idle_w"] / first_w - 1) < 0.2 and abs(rows[3]["idle_w"] / second_w - 1) < 0.2
-    assert rows[1]["gpu_uuids"] == uuid(CUDA_ORDER[0])
-    assert rows[3]["gpu_uuids"] == f"{uuid(CUDA_ORDER[0])},{uuid(CUDA_ORDER[1])}"
-    assert rows[3]["energy_j"] == pytest.approx(sum(r["epoch_energy_j"] for r in rows))
-    assert "ran on 2 GPUs" in rows[3]["energy_note"] and rows[3]["energy_source"] == "gpu"
+    """Each GPU's idle and maximum power count for the time on it: dynamic energy and --eta's cost
+    are each GPU's share (the fake GPUs draw their idle power: dynamic about 0), and the error adds
+    the new attempt's to the first's."""
+    before, after = result(results, "retry-first"), result(results, "retry-second")
+    rows, moved = before + after, after[-1]
+    first, second = (MIXED[CUDA_ORDER[k]] for k in (0, 1))  # the H100, then the L4
+    assert abs(before[-1]["idle_w"] / first["power_w"] - 1) < 0.2
+    assert before[-1]["gpu_uuids"] == uuid(CUDA_ORDER[0])
+    assert moved["gpu_uuids"] == f"{uuid(CUDA_ORDER[0])},{uuid(CUDA_ORDER[1])}" and moved["epoch"] == 80
+    assert moved["energy_j"] == pytest.approx(sum(r["epoch_energy_j"] for r in rows))
+    assert "ran on 2 GPUs" in moved["energy_note"] and moved["energy_source"] == "gpu"
+    on_first_s, total_s = before[-1]["time_s"], moved["time_s"]
+    share = on_first_s / total_s
+    assert abs(moved["idle_w"] / (share * first["power_w"] + (1 - share) * second["power_w"]) - 1) < 0.05
+    # The L4's idle power for the whole run would leave the H100's excess, (500 - 70) W x its seconds.
+    assert abs(moved["dynamic_energy_j"]) < 0.25 * (first["power_w"] - second["power_w"]) * on_first_s
+    assert abs(moved["dynamic_energy_j"]) < moved["energy_err_j"]
+    assert moved["dynamic_energy_j"] == pytest.approx(moved["energy_j"] - moved["idle_w"] * total_s)
+    assert moved["max_power_w"] == pytest.approx(share * first["max_power_w"] + (1 - share) * second["max_power_w"])
+    assert before[-1]["energy_err_j"] < moved["energy_err_j"] < math.inf
+
+
+def test_a_checkpoint_from_before_attempts_were_kept_still_loads(results):
+    """Its sums continue, with its time taken to be on this GPU, as such checkpoints were summed."""
+    before, after = result(results, "retry-first"), result(results, "retry-legacy")
+    last = after[-1]
+    assert [r["epoch"] for r in before + after] == list(range(1, 43))
+    assert last["energy_j"] == pytest.approx(sum(r["epoch_energy_j"] for r in before + after))
+    assert abs(last["idle_w"] / MIXED[CUDA_ORDER[1]]["power_w"] - 1) < 0.2 and math.isfinite(last["energy_err_j"])
+    assert last["dynamic_energy_j"] == pytest.approx(last["energy_j"] - last["idle_w"] * last["time_s"])
 
 
 def test_a_replay_that_ends_otherwise_is_reported_not_averaged_in(results):

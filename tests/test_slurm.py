@@ -15,7 +15,7 @@ import yaml
 import analysis
 from netns import Unavailable
 from processes import cli, new_tag
-from slurm_cluster import SlurmCluster
+from slurm_cluster import SlurmCluster, unavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.cluster]
 
@@ -44,7 +44,7 @@ def slurm():
     try:
         cluster.__enter__()
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     try:
         yield cluster
     finally:
@@ -101,7 +101,14 @@ def test_two_sweeps_at_once_span_both_nodes_and_share_no_gpu(slurm, tag, tmp_pat
     heads = {name: re.search(r"cluster: Ray cluster at (\S+): 2 node\(s\), 2 CPUs, 2 GPUs", out).group(1)
              for name, out in outputs.items()}
     assert heads["a"] != heads["b"]  # the same first node, each head on its own free port
-    assert all((slurm.tmpfs / f"ray-{job_id}").is_dir() for job_id in jobs.values())  # and its own temp dir
+    # Each Ray node at its node's Slurm address (NodeAddr), whatever interface Ray would have picked
+    joined = ", ".join(f"{node} ({slurm.network.address(node)})" for node in NODES)
+    assert all(re.search(rf"ray: 2 node\(s\) up after [\d.]+ s: {re.escape(joined)}\n", out) for out in outputs.values())
+    for name, job_id in jobs.items():  # each job's own Ray temp dir on each node, removed as its Ray step ended
+        assert not (slurm.tmpfs / f"ray-{job_id}").exists()
+        for node in NODES:
+            ray_output = (storage / name / "slurm" / f"{job_id}-ray-{node}.out").read_text()
+            assert f"ray: removed {slurm.tmpfs}/ray-{job_id}\n" in ray_output, ray_output[-2000:]
     assert (storage / "a" / "analysis" / "report.md").is_file()
 
     spans = []
@@ -193,7 +200,8 @@ def test_stopped_then_cancelled_mid_sweep_resumes_as_new_jobs_with_every_epoch_o
         assert min(resumed) >= max(stopped.get(trial) or [1])
 
 
-@pytest.mark.parametrize("case", ["no sbatch", "partition", "gpus", "node-local storage", "cloud storage"])
+@pytest.mark.parametrize("case", ["no sbatch", "partition", "gpus", "node-local storage", "cloud storage",
+                                  "a pattern in storage"])
 def test_bad_input_says_which_flag_and_submits_nothing(slurm, tag, tmp_path, blob_dataset_dir, case):
     storage, env = tmp_path / "shared", {}
     args = ["slurm", spec_file(tmp_path, SWEEP), "--data", blob_dataset_dir, "--name", "bad", "--nodes", "2"]
@@ -209,9 +217,12 @@ def test_bad_input_says_which_flag_and_submits_nothing(slurm, tag, tmp_path, blo
     elif case == "node-local storage":
         storage = slurm.tmpfs / "sweeps"
         expected = f"error: --storage: {storage} is under Slurm's TmpFS ({slurm.tmpfs}), each node's own disk; the job"
-    else:
+    elif case == "cloud storage":
         storage = "s3://bucket/sweeps"
         expected = "error: --storage: s3://bucket/sweeps: the job's script and output live in the experiment"
+    else:  # Slurm would read %j (the job id) in the #SBATCH --output path
+        storage = tmp_path / "100%j"
+        expected = f"error: --storage: '{storage}': the job script holds this path unquoted; use one without spaces"
     out = command(slurm, tag, *args, "--storage", str(storage), **env)
     assert out.returncode == 2 and out.stderr.startswith(expected) and len(out.stderr.splitlines()) == 1, out.stderr
     assert not slurm.run(["squeue", "-h", "-n", "bad"]).stdout.strip()  # nothing submitted

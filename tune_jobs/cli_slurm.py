@@ -58,14 +58,16 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     # A dry run's stdout is the script alone (`--dry-run > job.sh`); what the checks say goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.dry_run else contextlib.nullcontext():
         if args.resume:
-            if args.spec or args.preset or args.name:
-                raise InputError("--resume", "continues an experiment with its own spec and name; give no SPEC, "
-                                             "--preset or --name with it")
-            job = submit.submit_resume(args.resume, args.storage, given, flags=flags,
-                                       dry_run=args.dry_run)
+            check_resume_flags(args)
         else:
             spec = spec_from_args(args)
             print_spec(spec)
+        if not args.without_ray_fixes:  # the job runs this install's Ray: where it no longer fits, say so now
+            ray_private.check_fixes(local=False)  # (the job joins the Ray it starts: no local Ray to check)
+        if args.resume:
+            job = submit.submit_resume(args.resume, args.storage, given, flags=flags,
+                                       dry_run=args.dry_run)
+        else:
             gpus = given["gpus_per_node"] or 0
             if given["cpus_per_task"] is None:  # one trial per GPU (or one trial on CPUs) at a time on each node
                 given["cpus_per_task"] = max(1, gpus) * math.ceil(spec.resources.cpus_per_trial)
@@ -78,3 +80,14 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     print()
     print("\n".join(submit.submitted_lines(job)))
     return 0
+
+
+def check_resume_flags(args: argparse.Namespace) -> None:
+    """InputError where `--resume` comes with what only a new sweep takes (the spec and its overrides)."""
+    spec_flags = {"SPEC": args.spec, "--preset": args.preset, "--name": args.name, "--data": args.data,
+                  "--set": args.overrides, "--log": args.log, "--race": args.race, "--eta": args.eta is not None}
+    given = [flag for flag, value in spec_flags.items() if value]
+    if given:
+        raise InputError("--resume", f"continues an experiment with its own spec, data and name; give no "
+                                     f"{', '.join(given)} with it (only the job's flags, --storage, --no-analyze, "
+                                     f"{ray_private.WITHOUT_FIXES_FLAG} and --dry-run)")

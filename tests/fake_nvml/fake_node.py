@@ -17,6 +17,8 @@ Environment (read once, at import):
     FAKE_NVML_POWER_W   ... drawing this power (default 250; also the default power_w above)
     FAKE_NVML_ARCH      ... of this architecture (default HOPPER; also the default arch above)
     FAKE_NVML_PERIOD_S  every energy counter's update period (default 0.1)
+    FAKE_CUDA_SEES      JSON list of the NVML indices CUDA may show this process, as a cgroup (Slurm's
+                        ConstrainDevices) or a container allows; CUDA numbers only these (default: all)
 
 Default UUIDs are GPU-fa4e0000-0000-4000-8000-00000000000N and bus ids 00000000:1N:00.0 (N the NVML
 index). CUDA numbers devices fastest first (a newer architecture first; ties in bus order) unless
@@ -117,6 +119,9 @@ def cuda_devices() -> list[Device]:
         ordered = list(DEVICES)
     else:
         ordered = sorted(DEVICES, key=lambda d: -d.rank)  # stable: ties stay in bus order
+    allowed = os.environ.get("FAKE_CUDA_SEES")
+    if allowed:
+        ordered = [d for d in ordered if d.index in json.loads(allowed)]
     enumerated = [instance for gpu in ordered for instance in (gpu.mig or (gpu,))]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:

@@ -3,6 +3,7 @@
     from trainables.training.gpus import trial_gpus, node_gpus
     gpus = trial_gpus(["1"])    # in a Ray trial: its ids, ray.get_runtime_context().get_accelerator_ids()["GPU"]
     gpus = trial_gpus()         # outside Ray: this process's first CUDA device, if it has one
+    cuda_device_gpu(0)          # what NVML calls CUDA device 0 (matched by UUID): an NvmlGpu
     gpus.device                 # what to train on: cuda:K, or the CPU
     gpus.gpu                    # the GPU trained on as NVML names it (NvmlGpu: uuid, name, nvml_index, ...)
     gpus.measured, gpus.note    # whether its energy is measured; where not, one line saying why
@@ -12,12 +13,14 @@ A trial given no GPU trains on the CPU and measures no GPU, on any node, whateve
 CUDA_VISIBLE_DEVICES says (Ray 2.60 leaves a zero-GPU worker the node's value). Given one, the
 id is what Ray put in CUDA_VISIBLE_DEVICES (an index, or a GPU-/MIG- UUID where the node's own
 CUDA_VISIBLE_DEVICES held UUIDs), so its place there is the torch device. That device's UUID
-(`torch.cuda.get_device_properties(k).uuid`) names the GPU in NVML whatever order CUDA numbers
-devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID): the GPU trained on is the GPU
-measured. Its energy is measured where `energy_note` finds nothing against it: not a MIG slice
-or a GPU in MIG mode, Volta or newer, and its counter answers. Every other case (and a Zeus
-that fails to set up or to read it: `EnergyMeter`) trains all the same and reports the reason;
-energy is then NaN, never another GPU's joules and never a crash.
+(`torch.cuda.get_device_properties(k).uuid`, `cuda_device_gpu`) names the GPU in NVML whatever
+order CUDA numbers devices in (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID) and whichever
+devices it shows the process (under Slurm's ConstrainDevices or in a container, CUDA's 0 may be
+NVML's 3, so no index is compared with NVML's): the GPU trained on is the GPU measured. Its energy
+is measured where `energy_note` finds nothing against it: not a MIG slice or a GPU in MIG mode,
+Volta or newer, and its counter answers. Every other case (and a Zeus that fails to set up or to
+read it: `EnergyMeter`) trains all the same and reports the reason; energy is then NaN, never
+another GPU's joules and never a crash.
 
 `zeus_monitor` is the one place that speaks Zeus's GPU numbering (see there).
 """
@@ -90,18 +93,33 @@ def trial_gpus(assigned: Sequence[str | int] | None = None, cpus: int = 1) -> Tr
     if ordinal is None:
         return _on_cpu(cpus, f"given GPU {ids[0]}, which this process does not see (CUDA_VISIBLE_DEVICES="
                              f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}): trained on the CPU")
-    device, bare_uuid = torch.device("cuda", ordinal), "?"
+    device = torch.device("cuda", ordinal)
     try:
-        bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
-        pynvml = _nvml()
-        gpu = _describe(pynvml, _handle_by_uuid(pynvml, bare_uuid))
-    except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device: train, say why
-        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({bare_uuid}): "
-                                                f"{error_text(exc)}"))
-    note = gpu.energy_note or _disagreement(ids, gpu)
+        gpu = cuda_device_gpu(ordinal)
+    except UnnamedGpu as exc:  # no NVML, or it does not know the device: train, say why
+        return TrialGpus(device, None, one_line(f"NVML cannot name the GPU torch trains on ({exc})"))
+    note = gpu.energy_note
     if not note and ids and len(ids) > 1:
         note = f"given {len(ids)} GPUs: it trains on one, and the energy of a several-GPU trial is not measured"
     return TrialGpus(device, gpu, note)
+
+
+class UnnamedGpu(Exception):
+    """NVML cannot name a CUDA device: "UUID: why" (torch's bare UUID, "?" where torch cannot read it)."""
+
+
+def cuda_device_gpu(ordinal: int) -> NvmlGpu:
+    """The GPU (or MIG instance) that CUDA device `ordinal` of this process is, as NVML names it: found
+    by the UUID torch reads, whatever order CUDA numbers devices in. UnnamedGpu where NVML cannot."""
+    import torch
+
+    bare_uuid = "?"
+    try:
+        bare_uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+        pynvml = _nvml()
+        return _describe(pynvml, _handle_by_uuid(pynvml, bare_uuid))
+    except Exception as exc:  # noqa: BLE001 - no NVML, or it does not know the device
+        raise UnnamedGpu(f"{bare_uuid}: {error_text(exc)}") from exc
 
 
 def node_gpus() -> tuple[list[NvmlGpu], str]:
@@ -149,9 +167,9 @@ def energy_note(pynvml, handle) -> str:
     return ""
 
 
-def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True):
-    """Zeus's `ZeusMonitor` over `gpus`, and RAPL where `cpu`; its `gpu_indices` are Zeus's
-    indices of `gpus`, in order.
+def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True, **options):
+    """Zeus's `ZeusMonitor` over `gpus`, and RAPL where `cpu` (ZeusMonitor's other `options` passed
+    on); its `gpu_indices` are Zeus's indices of `gpus`, in order.
 
     Zeus numbers GPUs by CUDA_VISIBLE_DEVICES's integer entries, read once per process when it
     first builds its GPU list: it cannot name a GPU by UUID, a UUID or MIG entry there makes it
@@ -178,7 +196,7 @@ def zeus_monitor(gpus: Sequence[NvmlGpu] = (), cpu: bool = True):
                     if gpu.uuid not in listed:
                         raise RuntimeError(f"Zeus's GPU list in this process ({', '.join(listed)}) lacks {gpu.uuid}")
                     indices.append(listed.index(gpu.uuid))
-            return ZeusMonitor(gpu_indices=indices, cpu_indices=None if cpu else [])
+            return ZeusMonitor(gpu_indices=indices, cpu_indices=None if cpu else [], **options)
         finally:
             if visible is None:
                 del os.environ["CUDA_VISIBLE_DEVICES"]
@@ -211,20 +229,6 @@ def _cuda_ordinal(gpu_id: str) -> int | None:
         return int(gpu_id) if int(gpu_id) < torch.cuda.device_count() else None
     entries = [entry.strip() for entry in visible.split(",")]
     return entries.index(gpu_id) if gpu_id in entries else None
-
-
-def _disagreement(ids: list[str] | None, gpu: NvmlGpu) -> str:
-    """Where Ray's id names another GPU than torch trains on (under PCI bus order an index is
-    NVML's): the trial may be on another trial's GPU, so its joules are not reported."""
-    if not ids or gpu.mig:
-        return ""
-    gpu_id = ids[0]
-    if gpu_id.isdigit():
-        if os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" or int(gpu_id) == gpu.nvml_index:
-            return ""
-    elif gpu.uuid.startswith(gpu_id):
-        return ""
-    return f"Ray's GPU {gpu_id} is not the GPU torch trains on ({gpu.uuid}, NVML index {gpu.nvml_index})"
 
 
 def _nvml():

@@ -64,7 +64,12 @@ def settle_energy(run, report: EpochReport, budget_s: float) -> EpochReport:
     window = meter.stop()
     run.meter = meter
     per_run_s, per_run_j = window.time_s / replays, window.gpu_j / replays
+    # The replays ran on this GPU alone (a run retried on another GPU weighs each GPU's figures by its time).
+    probe = getattr(meter, "probe", None)
+    gpu = {"gpu_idle_w": probe.idle_w, "gpu_idle_err_w": probe.idle_err_w,
+           "gpu_max_power_w": probe.max_power_w} if probe else {}
+    idle_w = gpu.get("gpu_idle_w", report.gpu_idle_w)
     # One window, no gaps: only its two ends are off, each by up to a step.
-    err_j = counter_error_j(window.gpu_j, window.time_s, report.gpu_idle_w, report.energy_resolution_s, 0.0) / replays
+    err_j = counter_error_j(window.gpu_j, window.time_s, idle_w, report.energy_resolution_s, 0.0) / replays
     return replace(report, time_s=per_run_s, energy_j=per_run_j, energy_err_j=err_j, energy_method="replay",
-                   replays=replays, dynamic_energy_j=per_run_j - report.gpu_idle_w * per_run_s)
+                   replays=replays, dynamic_energy_j=per_run_j - idle_w * per_run_s, **gpu)

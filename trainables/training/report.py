@@ -51,7 +51,8 @@ class EpochReport:
     first_run_energy_j: float = NAN  # the trial's own energy_j: the sum of its epoch windows
     gpu_energy_j: float = NAN  # cumulative GPU joules of the trial's own run
     cpu_energy_j: float = NAN  # cumulative CPU packages + DRAM joules (RAPL) of the whole node
-    gpu_idle_w: float = NAN  # the GPU's idle power, measured before the process's first trial
+    gpu_idle_w: float = NAN  # the GPU's idle power, measured before the process's first trial (after a
+    # retry on another GPU, this and gpu_idle_err_w, gpu_max_power_w: the GPUs' means weighted by time)
     gpu_idle_err_w: float = NAN
     dynamic_energy_j: float = NAN  # energy_j - gpu_idle_w * time_s: what training added to idle
     gpu_max_power_w: float = NAN  # the GPU's highest power limit (Zeus's MaxPower, for --eta)

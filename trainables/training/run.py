@@ -101,7 +101,8 @@ class TrainingRun:
         self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
         self.overhead_time_s = 0.0
         self.overhead_energy_j = 0.0 if gpu else NAN
-        self.gap_variance = 0.0  # sum over excluded windows of f(1 - f), f = frac(length / counter period)
+        self.gap_variance = 0.0  # this attempt's sum over excluded windows of f(1 - f), f = frac(length / period)
+        self.earlier: list[dict] = []  # the attempts before a retry (`_attempt`), from the checkpoint
         self.status = Status.RUNNING
         self._window: str | None = None  # which window is open: None, "epoch" or "between"
 
@@ -128,11 +129,33 @@ class TrainingRun:
 
     @property
     def energy_err_j(self) -> float:
-        """Uncertainty of `energy_j` from the counter's steps (`counter_error_j`); NaN without a GPU."""
+        """Uncertainty of `energy_j` from the counter's steps (`counter_error_j`); NaN without a GPU. After
+        a retry, each attempt's (its own GPU's counter, its own two ends) in quadrature."""
+        errors = [counter_error_j(a["gpu_j"], a["time_s"], a["idle_w"], a["period_s"], a["gap_variance"])
+                  for a in self._attempts()]
+        return errors[0] if len(errors) == 1 else math.sqrt(sum(e * e for e in errors))
+
+    def _attempt(self) -> dict:
+        """This attempt's share of the epoch windows (a retry starts a new one, maybe on another GPU) and
+        its GPU's figures (NaN where none was probed)."""
         probe = self.meter.probe
-        if probe is None or not math.isfinite(probe.update_period_s):
-            return NAN
-        return counter_error_j(self.gpu_energy_j, self.time_s, probe.idle_w, probe.update_period_s, self.gap_variance)
+        return {"time_s": self.time_s - sum(a["time_s"] for a in self.earlier),
+                "gpu_j": self.gpu_energy_j - sum(a["gpu_j"] for a in self.earlier),
+                "gap_variance": self.gap_variance,
+                "idle_w": probe.idle_w if probe else NAN, "idle_err_w": probe.idle_err_w if probe else NAN,
+                "max_power_w": probe.max_power_w if probe else NAN,
+                "period_s": probe.update_period_s if probe else NAN}
+
+    def _attempts(self) -> list[dict]:
+        return [*self.earlier, self._attempt()]
+
+    def _gpu_figure(self, key: str) -> float:
+        """The GPU's `key` (idle_w, idle_err_w, max_power_w); after a retry, its mean over the attempts
+        weighted by their time, so that x time_s sums each GPU's share (dynamic energy, --eta's cost)."""
+        attempts = self._attempts()
+        if len(attempts) == 1 or self.time_s <= 0:
+            return attempts[-1][key]
+        return sum(a[key] * a["time_s"] for a in attempts) / self.time_s
 
     @property
     def energy_note(self) -> str:
@@ -181,8 +204,7 @@ class TrainingRun:
         self.time_s += window.time_s
         self.gpu_energy_j += window.gpu_j  # NaN (not measured) stays NaN, never 0
         self.cpu_energy_j += window.cpu_j
-        probe = self.meter.probe
-        idle_w = probe.idle_w if probe else NAN
+        idle_w = self._gpu_figure("idle_w")
         return EpochReport(
             epoch=self.epoch,
             train_acc=train.acc,
@@ -202,9 +224,9 @@ class TrainingRun:
             gpu_energy_j=self.gpu_energy_j,
             cpu_energy_j=self.cpu_energy_j,
             gpu_idle_w=idle_w,
-            gpu_idle_err_w=probe.idle_err_w if probe else NAN,
+            gpu_idle_err_w=self._gpu_figure("idle_err_w"),
             dynamic_energy_j=self.energy_j - idle_w * self.time_s,
-            gpu_max_power_w=probe.max_power_w if probe else NAN,
+            gpu_max_power_w=self._gpu_figure("max_power_w"),
             overhead_time_s=self.overhead_time_s,
             overhead_energy_j=self.overhead_energy_j,
             energy_source="gpu" if math.isfinite(self.energy_j) else "none",
@@ -234,7 +256,8 @@ class TrainingRun:
             "cpu_energy_j": self.cpu_energy_j,
             "overhead_time_s": self.overhead_time_s,
             "overhead_energy_j": self.overhead_energy_j,
-            "gap_variance": self.gap_variance,
+            "gap_variance": sum(a["gap_variance"] for a in self._attempts()),
+            "attempts": self._attempts(),
             "status": self.status.value,
             "gpu_uuids": list(self.gpu_uuids),
             "energy_note": self._unmeasured_note,
@@ -252,7 +275,11 @@ class TrainingRun:
         self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
         self.overhead_time_s = float(state["overhead_time_s"])
         self.overhead_energy_j = float(state["overhead_energy_j"]) if "gpu" in self.meter.source else NAN
-        self.gap_variance = float(state["gap_variance"])
+        # Each attempt so far, with its GPU's figures; this one starts afresh on its own GPU. A checkpoint
+        # from before attempts were kept holds one, taken to be on this GPU (as such checkpoints were summed).
+        self.earlier, self.gap_variance = [], float(state["gap_variance"])
+        self.earlier = [{k: float(v) for k, v in a.items()} for a in state.get("attempts", [self._attempt()])]
+        self.gap_variance = 0.0
         self.status = Status(state["status"])
         # A retry on another GPU probed that GPU (its meter's); the row lists every GPU it ran on.
         self.gpu_uuids = list(dict.fromkeys([*state.get("gpu_uuids", []), *self.gpu_uuids]))

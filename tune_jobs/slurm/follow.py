@@ -86,8 +86,13 @@ def status_text(job: SlurmJob) -> str:
     if unfinished and job.state != "CANCELLED":  # the sweep's last word: its error, or why it stopped
         last = next((line for line in reversed(text.splitlines()) if line.strip() and not SLURM_LINE.match(line)), "")
         lines += [f"last:     {last}"] if last and last not in progress else []
-    if job.output is not None:
+    if not job.active and (job.output is None or not job.output.is_file()):  # its node could not write it
+        where = f" ({job.output})" if job.output is not None else ""
+        lines.append(f"output:   no output file{where}: is --storage shared with the compute nodes? The job's "
+                     "first node writes it there, into the experiment's slurm/ folder")
+    elif job.output is not None:
         lines.append(f"output:   {job.output}")
+    if job.output is not None:
         files = JobFiles(str(job.output.parent.parent))  # EXPERIMENT/JOB_DIR/JOBID.out
         if unfinished and Path(files.experiment, SPEC_FILE).exists():
             unsure = "if unfinished: " if job.state == "ENDED" else ""  # Slurm no longer says how it ended

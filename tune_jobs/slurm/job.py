@@ -5,7 +5,8 @@
     text = job_script(allocation, files, sweep_command, ray_temp_root="/tmp")
 
 The script (README, "Run on Slurm", walks through it line by line): a Ray head on the first node
-and one Ray worker per other node, each `srun --overlap ... ray start --block`, a job step that
+and one Ray worker per other node, each `srun --overlap ... ray start --block` (through `in_job
+ray-start`: at the node's Slurm address, and its temp dir removed as it ends), a job step that
 ends with the job; this job's own token, made 0600 before Ray starts; the head's ports picked free
 on its node; Ray's temp dir on node-local disk; then the sweep's own command as the job's last
 process (`exec`), so its output and exit code are the job's, and `--signal=B:INT@60` reaches it
@@ -120,7 +121,8 @@ class JobFiles:
     def resume_command(self) -> str:
         """How to continue the experiment: as a new job."""
         experiment = Path(self.experiment)
-        return f"instrument-sweep slurm --resume {experiment.name} --storage {experiment.parent}"
+        return shlex.join(["instrument-sweep", "slurm", "--resume", experiment.name, "--storage",
+                           str(experiment.parent)])
 
 
 def sweep_command(files: JobFiles, root: str, name: str, resume: bool, flags: tuple[str, ...] = ()) -> list[str]:
@@ -160,28 +162,29 @@ def job_script(allocation: Allocation, files: JobFiles, command: list[str], ray_
         "export RAY_AUTH_MODE=token CUDA_DEVICE_ORDER=PCI_BUS_ID MALLOC_ARENA_MAX=1",
         "export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0",
         "# How the sweep says to continue it, should it stop unfinished: as a new job.",
-        f'export INSTRUMENT_SWEEP_RESUME="{files.resume_command}"',
+        f"export INSTRUMENT_SWEEP_RESUME={q(files.resume_command)}",
         "# This job's own Ray token, readable by you only (0600), made before any Ray process starts.",
         'export RAY_AUTH_TOKEN_PATH="$PWD/ray-token-$SLURM_JOB_ID"',
         'python -m tune_jobs.slurm.in_job token "$RAY_AUTH_TOKEN_PATH"',
         "",
         "# Ray's head: this node (the allocation's first), at the address Slurm reaches it by, on free ports.",
-        "head_ip=$(scontrol show node \"$SLURMD_NODENAME\" | grep -oP 'NodeAddr=\\K\\S+')",
+        "head_ip=$(python -m tune_jobs.slurm.in_job node-ip)",
         "read -r gcs_port client_port < <(python -m tune_jobs.slurm.in_job free-ports 2)",
         'head="$head_ip:$gcs_port"',
-        "# Each Ray node: its temp dir on the node's own disk, the CPUs and GPUs Slurm gave this job there, agents",
-        "# on free ports. Each runs as a job step until the job ends; its output goes to JOBID-ray-NODE.out.",
+        "# Each Ray node: `ray start` at its node's Slurm address, its temp dir on the node's own disk (removed as",
+        "# the step ends), the CPUs and GPUs Slurm gave this job there, agents on free ports. Each runs as a job",
+        "# step until the job ends; its output goes to JOBID-ray-NODE.out.",
         f"ray_node=({' '.join(ray_node[:4])}",
         f"          {' '.join(ray_node[4:])})",
         'srun --overlap --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" --output=%j-ray-%N.out \\',
-        '    ray start --head --port="$gcs_port" --ray-client-server-port="$client_port" --include-dashboard=false \\',
-        '    "${ray_node[@]}" &',
+        '    python -m tune_jobs.slurm.in_job ray-start --head --port="$gcs_port" \\',
+        '    --ray-client-server-port="$client_port" --include-dashboard=false "${ray_node[@]}" &',
         "steps=$!",
     ]
     if workers:
         lines += [
             f"srun --overlap --nodes={workers} --ntasks={workers} --relative=1 --output=%j-ray-%N.out \\",
-            '    ray start --address="$head" "${ray_node[@]}" &',
+            '    python -m tune_jobs.slurm.in_job ray-start --address="$head" "${ray_node[@]}" &',
             'steps="$steps $!"',
         ]
     lines += [

@@ -5,10 +5,11 @@
     job = submit_new(..., dry_run=True)                                         # job.script only
 
 Everything is checked before anything is written: the spec and dataset exactly as `run` checks
-them (`resume`'s checks for a resume), a storage directory the nodes can share, and the job
-itself with `sbatch --test-only` (an unknown partition or account, more GPUs per node than the
-partition has). Then the experiment's JOB_DIR gets the spec, the allocation and the script, and
-`sbatch` submits the script; if sbatch refuses it, what was written is removed again.
+them (`resume`'s checks for a resume), a plain experiment name, a storage directory the nodes can
+share, and the job itself with `sbatch --test-only` (an unknown partition or account, more GPUs
+per node than the partition has). Then the experiment's JOB_DIR gets the spec, the allocation and
+the script, and `sbatch` submits the script; if sbatch refuses it, what was written is removed
+again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_s
 from tune_jobs.spec import SweepSpec
 
 NODE_LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs"}
-PLAIN_PATH = re.compile(r"[\w./+,@%=~-]+")  # paths the script and its #SBATCH lines hold without quoting
+PLAIN_PATH = re.compile(r"[\w./+,@=~-]+")  # paths the script and its #SBATCH lines hold as they are (no %:
+# Slurm's file name patterns, %j and the like, in --output)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # experiment names: the job's name, its folder, its command
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ def submit_new(spec: SweepSpec, allocation: Allocation, storage_arg: str, name: 
                flags: tuple[str, ...] = (), dry_run: bool = False) -> SubmittedJob:
     """Check the sweep as `run` does, then submit a job that runs it with run's `flags` (see the module
     docstring)."""
+    if name is None:  # SPEC-DATE-TIME
+        check_plain_name(spec.name, "--name", "the spec's name, which starts the default --name")
+    else:
+        check_plain_name(name, "--name")
     client.require("sbatch")
     root = shared_storage(storage_arg)
     spec, _, root, name, experiment = check_new_sweep(spec, root, name)
@@ -81,6 +88,7 @@ def submit_resume(name_or_path: str, storage_arg: str, given: dict, flags: tuple
     root, experiment, _, _ = check_resumable(root, name_or_path)
     files = JobFiles(experiment)
     name = Path(experiment).name
+    check_plain_name(name, "--resume", "the experiment's name")
     check_no_active_job(name, "--resume")
     recorded = Allocation.from_json(files.allocation.read_text()) if files.allocation.is_file() else Allocation()
     allocation = recorded.overridden(**given)
@@ -139,8 +147,16 @@ def shared_storage(storage_arg: str, create: bool = True) -> str:
         raise InputError("--storage", f"{root} is on a {fs_type} (this host's memory); {needed}")
     if not PLAIN_PATH.fullmatch(root):
         raise InputError("--storage", f"{root!r}: the job script holds this path unquoted; use one without "
-                                      "spaces, quotes or $")
+                                      "spaces, quotes, $ or %")
     return storage.resolve_storage(root, create=create)
+
+
+def check_plain_name(name: str, flag: str, what: str = "") -> None:
+    """InputError naming `flag` where `name` is not a plain name, which the job's #SBATCH lines (its name,
+    folder and output) hold as it is."""
+    if not PLAIN_NAME.fullmatch(name):
+        raise InputError(flag, f"{name!r}{f' ({what})' if what else ''}: a Slurm job's name must be letters, "
+                               "digits, '.', '_' and '-', starting with a letter or digit")
 
 
 def filesystem_type(path: Path) -> str:
