@@ -232,6 +232,10 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
             time.sleep(0.5)
         return self.run(["scontrol", "show", "hostnames", nodes]).stdout.split()
 
+    def job_span(self, job_id: str) -> tuple[str, str]:
+        """(StartTime, EndTime) of a job Slurm still knows, as scontrol prints them (ISO, to the second)."""
+        return self._job_field(job_id, "StartTime"), self._job_field(job_id, "EndTime")
+
     def _job_field(self, job_id: str, key: str) -> str:
         out = self.run(["scontrol", "-o", "show", "job", job_id]).stdout
         return next((f.split("=", 1)[1] for f in out.split() if f.startswith(f"{key}=")), "")
