@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -142,7 +143,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     experiment = storage.join(root, name)
     if storage.exists(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
-                                   f"`instrument-sweep resume {name}` or choose another --name")
+                                   f"`{resume_command(root, name, address)}` or choose another --name")
     cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1)
     check_race(spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
@@ -156,7 +157,8 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
             disconnect(cluster)
             raise
         with disconnecting(cluster):  # Ray stops while the summary and the report are written
-            return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
+            return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes,
+                          address=address)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -182,7 +184,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         grid = resume_sweep(experiment, spec, dataset, cluster)
         with disconnecting(cluster):
             return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
-                          figure_processes=FIGURE_PROCESSES).exit_code
+                          figure_processes=FIGURE_PROCESSES, address=args.address).exit_code
 
 
 def check_race(spec: SweepSpec, cluster) -> None:
@@ -195,19 +197,30 @@ def check_race(spec: SweepSpec, cluster) -> None:
                              "use race: time, or run on GPUs")
 
 
+def resume_command(root: str, name: str, address: str | None = None) -> str:
+    """The `resume` command line that continues experiment `name` under `root`, as typed in a shell:
+    --storage where `root` is not the default, --address where the sweep joined a cluster by it."""
+    default = storage.DEFAULT_STORAGE if storage.is_uri(storage.DEFAULT_STORAGE) else \
+        str(Path(storage.DEFAULT_STORAGE).expanduser().absolute())
+    words = ["instrument-sweep", "resume", name]
+    if root.rstrip("/") != default.rstrip("/"):
+        words += ["--storage", root]
+    if address:
+        words += ["--address", address]
+    return shlex.join(words)
+
+
 def experiment_under(root: str, name_or_path: str) -> str:
     """The experiment's location, which must lie under `root`: restoring unpickles Tune's state."""
     if storage.is_uri(root) or storage.is_uri(name_or_path):
         location = name_or_path if storage.is_uri(name_or_path) else storage.join(root, name_or_path)
-        inside = location.startswith(root.rstrip("/") + "/")
     else:
         candidate = Path(name_or_path).expanduser()
-        path = (candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)).resolve()
-        inside = Path(root).resolve() in path.parents
-        location = str(path)
-    if not inside:
+        location = str((candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)).resolve())
+    if not storage.is_under(root, location):
         raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
-                                       "restores trusted experiments under --storage (Tune's state is pickled)")
+                                       "restores trusted experiments under --storage (Tune's state is pickled): "
+                                       f"`{resume_command(storage.parent(location), storage.basename(location))}`")
     if not storage.exists(storage.join(location, SPEC_FILE)):
         raise InputError("experiment", f"{location} is not an instrument-sweep experiment (no {SPEC_FILE})")
     return location
@@ -262,8 +275,10 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     print(flush=True)
 
 
-def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, figure_processes: int = 1) -> SweepOutcome:
-    """Summary table, then tables/plots/report unless told not to (figures in `figure_processes`).
+def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, figure_processes: int = 1,
+           address: str | None = None) -> SweepOutcome:
+    """Summary table, then tables/plots/report unless told not to (figures in `figure_processes`);
+    where trials are left, the `resume` command that continues them (with `address`, if given).
 
     Exit 0 when every trial ended by the rule, 1 when some failed, 2 when low
     storage stopped the sweep, 130 when it was interrupted (resume continues both).
@@ -275,9 +290,10 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
     print_summary(trials)
     ended = [s.value for s in (*ENDED_BY_RULE, Status.ERROR)]
     unfinished = len(spec.trials()) - int(trials.status.isin(ended).sum())
+    resume = resume_command(root, storage.basename(experiment), address)
     if unfinished:
-        check_stopped_for_space(root, experiment)
-        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `instrument-sweep resume {experiment}`")
+        check_stopped_for_space(root, resume)
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume}`")
         return SweepOutcome(experiment, None, EXIT_INTERRUPTED)
     report = None
     if analyze:
@@ -287,8 +303,7 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
         print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
-        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `instrument-sweep resume "
-              f"{experiment}` retries them")
+        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume}` retries them")
         return SweepOutcome(experiment, report, EXIT_TRIALS_FAILED)
     return SweepOutcome(experiment, report, 0)
 

@@ -33,10 +33,11 @@ def check_free_space(location: str) -> None:
                                       f"{MIN_FREE_TO_START_MB:.0f} MB (free some space or choose another --storage)")
 
 
-def check_stopped_for_space(location: str, experiment: str) -> None:
-    """After an unfinished run: say so if low space is why (the guard stopped it)."""
+def check_stopped_for_space(location: str, resume: str) -> None:
+    """After an unfinished run: say so if low space is why (the guard stopped it); `resume`: the
+    command that continues it."""
     free = free_mb(location)
     if free is not None and free < MIN_FREE_TO_CONTINUE_MB:
         raise InputError("--storage", f"only {free:.0f} MB free on {location}: the sweep stopped safely with all "
                                       "results so far saved; free some space, then "
-                                      f"`instrument-sweep resume {experiment}`")
+                                      f"`{resume}`")
