@@ -9,7 +9,9 @@ changes one fails here, by name, instead of somewhere downstream.
   results (`results_without_config`), the DataFrames its result grid loads
   (`result_frames_not_loaded`), its loggers' copy from storage on a retry (`driver_logs_kept`),
   its snapshot cadence against checkpoint deletion (`snapshots_ahead_of_deletion`) and its
-  uploads to local storage (`local_uploads_whole`).
+  uploads to local storage (`local_uploads_whole`); the errors a driver prints about dead nodes
+  (`node_deaths_unprinted`), the place of a retried trial in Tune's queue (`retried_trials_first`)
+  and its loggers' copy of a trial's log from storage (`restore_trial_log`).
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
   its step-for-step equality with Adam is in test_training_core.py); the cache attribute of
@@ -473,3 +475,87 @@ def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole
     data = state.read_bytes()
     assert STATE_END.search(data[-200:]) and json.loads(data)["stats"]
     assert not any(_is_whole_state(data[:n]) for n in range(len(data) - 400, len(data)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet", [True, False])
+def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deaths_unprinted(quiet):
+    """The GCS publishes a node's death (and a raylet's, with its log and stack trace) to every
+    driver, whose listener prints it; inside `node_deaths_unprinted` those two kinds are dropped
+    and every other error is printed as before."""
+    out = python(f"""
+        import time
+        import ray
+        from ray._private import utils, worker
+        from tune_jobs import ray_private
+
+        before = worker.listen_error_messages
+        with ray_private.node_deaths_unprinted({quiet}):
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        client = worker.global_worker.gcs_client
+        for kind in ("node_removed", "raylet_died", "worker_died"):
+            utils.publish_error_to_driver(kind, f"MESSAGE-{{kind}}", gcs_client=client)
+        time.sleep(3)
+        ray.shutdown()
+        print("RESTORED", worker.listen_error_messages is before)
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MESSAGE-worker_died" in out.stdout and "RESTORED True" in out.stdout
+    for kind in ("node_removed", "raylet_died"):
+        assert (f"MESSAGE-{kind}" in out.stdout) == (not quiet), out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", [True, False])
+def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_first(tmp_path, first):
+    """Four trials, one CPU: trial 0 dies once at its second report. Tune moves it behind trials 1-3
+    (they run first, it last); inside `retried_trials_first` it restarts at once."""
+    out = python(f"""
+        import contextlib, os, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            with open({str(tmp_path / "starts")!r}, "a") as f:
+                f.write(f"{{config['n']}}\\n")
+            for step in range(3):
+                tune.report({{"step": step}})
+                if config["n"] == 0 and step == 1 and not os.path.exists({str(tmp_path / "died")!r}):
+                    open({str(tmp_path / "died")!r}, "w").close()
+                    os._exit(1)
+                time.sleep(0.2)
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
+                           param_space={{"n": tune.grid_search([0, 1, 2, 3])}},
+                           tune_config=tune.TuneConfig(reuse_actors=True),
+                           run_config=tune.RunConfig(name="r", storage_path={str(tmp_path)!r}, verbose=0,
+                                                     failure_config=tune.FailureConfig(max_failures=1)))
+        with ray_private.retried_trials_first() if {first} else contextlib.nullcontext():
+            grid = tuner.fit()
+        print("ERRORS", len(grid.errors))
+    """)
+    assert out.returncode == 0 and "ERRORS 0" in out.stdout, out.stderr[-3000:]
+    starts = (tmp_path / "starts").read_text().split()
+    assert starts == (["0", "0", "1", "2", "3"] if first else ["0", "1", "2", "3", "0"]), starts
+
+
+def test_tunes_loggers_copy_a_trials_log_from_storage_only_where_it_has_a_checkpoint(tmp_path):
+    """`restore_trial_log`: Tune's own copy from storage into the driver's staging directory."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.tune.logger import JsonLoggerCallback
+
+    from tune_jobs import ray_private
+
+    (tmp_path / "stored").mkdir()
+    (tmp_path / "stored" / "result.json").write_text('{"epoch": 1}\n')
+    storage = SimpleNamespace(trial_fs_path=str(tmp_path / "stored"), storage_filesystem=pyarrow.fs.LocalFileSystem())
+    for checkpoint, local in ((None, tmp_path / "fresh"), ("a checkpoint", tmp_path / "restored")):
+        local.mkdir()
+        trial = SimpleNamespace(checkpoint=checkpoint, local_path=str(local), storage=storage)
+        ray_private.restore_trial_log(JsonLoggerCallback(), "result.json", trial)
+        assert (local / "result.json").exists() == (checkpoint is not None)
+    assert (tmp_path / "restored" / "result.json").read_text() == '{"epoch": 1}\n'

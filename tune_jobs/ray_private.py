@@ -402,3 +402,110 @@ def local_uploads_whole() -> Iterator[None]:
 
     with _swapped(storage, "_upload_to_fs_path", upload_whole):
         yield
+
+
+# -- Added for clusters of several hosts (issue 28); each self-contained, tested by behaviour in
+# -- tests/test_private_apis.py. Class: the first two change only what is printed or the order in
+# -- which waiting trials start, so a Ray that no longer fits falls back to its own behaviour with
+# -- one warning; `restore_trial_log` is Tune's own copy, called where our loggers need it.
+NODE_DEATH_ERRORS = ("node_removed", "raylet_died")  # ray_constants.REMOVED_NODE_ERROR, RAYLET_DIED_ERROR
+
+
+@contextlib.contextmanager
+def node_deaths_unprinted(quiet: bool = True) -> Iterator[None]:
+    """A driver connected inside (`ray.init`) does not print Ray's messages about nodes that died:
+    the GCS's "marked dead because the detector has missed too many heartbeats" and the raylet's
+    "Raylet is terminated" with 20 lines of its log and a C++ stack trace, per node
+    (`ray._private.worker.listen_error_messages`, which prints every error the GCS publishes).
+    The sweep says what happened in its own lines (tune_jobs.host_watch); every other Ray error
+    message is printed as before. Does nothing unless `quiet`."""
+    if not quiet:
+        yield
+        return
+    from ray._private import worker
+
+    listen = getattr(worker, "listen_error_messages", None)
+    if listen is None:
+        _fallback_warning("node_deaths_unprinted", "Ray prints its own messages about lost nodes")
+        yield
+        return
+
+    class WithoutNodeDeaths:
+        """The driver's GCS error subscriber, less the errors about dead nodes."""
+
+        def __init__(self, subscriber) -> None:
+            self._subscriber = subscriber
+
+        def poll(self, *args, **kwargs):
+            while True:
+                key, error = self._subscriber.poll(*args, **kwargs)
+                if error is None or error.get("type") not in NODE_DEATH_ERRORS:
+                    return key, error
+
+        def __getattr__(self, name):
+            return getattr(self._subscriber, name)
+
+    def listen_without_node_deaths(driver, threads_stopped) -> None:
+        driver.gcs_error_subscriber = WithoutNodeDeaths(driver.gcs_error_subscriber)
+        listen(driver, threads_stopped)
+
+    with _swapped(worker, "listen_error_messages", listen_without_node_deaths):
+        yield
+
+
+@contextlib.contextmanager
+def retried_trials_first() -> Iterator[None]:
+    """Inside, a trial that failed and is retried starts ahead of trials that have not started.
+
+    Tune requeues a failed trial behind every other (`TuneController._requeue_trial` moves it to
+    the end of its trial list, which its FIFO scheduler and the reuse of a finished trial's actor
+    follow), and requests its new actor behind the actors already requested for pending trials
+    (`RayActorManager`, which starts actors of one resource shape in request order): in a
+    6-trial sweep on 2 GPUs a trial lost with its host restarted last, 2 minutes later. Inside,
+    the retried trial keeps its place in the list (ahead of those not started) and its actor
+    request goes first."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    if not all(hasattr(TuneController, name) for name in ("_requeue_trial", "_schedule_trial_actor")):
+        _fallback_warning("retried_trials_first", "a retried trial waits behind every trial not yet started")
+        yield
+        return
+    requeue, schedule_actor = TuneController._requeue_trial, TuneController._schedule_trial_actor
+    retried = set()  # requeued trials whose new actor is not requested yet
+
+    def requeue_in_place(controller, trial) -> None:
+        place = controller._trials.index(trial)
+        requeue(controller, trial)
+        controller._trials.remove(trial)
+        controller._trials.insert(place, trial)
+        retried.add(trial)
+
+    def schedule_retried_first(controller, trial) -> None:
+        schedule_actor(controller, trial)
+        if trial not in retried:
+            return
+        retried.discard(trial)
+        actor = controller._trial_to_actor.get(trial)
+        for waiting in controller._actor_manager._resource_request_to_pending_actors.values():
+            if actor in waiting:
+                waiting.remove(actor)
+                waiting.insert(0, actor)
+
+    with (_swapped(TuneController, "_requeue_trial", requeue_in_place),
+          _swapped(TuneController, "_schedule_trial_actor", schedule_retried_first)):
+        yield
+
+
+def restore_trial_log(callback, file_name: str, trial) -> None:
+    """Copy a trial's log `file_name` from storage into the driver's staging directory, as Tune's
+    loggers do when they open it (`LoggerCallback._restore_from_remote`: only where the trial has
+    a checkpoint, so a trial that starts over has none)."""
+    callback._restore_from_remote(file_name, trial)
+
+
+def _fallback_warning(patch: str, consequence: str) -> None:
+    """One warning: a patch that no longer fits this Ray is left out, and what that means."""
+    import warnings
+
+    warnings.warn(f"instrument-sweep: this Ray no longer has what `{patch}` patches; {consequence}",
+                  RuntimeWarning, stacklevel=3)
