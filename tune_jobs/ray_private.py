@@ -65,6 +65,18 @@ there, loudly.
   in storage, which `resume` cannot read. Inside, for local storage, each file lands whole
   (written beside, then renamed), the experiment's own files last, logs up to their last full
   line, and files unchanged since their last upload are not copied again.
+
+Added for clusters of several hosts, each self-contained:
+- `node_deaths_unprinted(quiet)` (what is printed; falls back to Ray's own with a warning): the
+  driver prints every error the GCS publishes; a lost node's are about 30 lines (the GCS's
+  "marked dead" notice, the raylet's log and C++ stack trace). Inside, those two kinds are not
+  printed (tune_jobs.host_watch says what happened); every other error is.
+- `retried_trials_first()` (the order waiting trials start in; falls back to Tune's with a
+  warning): Tune requeues a failed trial behind every trial not started yet, in its trial list
+  and in its actor requests. Inside, the retried trial keeps its place and its actor goes first.
+- `restore_trial_log(callback, file, trial)`: Tune's loggers' own copy of a trial's log from
+  storage (`LoggerCallback._restore_from_remote`), which launch.PerEpochRows makes before it
+  drops the rows of the epochs a restarted trial trains again.
 """
 
 from __future__ import annotations
