@@ -118,7 +118,7 @@ def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s
                                                                                  blob_dataset_dir):
     """AWS_ENDPOINT_URL names the endpoint. Ctrl-C: the run prints the resume command; run as
     printed, that resume is killed mid-sweep (SIGKILL, its process group); the same command again
-    finishes every trial, each epoch in result.json exactly once."""
+    finishes every trial, each epoch in result.json exactly once; `analyze` reads it."""
     env = {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint_url}
     root, experiment = f"s3://{BUCKET}/by-env", f"{BUCKET}/by-env/k"
 
@@ -147,3 +147,6 @@ def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s
     found = epochs_in(s3, experiment)
     assert len(found) == 3 and all(e == list(range(1, 41)) for e in found.values()), found
     assert len(analysis.load_trials(s3.uri(experiment))) == 3
+    analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", f"s3://{experiment}"], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path, env=tagged_env(process_tag, **env))
+    assert analyzed.returncode == 0 and (tmp_path / "analysis-k" / "report.md").is_file(), analyzed.stderr[-3000:]
