@@ -478,36 +478,37 @@ def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quiet", [True, False])
-def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deaths_unprinted(quiet):
+def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deaths_unprinted():
     """The GCS publishes a node's death (and a raylet's, with its log and stack trace) to every
     driver, whose listener prints it; inside `node_deaths_unprinted` those two kinds are dropped
-    and every other error is printed as before."""
-    out = python(f"""
+    and every other error is printed as before. One driver of each kind, one after the other."""
+    out = python("""
         import time
         import ray
         from ray._private import utils, worker
         from tune_jobs import ray_private
 
         before = worker.listen_error_messages
-        with ray_private.node_deaths_unprinted({quiet}):
-            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-        client = worker.global_worker.gcs_client
-        for kind in ("node_removed", "raylet_died", "worker_died"):
-            utils.publish_error_to_driver(kind, f"MESSAGE-{{kind}}", gcs_client=client)
-        time.sleep(3)
-        ray.shutdown()
+        for quiet in (True, False):
+            with ray_private.node_deaths_unprinted(quiet):
+                ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+            client = worker.global_worker.gcs_client
+            for kind in ("node_removed", "raylet_died", "worker_died"):
+                utils.publish_error_to_driver(kind, f"MESSAGE-{quiet}-{kind}", gcs_client=client)
+            time.sleep(3)
+            ray.shutdown()
         print("RESTORED", worker.listen_error_messages is before)
     """)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "MESSAGE-worker_died" in out.stdout and "RESTORED True" in out.stdout
-    for kind in ("node_removed", "raylet_died"):
-        assert (f"MESSAGE-{kind}" in out.stdout) == (not quiet), out.stdout
+    assert "RESTORED True" in out.stdout
+    for quiet in (True, False):
+        assert f"MESSAGE-{quiet}-worker_died" in out.stdout
+        for kind in ("node_removed", "raylet_died"):
+            assert (f"MESSAGE-{quiet}-{kind}" in out.stdout) == (not quiet), out.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", [True, False])
-def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_first(tmp_path, first):
+def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_first(tmp_path):
     """Four trials, one CPU: trial 0 dies once at its second report. Tune moves it behind trials 1-3
     (they run first, it last); inside `retried_trials_first` it restarts at once."""
     out = python(f"""
@@ -517,28 +518,29 @@ def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_f
         from tune_jobs import ray_private
 
         def trial(config):
-            with open({str(tmp_path / "starts")!r}, "a") as f:
+            with open(os.path.join({str(tmp_path)!r}, config["run"] + ".starts"), "a") as f:
                 f.write(f"{{config['n']}}\\n")
             for step in range(3):
                 tune.report({{"step": step}})
-                if config["n"] == 0 and step == 1 and not os.path.exists({str(tmp_path / "died")!r}):
-                    open({str(tmp_path / "died")!r}, "w").close()
+                died = os.path.join({str(tmp_path)!r}, config["run"] + ".died")
+                if config["n"] == 0 and step == 1 and not os.path.exists(died):
+                    open(died, "w").close()
                     os._exit(1)
                 time.sleep(0.2)
 
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-        tuner = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
-                           param_space={{"n": tune.grid_search([0, 1, 2, 3])}},
-                           tune_config=tune.TuneConfig(reuse_actors=True),
-                           run_config=tune.RunConfig(name="r", storage_path={str(tmp_path)!r}, verbose=0,
-                                                     failure_config=tune.FailureConfig(max_failures=1)))
-        with ray_private.retried_trials_first() if {first} else contextlib.nullcontext():
-            grid = tuner.fit()
-        print("ERRORS", len(grid.errors))
+        for run in ("first", "plain"):
+            tuner = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
+                               param_space={{"n": tune.grid_search([0, 1, 2, 3]), "run": run}},
+                               tune_config=tune.TuneConfig(reuse_actors=True),
+                               run_config=tune.RunConfig(name=run, storage_path={str(tmp_path)!r}, verbose=0,
+                                                         failure_config=tune.FailureConfig(max_failures=1)))
+            with ray_private.retried_trials_first() if run == "first" else contextlib.nullcontext():
+                print("ERRORS", len(tuner.fit().errors))
     """)
-    assert out.returncode == 0 and "ERRORS 0" in out.stdout, out.stderr[-3000:]
-    starts = (tmp_path / "starts").read_text().split()
-    assert starts == (["0", "0", "1", "2", "3"] if first else ["0", "1", "2", "3", "0"]), starts
+    assert out.returncode == 0 and out.stdout.count("ERRORS 0") == 2, out.stderr[-3000:]
+    assert (tmp_path / "first.starts").read_text().split() == ["0", "0", "1", "2", "3"]
+    assert (tmp_path / "plain.starts").read_text().split() == ["0", "1", "2", "3", "0"]  # Tune's own order
 
 
 def test_tunes_loggers_copy_a_trials_log_from_storage_only_where_it_has_a_checkpoint(tmp_path):
