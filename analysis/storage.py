@@ -1,14 +1,14 @@
 """Where sweeps are stored: a local directory or a cloud URI (s3://, gs://), Ray Tune style.
 
     root = resolve_storage("./sweeps")           # absolute path, created, checked writable
-    root = resolve_storage("s3://bucket/sweeps?endpoint_override=10.0.0.9:9000&scheme=http")  # reached, or InputError
+    root = resolve_storage("s3://bucket/sweeps?endpoint_override=10.0.0.9:9000&scheme=http")  # or InputError
     write_text(join(root, "seed-1", "sweep.yaml"), text)   # parts go into the path, ahead of the query
 
 A multi-node cluster needs storage every node reaches: a cloud URI or a shared
 (NFS) path. A URI may carry pyarrow's options as a query string (`endpoint_override`,
-`scheme`, `region`, ...: an S3-compatible server); AWS_ENDPOINT_URL names one too. Experiment state restored by `resume` is pickled by Ray, so results
-directories must be trusted: `resume` only accepts experiments under the root
-the user names.
+`scheme`, `region`, ...: an S3-compatible server); AWS_ENDPOINT_URL names one too.
+Experiment state restored by `resume` is pickled by Ray, so results directories must
+be trusted: `resume` only accepts experiments under the root the user names.
 """
 
 from __future__ import annotations

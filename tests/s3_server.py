@@ -74,4 +74,5 @@ class S3Server:
     def files(self, path: str) -> list[str]:
         import pyarrow.fs
 
-        return [i.path for i in self.filesystem().get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))]
+        selector = pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True)
+        return [info.path for info in self.filesystem().get_file_info(selector)]

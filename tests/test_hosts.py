@@ -35,7 +35,7 @@ PLACEMENT = {
 CLIENT = {**PLACEMENT, "name": "client", "stop": {"threshold": None, "max_epochs": 6},
           "views": {"lr": {"lr": [0.05, 0.01, 0.001], "batch_size": 4}}}
 FAULT_EPOCHS = 70
-FAULTS = {  # six trials of about 30 s on three GPUs, while hosts are lost and cut off
+FAULTS = {  # six trials of 20-40 s on three GPUs, while hosts are lost and cut off
     "name": "faults",
     "train": {"n_hidden": 32, "loader": "dataloader"},
     "stop": {"threshold": None, "max_epochs": FAULT_EPOCHS},
@@ -125,13 +125,16 @@ def test_a_host_without_ray_is_told_to_use_ray_client_which_prints_the_trials(ho
     assert out.stderr.count("\n") == 1 and f"ray://{hosts.net.address('head')}:10001" in out.stderr, out.stderr
 
     client = f"ray://{hosts.net.address('head')}:10001"
-    out = hosts.cli("client", *run_args(sweeps, "client", "client", client), timeout=400)
+    for attempt in ("client", "client-again"):
+        out = hosts.cli("client", *run_args(sweeps, "client", attempt, client), timeout=400)
+        if "Starting Ray client server failed" not in out.stderr:
+            break  # the head starts a server for each client; on 2 busy cores 1 start in 3 failed
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(r"^cluster: Ray cluster at ray://", out.stdout, re.MULTILINE)
     dashboard = re.search(r"^dashboard: (.*)$", out.stdout, re.MULTILINE).group(1)
     assert "127.0.0.1" not in dashboard.split("://")[-1].split("/")[0], dashboard  # not the head's loopback
     assert len(re.findall(r"\[\d/3 done\] done   #\d", out.stdout)) == 3, out.stdout[-3000:]  # per-trial lines
-    assert all(e == list(range(1, 7)) for e in epochs_logged(Path(sweeps[2], "client")).values())
+    assert all(e == list(range(1, 7)) for e in epochs_logged(Path(sweeps[2], attempt)).values())
 
 
 class Console:
@@ -156,7 +159,9 @@ class Console:
 def test_hosts_lost_and_cut_off_mid_sweep_cost_no_epoch_and_the_console_says_what_happened(hosts, sweeps):
     """One sweep, the driver on the head: w3 is killed (every process on it), then w1 is cut off for
     30 s and w2 for 90 s. A host Ray declares dead never rejoins; its Ray is restarted as the
-    console says (`ray start`), and the running sweep uses it at once."""
+    console says (`ray start`), and the running sweep uses it at once. The trial on w2 can
+    finish only once Ray gives w2 up (about 65 s into its cut) and retries it, so the sweep
+    lasts that long however fast the machine; w2 itself may be back only after the sweep."""
     log = hosts.tmp / "faults.log"
     run = hosts.spawn_cli("head", *run_args(sweeps, "faults", "faults", hosts.address), log=log)
     console = Console(log)
@@ -208,7 +213,8 @@ def test_hosts_lost_and_cut_off_mid_sweep_cost_no_epoch_and_the_console_says_wha
     out = console.text()
     experiment = Path(sweeps[2], "faults")
     logged = epochs_logged(experiment)  # every trial finished, each epoch in its file once
-    assert sorted(logged) == [1, 2, 3, 4, 5, 6] and all(e == list(range(1, FAULT_EPOCHS + 1)) for e in logged.values()), \
+    every_epoch = list(range(1, FAULT_EPOCHS + 1))
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6] and all(e == every_epoch for e in logged.values()), \
         {n: [e for e in set(es) if es.count(e) > 1] or len(es) for n, es in logged.items()}
     assert set(analysis.load_trials(str(experiment)).status) == {"max_epochs"}
 
@@ -225,7 +231,7 @@ def test_hosts_lost_and_cut_off_mid_sweep_cost_no_epoch_and_the_console_says_wha
         line_at(host, r"lost \(Ray marked it dead.*capacity now.*restart Ray on it", killed_at)
     # w1 came back within Ray's patience or was given up (busy machines answer health checks late).
     assert console.first(r"^host   w1 \(.*\) (answers again|lost)") is not None, out[-4000:]
-    assert set(restarts) >= {"w3", "w2"}
+    assert "w3" in restarts and ("w2" in restarts or "w2" not in restored)  # w2: where back before the end
     line_at("w3", "joined: capacity now", killed_at)  # capacity back: Ray restarted there joined the sweep
     # Retried trials went ahead of trials not started yet.
     started = set()

@@ -64,7 +64,8 @@ def epochs_in(s3, experiment_path: str) -> dict[str, list[int]]:
 
 def test_uri_parts_go_into_the_path_ahead_of_the_query():
     root = "s3://b/sweeps?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert storage.join(root, "s1", "sweep.yaml") == "s3://b/sweeps/s1/sweep.yaml?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join(root, "s1", "sweep.yaml") == \
+        "s3://b/sweeps/s1/sweep.yaml?endpoint_override=127.0.0.1:9000&scheme=http"
     assert storage.basename(storage.join(root, "s1")) == "s1"
     assert storage.parent(storage.join(root, "s1")) == root
     assert storage.is_under(root, storage.join(root, "s1"))

@@ -216,7 +216,8 @@ def experiment_under(root: str, name_or_path: str) -> str:
         location = name_or_path if storage.is_uri(name_or_path) else storage.join(root, name_or_path)
     else:
         candidate = Path(name_or_path).expanduser()
-        location = str((candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)).resolve())
+        path = candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)
+        location = str(path.resolve())
     if not storage.is_under(root, location):
         raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
                                        "restores trusted experiments under --storage (Tune's state is pickled): "

@@ -239,8 +239,8 @@ def local_node_ip(host: str, port: int, flag: str = "--address") -> str | None:
     no_token = f"; and no token was found here ({token_hint()})" if path is not None and not path.is_file() else ""
     raise InputError(flag, f"no Ray node of the cluster at {host}:{port} runs on this host, and a driver joins "
                            f"through one: run it on a node of the cluster, start one here first (`ray start "
-                           f"--address={host}:{port}`), or join through Ray Client: --address ray://{host}:{CLIENT_PORT}"
-                           + no_token)
+                           f"--address={host}:{port}`), or join through Ray Client: --address "
+                           f"ray://{host}:{CLIENT_PORT}{no_token}")
 
 
 def _raylet_addresses() -> list[tuple[str, str]] | None:
@@ -352,7 +352,7 @@ def describe(address: str = "local", dashboard: str = "", started_here: bool = T
     alive = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(
         address=address,
-        dashboard_url=f"http://{dashboard}" if dashboard and " " not in dashboard and "://" not in dashboard else dashboard,
+        dashboard_url=dashboard if not dashboard or "://" in dashboard or " " in dashboard else f"http://{dashboard}",
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
         nodes=len(alive),

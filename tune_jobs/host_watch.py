@@ -125,13 +125,14 @@ class HostWatch(tune.Callback):
                     node["told"] = True
                     node["silent_since"] = node["answered_at"]  # kept: Ray may give the node up even after it is back
                     waiting = self._trials_on(node_id, trials)
-                    self._say(f"{self._label(node_id)} not answering for {silent:.0f} s: "
-                              f"{waiting + (' waits' if ',' not in waiting else ' wait') if waiting else 'it runs no trial'}"
-                              "; Ray retries them on other hosts once it gives the host up (after about a minute "
-                              "without answer; sooner where its processes are gone)")
+                    waits = f"{waiting} {'waits' if ',' not in waiting else 'wait'}" if waiting else "it runs no trial"
+                    self._say(f"{self._label(node_id)} not answering for {silent:.0f} s: {waits}; Ray retries them "
+                              "on other hosts once it gives the host up (after about a minute without answer; "
+                              "sooner where its processes are gone)")
                 elif node["alive"] and node["told"] and silent < self.silent_after_s:
                     node["told"] = False
-                    self._say(f"{self._label(node_id)} answers again after {node['answered_at'] - node['silent_since']:.0f} s")
+                    back_after_s = node["answered_at"] - node["silent_since"]
+                    self._say(f"{self._label(node_id)} answers again after {back_after_s:.0f} s")
 
     # -- helpers
     def _label(self, node_id: str) -> str:

@@ -73,7 +73,8 @@ class SweepProgress(tune.Callback):
                 if t.status == "RUNNING" and t.trial_id in self._last:
                     quiet_s = now - self._last_at[t.trial_id]  # its host cut off, or an epoch this long
                     stalled = f"  (no report for {quiet_s:.0f} s)" if quiet_s >= 2 * self.heartbeat_s else ""
-                    self._print(trials, f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}{stalled}")
+                    line = f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}{stalled}"
+                    self._print(trials, line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._last.pop(trial.trial_id, None)  # only running trials' lines are repeated
