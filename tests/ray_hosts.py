@@ -105,10 +105,9 @@ class RayHosts:
             log=log, head_host=self.net.address("head"), node_ip=self.net.address(host),
             dashboard_host=self.net.address("head"), object_store_mb=OBJECT_STORE_MB,
             env={**{k: v for k, v in self.env(host).items() if k in ("HOME", "RAY_AUTH_TOKEN_PATH", "RAY_DEDUP_LOGS")},
-                 # On 2 cores busy with a sweep Ray's own waits ran out: a raylet waits 15 s for its
-                 # agents (a restarted node's took longer), the head's Ray Client proxy 30 s for
-                 # the server it starts for each client.
-                 "RAY_agent_register_timeout_ms": "120000", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"},
+                 # A raylet waits 15 s for its agents to start, and exits: on 2 cores busy with a
+                 # sweep, a restarted node's agents took longer.
+                 "RAY_agent_register_timeout_ms": "120000"},
             prefix=tuple(self.net.command(host, [], hostname=host)))
 
     def start(self) -> None:
