@@ -337,6 +337,29 @@ def test_tune_copies_the_config_into_every_result_and_loads_frames_unless_told_n
     assert rows["patched"] == [True, [True] * 3, True, 3, params, None]
 
 
+def dying_trial(died, checkpoint_at: str) -> str:
+    """A function trainable's code for `python`: epochs 1-6 from its checkpoint's, a checkpoint at each
+    epoch where `checkpoint_at` (an expression of `epoch`) holds, a pause after epoch 3 (Tune syncs
+    its staging directory to storage then), and its process dies once after epoch 5 (`died` marks it)."""
+    return f"""
+        def trial(config):
+            start = 0
+            if tune.get_checkpoint():
+                with tune.get_checkpoint().as_directory() as path:
+                    start = int(open(os.path.join(path, "epoch")).read())
+            for epoch in range(start + 1, 7):
+                with tempfile.TemporaryDirectory() as path:
+                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
+                    checkpoint = tune.Checkpoint.from_directory(path) if {checkpoint_at} else None
+                    tune.report({{"epoch": epoch}}, checkpoint=checkpoint)
+                if epoch == 3:
+                    time.sleep(1.0)
+                if epoch == 5 and not os.path.exists({str(died)!r}):
+                    open({str(died)!r}, "w").close()
+                    os._exit(1)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kept", [True, False])
 def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unless_kept(tmp_path, kept):
@@ -350,20 +373,7 @@ def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unle
         from ray import tune
         from tune_jobs import ray_private
 
-        def trial(config):
-            start = 0
-            if tune.get_checkpoint():
-                with tune.get_checkpoint().as_directory() as path:
-                    start = int(open(os.path.join(path, "epoch")).read())
-            for epoch in range(start + 1, 7):
-                with tempfile.TemporaryDirectory() as path:
-                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
-                    tune.report({{"epoch": epoch}}, checkpoint=tune.Checkpoint.from_directory(path))
-                if epoch == 3:
-                    time.sleep(1.0)  # Tune syncs to storage now
-                if epoch == 5 and not os.path.exists({str(tmp_path / "died")!r}):
-                    open({str(tmp_path / "died")!r}, "w").close()
-                    os._exit(1)
+{dying_trial(tmp_path / "died", checkpoint_at="True")}
 
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         tuner = tune.Tuner(trial, run_config=tune.RunConfig(
@@ -616,19 +626,7 @@ def test_tunes_loggers_log_the_epochs_a_restarted_trial_trains_again_twice_unles
         from tune_jobs import ray_private
         from tune_jobs.launch import EpochCsvLogger, EpochJsonLogger
 
-        def trial(config):
-            start = 0
-            if tune.get_checkpoint():
-                with tune.get_checkpoint().as_directory() as path:
-                    start = int(open(os.path.join(path, "epoch")).read())
-            for epoch in range(start + 1, 7):
-                with tempfile.TemporaryDirectory() as path:
-                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
-                    checkpoint = tune.Checkpoint.from_directory(path) if epoch == 3 else None
-                    tune.report({{"epoch": epoch}}, checkpoint=checkpoint)
-                if epoch == 5 and not os.path.exists({str(tmp_path / "died")!r}):
-                    open({str(tmp_path / "died")!r}, "w").close()
-                    os._exit(1)
+{dying_trial(tmp_path / "died", checkpoint_at="epoch == 3")}
 
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
