@@ -142,8 +142,8 @@ def output_dir(experiment: str, out: str | None) -> Path:
     if out is not None and storage.is_uri(out):
         raise InputError("--out", f"must be a local directory, got {out}; copy the folder to the cloud afterwards")
     if out is None:
-        name = experiment.rstrip("/").rsplit("/", 1)[-1]
-        folder = Path(f"analysis-{name}") if storage.is_uri(experiment) else Path(experiment, "analysis")
+        uri = storage.is_uri(experiment)
+        folder = Path(f"analysis-{storage.basename(experiment)}") if uri else Path(experiment, "analysis")
     else:
         folder = Path(out).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -167,7 +167,7 @@ def experiment_info(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame)
         rule = StopRule(**stop) if stop else None
     except (InputError, TypeError):
         rule = None
-    return ExperimentInfo(experiment.rstrip("/").rsplit("/", 1)[-1], "", rule, views, repeats, False)
+    return ExperimentInfo(storage.basename(experiment), "", rule, views, repeats, False)
 
 
 def _stop_from_trials(epochs: pd.DataFrame) -> dict:

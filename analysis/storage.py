@@ -1,12 +1,14 @@
 """Where sweeps are stored: a local directory or a cloud URI (s3://, gs://), Ray Tune style.
 
     root = resolve_storage("./sweeps")           # absolute path, created, checked writable
-    write_text(join(root, "seed-1", "sweep.yaml"), text)
+    root = resolve_storage("s3://bucket/sweeps?endpoint_override=10.0.0.9:9000&scheme=http")  # or InputError
+    write_text(join(root, "seed-1", "sweep.yaml"), text)   # parts go into the path, ahead of the query
 
 A multi-node cluster needs storage every node reaches: a cloud URI or a shared
-(NFS) path. Experiment state restored by `resume` is pickled by Ray, so results
-directories must be trusted: `resume` only accepts experiments under the root
-the user names.
+(NFS) path. A URI may carry pyarrow's options as a query string (`endpoint_override`,
+`scheme`, `region`, ...: an S3-compatible server); AWS_ENDPOINT_URL names one too.
+Experiment state restored by `resume` is pickled by Ray, so results directories must
+be trusted: `resume` only accepts experiments under the root the user names.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def is_uri(location: str) -> bool:
 
 
 def resolve_storage(location: str, create: bool = True) -> str:
-    """An absolute local directory (created and checked writable) or a cloud URI as given."""
+    """An absolute local directory (created and checked writable) or a cloud URI as given, its
+    bucket checked to exist and answer (`check_reachable`)."""
     if is_uri(location):
         scheme = location.split("://", 1)[0].lower()
         if scheme == "file":
@@ -39,7 +42,10 @@ def resolve_storage(location: str, create: bool = True) -> str:
         if scheme not in URI_SCHEMES:
             raise InputError("--storage", f"unsupported scheme {scheme}://; use a local path or one of "
                                           + ", ".join(f"{s}://" for s in URI_SCHEMES))
-        return location.rstrip("/")
+        path, query = _split(location)
+        location = path.rstrip("/") + query
+        check_reachable(location)
+        return location
     path = Path(location).expanduser().absolute()
     for parent in (path, *path.parents):
         if parent.exists():
@@ -56,10 +62,75 @@ def resolve_storage(location: str, create: bool = True) -> str:
     return str(path)
 
 
+def _split(uri: str) -> tuple[str, str]:
+    """(scheme://bucket/path, "?query" or "") of a URI."""
+    path, mark, query = uri.partition("?")
+    return path, mark + query
+
+
 def join(location: str, *parts: str) -> str:
+    """`location`/`parts`; a URI's query string stays at its end."""
     if is_uri(location):
-        return "/".join([location.rstrip("/"), *parts])
+        path, query = _split(location)
+        return "/".join([path.rstrip("/"), *parts]) + query
     return str(Path(location, *parts))
+
+
+def basename(location: str) -> str:
+    """The last part of a path or of a URI's path (an experiment's name)."""
+    return (_split(location)[0] if is_uri(location) else location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(location: str) -> str:
+    """The folder (or URI, its query kept) that holds `location`."""
+    if is_uri(location):
+        path, query = _split(location)
+        return path.rstrip("/").rsplit("/", 1)[0] + query
+    return str(Path(location).parent)
+
+
+def is_under(root: str, location: str) -> bool:
+    """Whether `location` lies inside `root` (URIs: the same scheme, bucket and query)."""
+    if is_uri(root) != is_uri(location):
+        return False
+    if is_uri(root):
+        (root_path, root_query), (path, query) = _split(root), _split(location)
+        return query == root_query and path.startswith(root_path.rstrip("/") + "/")
+    return Path(root).resolve() in Path(location).resolve().parents
+
+
+def check_reachable(uri: str) -> None:
+    """InputError("--storage", ...) unless the URI's bucket exists and its endpoint answers (one
+    request; an endpoint that does not answer takes the client's retries, about 6 s)."""
+    import pyarrow.fs
+
+    try:
+        fs, path = filesystem(uri)
+    except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError: a malformed URI
+        raise InputError("--storage", f"{uri} is not a storage URI pyarrow can open: {_first_line(exc)}") from None
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+    except OSError as exc:
+        raise InputError("--storage", f"cannot reach {uri}: {_first_line(exc)}") from None
+    if not found:
+        raise InputError("--storage", f"bucket {bucket!r} does not exist at {endpoint(uri)}; create it "
+                                      "first, or check the name")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def endpoint(uri: str) -> str:
+    """Where a URI's requests go: its endpoint_override, else AWS_ENDPOINT_URL (s3), else its
+    scheme's own service."""
+    from urllib.parse import parse_qs
+
+    scheme = uri.split("://", 1)[0].lower()
+    given = parse_qs(_split(uri)[1][1:]).get("endpoint_override", [""])[0]
+    return given or (os.environ.get("AWS_ENDPOINT_URL", "") if scheme == "s3" else "") or f"{scheme}://"
 
 
 def filesystem(location: str):

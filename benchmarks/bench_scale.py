@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                        # 250, 500 and 1,000 trials (about 10 minutes on 2 cores)
     python benchmarks/bench_scale.py --sizes 100 --nodes 4 --gpus-per-node 8
 
-Starts Ray's multi-node setup on this machine (as tests/test_multinode.py does): a
+Starts Ray's multi-node setup on this machine (as tests/processes.start_ray_node does): a
 head that runs no trials and --nodes worker nodes with --gpus-per-node logical GPUs
 each. Each size is one sweep driven by a fresh driver process through the production
 launch path (`tune_jobs.launch.start_sweep`: the Tuner, its stopper, loggers, storage

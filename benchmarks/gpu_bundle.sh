@@ -11,7 +11,7 @@
 # alone would add 36 MB packed: set NODE_ALSO= for a node without them).
 # The bundle holds the rest of what the project and its tests need (ray[default,tune], zeus without
 # amdsmi, librosa, soundfile, pyyaml, tqdm, the test extras' trackers and notebook runner, pytest-xdist,
-# ... and their dependencies: 119 packages on 2026-12-03):
+# ... and their dependencies: 119 packages on 2026-12-03), but not moto's S3 server (the S3 tests skip):
 # manylinux x86_64 wheels for that Python, resolved with `pip install --dry-run --report` for both sets
 # (the node's set with its dependencies is left out), unpacked into one `pip install --target` folder
 # (site/), trimmed (no ray/jars, seed wheels, source maps or compiled files; ELF symbols stripped);
@@ -38,12 +38,14 @@ for minor in $(seq 28 -1 5); do target+=(--platform "manylinux_2_${minor}_x86_64
 
 mkdir -p "$work"
 cd "$repo"
-echo "== requirements: the project's and its test extras' (torch left to the node), plus pytest-xdist"
+echo "== requirements: the project's and its test extras' (torch left to the node; moto's S3 server left out:"
+echo "   the S3 tests skip without it, and its wheels with boto3's are 25 MB), plus pytest-xdist"
 "$python" - > "$work/requirements.txt" <<'EOF'
-import tomllib
+import re, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 wanted = project["dependencies"] + project["optional-dependencies"]["test"] + ["pytest-xdist"]
-print("\n".join(d for d in wanted if not d.replace(" ", "").startswith("torch")))
+left_out = {"torch", "moto", "flask", "flask-cors"}
+print("\n".join(d for d in wanted if re.match(r"[A-Za-z0-9_.-]+", d.strip()).group(0).lower() not in left_out))
 EOF
 cat "$work/requirements.txt"
 

@@ -95,6 +95,12 @@ class Network:
             self.kill_all(ns)
             _ip("netns", "del", ns, check=False)
         _ip("link", "del", self.bridge, check=False)
+        # A namespace is destroyed (its veth with it) once nothing refers to it any more; a socket
+        # can keep it a while after its processes are gone: the outer ends go now, by name.
+        for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
+            name = line.split(":", 2)[1].strip().split("@", 1)[0] if line.count(":") >= 2 else ""
+            if name.startswith(f"{self.prefix}v") and name[len(self.prefix) + 1:].isdigit():
+                _ip("link", "del", name, check=False)
         for proc in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)

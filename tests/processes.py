@@ -41,10 +41,10 @@ def cli(*args: str, tag: str, timeout: float = 300, **env: str) -> subprocess.Co
                           timeout=timeout, env=tagged_env(tag, **env))
 
 
-def spawn_cli(*args: str, tag: str, log: Path) -> subprocess.Popen:
+def spawn_cli(*args: str, tag: str, log: Path, **env: str) -> subprocess.Popen:
     """`instrument-sweep ARGS` in the background, in its own session, output to `log`."""
     return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=tagged_env(tag), start_new_session=True)
+                            stderr=subprocess.STDOUT, env=tagged_env(tag, **env), start_new_session=True)
 
 
 def tagged_pids(tag: str, variable: str = TAG) -> list[int]:
@@ -87,31 +87,49 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
 def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,
                    num_cpus: int = 2, num_gpus: int = 0, log: Path | None = None,
                    metrics_port: int | None = None, metrics_interval_ms: int | None = None,
-                   env: dict | None = None) -> subprocess.Popen:
+                   head_host: str = "127.0.0.1", node_ip: str | None = None, dashboard_host: str = "127.0.0.1",
+                   object_store_mb: int | None = None, env: dict | None = None,
+                   prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     """`ray start --block` for a head or a worker node on this machine, token auth on.
 
     `metrics_port`: where the node serves its Prometheus metrics (default: a free port);
     `metrics_interval_ms`: how often Ray pushes metrics there (Ray's default: 10 s);
-    `env`: the node's environment (default: this process's), which its workers inherit.
+    `env`: what the node's environment (this process's) adds or changes, which its workers inherit.
+    A node of its own host (tests/ray_hosts.py): `prefix` runs it there (the host's nsenter
+    command), `node_ip` is its address, `head_host` the head's, `temp_dir` its own, its object
+    store capped at `object_store_mb`, and `env` holds its token file.
     """
+    env = {**tagged_env(tag), **(env or {}), TAG: tag, "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # `ray start` with token auth needs a token to exist (a local ray.init makes one, ray start does not).
-    subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, env=tagged_env(tag))
+    subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
     # Own ports for the node's agents: another Ray on this machine (a test's in-process one) holds
     # the defaults, and a head whose job agent cannot bind accepts no jobs.
     args = [*RAY_CLI, "start", "--block", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}"]
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}",
+            f"--temp-dir={temp_dir}"]
     if metrics_interval_ms:
         args.append("--system-config=" + json.dumps({"metrics_report_interval_ms": metrics_interval_ms}))
+    if node_ip:
+        args.append(f"--node-ip-address={node_ip}")
+    if object_store_mb:
+        args.append(f"--object-store-memory={object_store_mb * 2**20}")
     if head:
-        args += ["--head", f"--port={head_port}", f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1",
+        args += ["--head", f"--port={head_port}", f"--dashboard-host={dashboard_host}",
                  f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]
     else:
-        args += [f"--address=127.0.0.1:{head_port}"]
+        args += [f"--address={head_host}:{head_port}"]
     out = log.open("w") if log else subprocess.DEVNULL
-    node_env = {**tagged_env(tag), **(env or {}), TAG: tag, "RAY_AUTH_MODE": "token",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=node_env, start_new_session=True)
+    return subprocess.Popen([*prefix, *args], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def cluster_gpus(address: str, tag: str) -> float:
+    """The GPUs Ray counts in the cluster at `address` (-1 where it cannot be joined yet)."""
+    code = f"import ray; ray.init(address='{address}'); print(ray.cluster_resources().get('GPU', 0))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=tagged_env(tag, RAY_AUTH_MODE="token"))
+    return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1.0
 
 
 def http_status(url: str, token: str | None = None) -> int:

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from processes import cli, free_port, http_status, kill_tagged, new_tag, start_ray_node, tagged_env, wait_until
+from processes import (cli, cluster_gpus, free_port, http_status, kill_tagged, new_tag, start_ray_node, tagged_env,
+                       wait_until)
 from test_gpus import CUDA_ORDER, MIXED, PERIOD_S, fake_node_env, uuid
-from test_multinode import cluster_gpus
 
 pytestmark = pytest.mark.cluster
 

@@ -9,7 +9,10 @@ changes one fails here, by name, instead of somewhere downstream.
   into every result (why the param space holds only what identifies a trial), the DataFrames
   its result grid loads (`result_frames_not_loaded`), its loggers' copy from storage on a retry
   (`driver_logs_kept`), its snapshot cadence against checkpoint deletion
-  (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`).
+  (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`); the
+  errors a driver prints about dead nodes (`node_deaths_unprinted`), the place of a retried
+  trial in Tune's queue (`retried_trials_first`) and its loggers' copy of a trial's log from
+  storage (`restore_trial_log`).
   What each patch does where Ray changes under it: tests/test_private_fallbacks.py.
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
@@ -21,6 +24,7 @@ changes one fails here, by name, instead of somewhere downstream.
   integers, once per process, and its GPU objects' NVML `handle` (test_gpus.py).
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -333,6 +337,29 @@ def test_tune_copies_the_config_into_every_result_and_loads_frames_unless_told_n
     assert rows["patched"] == [True, [True] * 3, True, 3, params, None]
 
 
+def dying_trial(died, checkpoint_at: str) -> str:
+    """A function trainable's code for `python`: epochs 1-6 from its checkpoint's, a checkpoint at each
+    epoch where `checkpoint_at` (an expression of `epoch`) holds, a pause after epoch 3 (Tune syncs
+    its staging directory to storage then), and its process dies once after epoch 5 (`died` marks it)."""
+    return f"""
+        def trial(config):
+            start = 0
+            if tune.get_checkpoint():
+                with tune.get_checkpoint().as_directory() as path:
+                    start = int(open(os.path.join(path, "epoch")).read())
+            for epoch in range(start + 1, 7):
+                with tempfile.TemporaryDirectory() as path:
+                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
+                    checkpoint = tune.Checkpoint.from_directory(path) if {checkpoint_at} else None
+                    tune.report({{"epoch": epoch}}, checkpoint=checkpoint)
+                if epoch == 3:
+                    time.sleep(1.0)
+                if epoch == 5 and not os.path.exists({str(died)!r}):
+                    open({str(died)!r}, "w").close()
+                    os._exit(1)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kept", [True, False])
 def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unless_kept(tmp_path, kept):
@@ -346,20 +373,7 @@ def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unle
         from ray import tune
         from tune_jobs import ray_private
 
-        def trial(config):
-            start = 0
-            if tune.get_checkpoint():
-                with tune.get_checkpoint().as_directory() as path:
-                    start = int(open(os.path.join(path, "epoch")).read())
-            for epoch in range(start + 1, 7):
-                with tempfile.TemporaryDirectory() as path:
-                    open(os.path.join(path, "epoch"), "w").write(str(epoch))
-                    tune.report({{"epoch": epoch}}, checkpoint=tune.Checkpoint.from_directory(path))
-                if epoch == 3:
-                    time.sleep(1.0)  # Tune syncs to storage now
-                if epoch == 5 and not os.path.exists({str(tmp_path / "died")!r}):
-                    open({str(tmp_path / "died")!r}, "w").close()
-                    os._exit(1)
+{dying_trial(tmp_path / "died", checkpoint_at="True")}
 
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         tuner = tune.Tuner(trial, run_config=tune.RunConfig(
@@ -485,3 +499,148 @@ def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole
     data = state.read_bytes()
     assert STATE_END.search(data[-200:]) and json.loads(data)["stats"]
     assert not any(_is_whole_state(data[:n]) for n in range(len(data) - 400, len(data)))
+
+
+@pytest.mark.slow
+def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deaths_unprinted():
+    """The GCS publishes a node's death (and a raylet's, with its log and stack trace) to every
+    driver, whose listener prints it; inside `node_deaths_unprinted` those two kinds are dropped
+    and every other error is printed as before. One driver of each kind, one after the other."""
+    out = python("""
+        import time
+        import ray
+        from ray._private import utils, worker
+        from tune_jobs import ray_private
+
+        before = worker.listen_error_messages
+        for quiet in (True, False):
+            with ray_private.node_deaths_unprinted(quiet):
+                ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+            client = worker.global_worker.gcs_client
+            for kind in ("node_removed", "raylet_died", "worker_died"):
+                utils.publish_error_to_driver(kind, f"MESSAGE-{quiet}-{kind}", gcs_client=client)
+            time.sleep(3)
+            ray.shutdown()
+        print("RESTORED", worker.listen_error_messages is before)
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RESTORED True" in out.stdout
+    for quiet in (True, False):
+        assert f"MESSAGE-{quiet}-worker_died" in out.stdout
+        for kind in ("node_removed", "raylet_died"):
+            assert (f"MESSAGE-{quiet}-{kind}" in out.stdout) == (not quiet), out.stdout
+
+
+@pytest.mark.slow
+def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_first(tmp_path):
+    """Four trials, one CPU: trial 0 dies once at its second report. Tune moves it behind trials 1-3
+    (they run first, it last); inside `retried_trials_first` it restarts at once."""
+    out = python(f"""
+        import contextlib, os, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            with open(os.path.join({str(tmp_path)!r}, config["run"] + ".starts"), "a") as f:
+                f.write(f"{{config['n']}}\\n")
+            for step in range(3):
+                tune.report({{"step": step}})
+                died = os.path.join({str(tmp_path)!r}, config["run"] + ".died")
+                if config["n"] == 0 and step == 1 and not os.path.exists(died):
+                    open(died, "w").close()
+                    os._exit(1)
+                time.sleep(0.2)
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        for run in ("first", "plain"):
+            tuner = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
+                               param_space={{"n": tune.grid_search([0, 1, 2, 3]), "run": run}},
+                               tune_config=tune.TuneConfig(reuse_actors=True),
+                               run_config=tune.RunConfig(name=run, storage_path={str(tmp_path)!r}, verbose=0,
+                                                         failure_config=tune.FailureConfig(max_failures=1)))
+            with ray_private.retried_trials_first() if run == "first" else contextlib.nullcontext():
+                print("ERRORS", len(tuner.fit().errors))
+    """)
+    assert out.returncode == 0 and out.stdout.count("ERRORS 0") == 2, out.stderr[-3000:]
+    assert (tmp_path / "first.starts").read_text().split() == ["0", "0", "1", "2", "3"]
+    assert (tmp_path / "plain.starts").read_text().split() == ["0", "1", "2", "3", "0"]  # Tune's own order
+
+
+def test_tunes_loggers_copy_a_trials_log_from_storage_only_where_it_has_a_checkpoint(tmp_path):
+    """`restore_trial_log`: Tune's own copy from storage into the driver's staging directory."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.tune.logger import JsonLoggerCallback
+
+    from tune_jobs import ray_private
+
+    (tmp_path / "stored").mkdir()
+    (tmp_path / "stored" / "result.json").write_text('{"epoch": 1}\n')
+    storage = SimpleNamespace(trial_fs_path=str(tmp_path / "stored"), storage_filesystem=pyarrow.fs.LocalFileSystem())
+    for checkpoint, local in ((None, tmp_path / "fresh"), ("a checkpoint", tmp_path / "restored")):
+        trial = SimpleNamespace(checkpoint=checkpoint, local_path=str(local), storage=storage,
+                                init_local_path=lambda local=local: local.mkdir())  # as Trial makes its directory
+        ray_private.restore_trial_log(JsonLoggerCallback(), "result.json", trial)
+        assert local.is_dir() and (local / "result.json").exists() == (checkpoint is not None)
+    assert (tmp_path / "restored" / "result.json").read_text() == '{"epoch": 1}\n'
+
+
+@pytest.mark.slow
+def test_a_raylets_command_line_names_its_node_and_gcs_and_a_driver_joins_through_the_node_named():
+    """`raylet_addresses` reads a raylet's node address and GCS from its command line, and
+    `joining_through` is the `ray.init` keyword a second driver joins through that node by."""
+    out = python("""
+        import subprocess, sys
+        import ray
+        from tune_jobs import ray_private
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        context = ray.get_runtime_context()
+        gcs, node_ip = context.gcs_address, ray.util.get_node_ip_address()
+        print("FOUND", (node_ip, gcs) in ray_private.raylet_addresses())
+        second = subprocess.run([sys.executable, "-c", f'''
+        import ray
+        from tune_jobs import ray_private
+        ray.init(address="{gcs}", log_to_driver=False, **ray_private.joining_through("{node_ip}"))
+        print(ray.get_runtime_context().get_node_id())
+        '''], capture_output=True, text=True, timeout=120)
+        print("JOINED", second.stdout.strip().splitlines()[-1:] == [context.get_node_id()], second.stderr[-500:])
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FOUND True" in out.stdout and "JOINED True" in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ours", [True, False])
+def test_tunes_loggers_log_the_epochs_a_restarted_trial_trains_again_twice_unless_per_epoch_rows(tmp_path, ours):
+    """A trial checkpoints at epoch 3, logs 4 and 5, and its process dies once: the retry trains 4
+    and 5 again. Tune's own loggers (with `driver_logs_kept`) log them twice; the project's
+    (launch.EpochJsonLogger, EpochCsvLogger: `restore_trial_log` on a resume) once."""
+    out = python(f"""
+        import json, os, tempfile, time
+        import ray
+        from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+        from tune_jobs import ray_private
+        from tune_jobs.launch import EpochCsvLogger, EpochJsonLogger
+
+{dying_trial(tmp_path / "died", checkpoint_at="epoch == 3")}
+
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        loggers = [EpochJsonLogger(), EpochCsvLogger()] if {ours} else [JsonLoggerCallback(), CSVLoggerCallback()]
+        tuner = tune.Tuner(trial, run_config=tune.RunConfig(
+            name="r", storage_path={str(tmp_path)!r}, verbose=0, callbacks=loggers,
+            failure_config=tune.FailureConfig(max_failures=1)))
+        with ray_private.driver_logs_kept():
+            grid = tuner.fit()
+        print("RESULT", json.dumps(len(grid.errors)))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("RESULT", 1)[1]) == 0
+    (trial_dir,) = (tmp_path / "r").glob("trial*")
+    logged = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    csv_epochs = [int(row["epoch"]) for row in csv.DictReader((trial_dir / "progress.csv").open())]
+    assert logged == csv_epochs == ([1, 2, 3, 4, 5, 6] if ours else [1, 2, 3, 4, 5, 4, 5, 6]), (logged, csv_epochs)

@@ -26,7 +26,6 @@ from tune_jobs.ray_private import PATCHES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY_VERSION = __import__("ray").__version__
-TOKEN_HELPER_RAY = (2, 59)  # the first Ray with the token helper
 
 SPEED_UPS = {  # each speed-up patch, entered as tune_jobs uses it
     "lean_local_start": lambda: ray_private.lean_local_start(log_monitor=False),
@@ -35,10 +34,13 @@ SPEED_UPS = {  # each speed-up patch, entered as tune_jobs uses it
     "starting_actors_kept": ray_private.starting_actors_kept,
     "metrics_analysed": lambda: ray_private.metrics_analysed(frozenset()),
     "result_frames_not_loaded": ray_private.result_frames_not_loaded,
+    "node_deaths_unprinted": lambda: ray_private.node_deaths_unprinted(quiet=True),
+    "retried_trials_first": ray_private.retried_trials_first,
 }
 FIXES = {
     "ray_on_loopback": ray_private.ray_on_loopback,
     "driver_logs_kept": ray_private.driver_logs_kept,
+    "restore_trial_log": ray_private.restore_trial_log,  # called, not entered (launch.PerEpochRows)
     "snapshots_ahead_of_deletion": lambda: ray_private.snapshots_ahead_of_deletion(2),
     "local_uploads_whole": ray_private.local_uploads_whole,
 }
@@ -76,7 +78,7 @@ def fresh_warnings(monkeypatch):
 def test_every_patch_fits_the_installed_ray():
     token_helper = PATCHES["enable_token_auth_if_token_available"].targets[0]
     assert {name: ray_private.mismatch(name) for name in PATCHES} == {
-        name: None for name in PATCHES} | ({} if tuple(map(int, RAY_VERSION.split(".")[:2])) >= TOKEN_HELPER_RAY else {
+        name: None for name in PATCHES} | ({} if ray_private.ray_release() >= ray_private.TOKEN_HELPER_RAY else {
             "enable_token_auth_if_token_available": f"{token_helper.path} is missing"})
     assert ray_private.check_fixes() is True
     kinds = {name: patch.kind for name, patch in PATCHES.items()}
@@ -151,6 +153,164 @@ def test_driver_logs_kept_falls_back_to_tunes_copy_where_a_trial_changed(monkeyp
         LoggerCallback._restore_from_remote(None, "result.json", object())  # no local_path: Tune's copy
     assert copied == ["result.json"]
     assert "driver_logs_kept (AttributeError inside it" in ray_warnings(capsys)[0]
+
+
+def test_lean_local_start_falls_back_to_rays_own_start_where_a_node_changed(monkeypatch, capsys):
+    """Our wait for the raylet's registration raising (a Node without the attributes it reads)
+    leaves Ray's own start from then on: its own wait, and the API server it starts."""
+    from ray._private.node import Node
+
+    started = []
+
+    def start_ray_processes(self):  # Ray's own, as far as the patch can tell
+        started.append("processes")
+
+    def start_api_server(self, *, include_dashboard, raise_on_failure):
+        started.append("api server")
+
+    monkeypatch.setattr(Node, "start_ray_processes", start_ray_processes)
+    monkeypatch.setattr(Node, "start_api_server", start_api_server)
+    with ray_private.lean_local_start(log_monitor=False):
+        node = object.__new__(Node)  # none of the attributes the wait reads
+        Node.start_api_server(node, include_dashboard=False, raise_on_failure=True)  # lean: not started
+        for _ in range(2):
+            Node.start_ray_processes(node)
+        Node.start_api_server(node, include_dashboard=False, raise_on_failure=True)  # Ray's own from now on
+    assert started == ["processes", "processes", "api server"]
+    (warning,) = ray_warnings(capsys)
+    assert "lean_local_start (AttributeError inside it" in warning and f"Ray {RAY_VERSION}" in warning
+
+
+def test_trial_actors_inheriting_keeps_tunes_actor_class_where_ray_changed_it(monkeypatch, capsys):
+    """An actor class without the options the patch reads (renamed in a newer Ray) is Tune's own,
+    for that trainable and every later one."""
+    from ray.tune.execution import class_cache
+
+    made = object()  # Tune's actor class, as far as the patch can tell: no _default_options
+
+    def get(self, trainable_cls):
+        return self._cache.setdefault(trainable_cls, made)
+
+    monkeypatch.setattr(class_cache._ActorClassCache, "get", get)
+    with ray_private.trial_actors_inheriting({"PL_DISABLE_FORK": "1"}):
+        cache = class_cache._ActorClassCache()
+        assert [cache.get(trainable) for trainable in (type("A", (), {}), type("B", (), {}))] == [made, made]
+    (warning,) = ray_warnings(capsys)
+    assert "trial_actors_inheriting (AttributeError inside it" in warning
+
+
+@pytest.mark.parametrize("how", ["signature", "missing", "raises"])
+def test_resume_lets_tune_add_its_loggers_where_restored_callbacks_no_longer_fits(monkeypatch, capsys, how):
+    """None: `resume_sweep` then lets Tune add the loggers it finds missing (TensorBoard's too)."""
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    tuner = type("Tuner", (), {})()  # no _local_tuner: our part raises where the target fits
+    if how != "raises":
+        change(monkeypatch, PATCHES["restored_callbacks"].targets[1], how)
+    assert [ray_private.restored_callbacks(tuner) for _ in range(2)] == [None, None]
+    (warning,) = ray_warnings(capsys)
+    assert "restored_callbacks (" in warning and "Ray's own behaviour" in warning
+    assert ("AttributeError inside it" in warning) == (how == "raises")
+    assert hasattr(TunerInternal, "get_run_config") == (how != "missing")
+
+
+@pytest.mark.parametrize("release, how", [((2, 60), "missing"), ((2, 60), "signature"), ((2, 60), "raises"),
+                                          ((2, 58), "missing")])
+def test_the_token_helper_missing_warns_from_the_ray_that_has_it(monkeypatch, capsys, release, how):
+    """Ray 2.52-2.58 have no token helper: False, silently (RAY_AUTH_MODE=token works as documented).
+    From 2.59 on one that is missing has moved, or changed: False and one warning."""
+    from ray._private.authentication import authentication_token_setup
+
+    def helper(warn_if_disabled):  # where it raises inside; "signature": its parameter renamed
+        raise RuntimeError("changed inside")
+
+    monkeypatch.setattr(ray_private, "ray_release", lambda: release)
+    name = "maybe_enable_token_auth_if_token_available"  # the installed Ray may have none (before 2.59)
+    if how == "missing":
+        monkeypatch.delattr(authentication_token_setup, name, raising=False)
+    else:
+        monkeypatch.setattr(authentication_token_setup, name,
+                            helper if how == "raises" else lambda warn=False: True, raising=False)
+    assert [ray_private.enable_token_auth_if_token_available() for _ in range(2)] == [False, False]
+    warned = ray_warnings(capsys)
+    if release < ray_private.TOKEN_HELPER_RAY:
+        assert warned == []
+        return
+    (warning,) = warned
+    assert "enable_token_auth_if_token_available (" in warning and "RAY_AUTH_MODE=token" in warning
+    assert ("maybe_enable_token_auth_if_token_available" in warning) == (how != "raises")
+    assert ("RuntimeError inside it" in warning) == (how == "raises")
+
+
+def test_retried_trials_first_leaves_tunes_requeue_where_the_controller_changed(monkeypatch, capsys):
+    from ray.tune.execution.tune_controller import TuneController
+
+    requeued = []
+
+    def requeue(self, trial):  # Tune's own, as far as the patch can tell
+        requeued.append(trial)
+        return getattr(self, "_trials", None)
+
+    monkeypatch.setattr(TuneController, "_requeue_trial", requeue)
+    with ray_private.retried_trials_first():
+        controller = object.__new__(TuneController)  # no trial list where the patch reads it
+        for trial in ("a", "b"):
+            TuneController._requeue_trial(controller, trial)
+    assert requeued == ["a", "b"]
+    (warning,) = ray_warnings(capsys)
+    assert "retried_trials_first (AttributeError inside it" in warning
+
+
+def test_node_deaths_unprinted_passes_on_what_a_changed_subscriber_polls(monkeypatch, capsys):
+    """A subscriber whose poll no longer gives (key, error) is Ray's own: every message goes on."""
+    from ray._private import worker
+
+    listened = []
+
+    def listen(worker, threads_stopped):  # Ray's listener, as far as the patch can tell: one poll
+        listened.append(worker.gcs_error_subscriber.poll())
+
+    subscriber = type("Subscriber", (), {"poll": lambda self: "a message in a new shape"})()
+    driver = type("Driver", (), {"gcs_error_subscriber": subscriber})()
+    monkeypatch.setattr(worker, "listen_error_messages", listen)
+    with ray_private.node_deaths_unprinted(quiet=True):
+        for _ in range(2):
+            worker.listen_error_messages(driver, None)
+    assert listened == ["a message in a new shape"] * 2
+    (warning,) = ray_warnings(capsys)
+    assert "node_deaths_unprinted (ValueError inside it" in warning
+
+
+def test_a_ray_whose_raylets_changed_chooses_the_drivers_node_itself_with_one_warning(monkeypatch, capsys):
+    """Where Ray's raylet command line no longer names its node and GCS as the project reads them,
+    a driver joining by HOST:PORT is not refused: Ray chooses its node, as on separate machines."""
+    from ray._private import services
+
+    from tune_jobs.cluster import local_node_ip
+
+    def start_raylet(*args, **kwargs):  # a raylet started with other flags
+        return ["raylet", "--node-ip=10.0.0.1"]
+
+    monkeypatch.setattr(services, "start_raylet", start_raylet)
+    assert ray_private.raylet_addresses() is None
+    assert local_node_ip("127.0.0.1", 6379) is None  # not "no Ray node of the cluster runs on this host"
+    (warning,) = ray_warnings(capsys)
+    assert "joining_through (ray._private.services:start_raylet no longer uses --node_ip_address=, --gcs-address=" \
+        in warning and "Ray chooses the node a driver joins through" in warning
+    assert ray_private.joining_through(None) == {}
+
+
+def test_a_resumed_trials_log_is_left_to_tune_where_restore_trial_log_no_longer_fits(monkeypatch, capsys, tmp_path):
+    """Run --without-ray-fixes on a Ray without Tune's copy: nothing copied, one warning, no failed trial."""
+    from ray.tune.logger.logger import LoggerCallback
+
+    monkeypatch.delattr(LoggerCallback, "_restore_from_remote")
+    trial = type("Trial", (), {"local_path": str(tmp_path / "trial"), "checkpoint": "a checkpoint"})()
+    for _ in range(2):
+        ray_private.restore_trial_log(LoggerCallback(), "result.json", trial)
+    assert not (tmp_path / "trial").exists()
+    (warning,) = ray_warnings(capsys)
+    assert "restore_trial_log (ray.tune.logger.logger:LoggerCallback._restore_from_remote is missing" in warning
 
 
 @pytest.mark.parametrize("inherited", [True, False])

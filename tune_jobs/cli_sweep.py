@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -135,10 +136,11 @@ class SweepOutcome:
     exit_code: int
 
 
-def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None):
+def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None, address: str | None = None):
     """What `run` checks before it connects to Ray (InputError, nothing written): the trackers, the data
     (loaded), the storage (created, with room) and the name (new, or holding only what `slurm` prepared
-    for its job). Returns (spec with the data path absolute, dataset, storage root, name, experiment)."""
+    for its job; `address` goes into the hint that continues one). Returns (spec with the data path
+    absolute, dataset, storage root, name, experiment)."""
     from tune_jobs.trackers import check_installed
 
     check_installed(spec.log)
@@ -155,7 +157,7 @@ def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None):
     experiment = storage.join(root, name)
     if storage.started(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
-                                   f"`instrument-sweep resume {name}` or choose another --name")
+                                   f"`{resume_command(root, name, address)}` or choose another --name")
     return spec, dataset, root, name, experiment
 
 
@@ -166,7 +168,7 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
     InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`),
     run every trial, summarize and analyze (the report's figures drawn in `figure_processes`
     processes). The notebook API calls it too."""
-    spec, dataset, root, name, experiment = check_new_sweep(spec, storage_arg, name)
+    spec, dataset, root, name, experiment = check_new_sweep(spec, storage_arg, name, address)
     cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1,
                                    without_ray_fixes=without_ray_fixes)
     check_race(spec, cluster)
@@ -181,7 +183,8 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
             disconnect(cluster)
             raise
         with disconnecting(cluster):  # Ray stops while the summary and the report are written
-            return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes)
+            return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes,
+                          address=address)
 
 
 def check_resumable(storage_arg: str, name_or_path: str):
@@ -217,7 +220,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         grid = resume_sweep(experiment, spec, dataset, cluster, fixes=not args.without_ray_fixes)
         with disconnecting(cluster):
             return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
-                          figure_processes=FIGURE_PROCESSES).exit_code
+                          figure_processes=FIGURE_PROCESSES, address=args.address).exit_code
 
 
 def check_race(spec: SweepSpec, cluster) -> None:
@@ -230,19 +233,35 @@ def check_race(spec: SweepSpec, cluster) -> None:
                              "use race: time, or run on GPUs")
 
 
+def resume_command(root: str, name: str, address: str | None = None) -> str:
+    """How to continue experiment `name` under `root`: what RESUME_ENV says where it is set (a Slurm job
+    says `instrument-sweep slurm --resume ...`: a new job, not a sweep on the login node), else the
+    `resume` command line as typed in a shell: --storage where `root` is not the default, --address
+    where the sweep joined a cluster by it."""
+    if os.environ.get(RESUME_ENV):
+        return os.environ[RESUME_ENV]
+    default = storage.DEFAULT_STORAGE if storage.is_uri(storage.DEFAULT_STORAGE) else \
+        str(Path(storage.DEFAULT_STORAGE).expanduser().absolute())
+    words = ["instrument-sweep", "resume", name]
+    if root.rstrip("/") != default.rstrip("/"):
+        words += ["--storage", root]
+    if address:
+        words += ["--address", address]
+    return shlex.join(words)
+
+
 def experiment_under(root: str, name_or_path: str) -> str:
     """The experiment's location, which must lie under `root`: restoring unpickles Tune's state."""
     if storage.is_uri(root) or storage.is_uri(name_or_path):
         location = name_or_path if storage.is_uri(name_or_path) else storage.join(root, name_or_path)
-        inside = location.startswith(root.rstrip("/") + "/")
     else:
         candidate = Path(name_or_path).expanduser()
-        path = (candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)).resolve()
-        inside = Path(root).resolve() in path.parents
-        location = str(path)
-    if not inside:
+        path = candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)
+        location = str(path.resolve())
+    if not storage.is_under(root, location):
         raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
-                                       "restores trusted experiments under --storage (Tune's state is pickled)")
+                                       "restores trusted experiments under --storage (Tune's state is pickled): "
+                                       f"`{resume_command(storage.parent(location), storage.basename(location))}`")
     if not storage.exists(storage.join(location, SPEC_FILE)):
         raise InputError("experiment", f"{location} is not an instrument-sweep experiment (no {SPEC_FILE})")
     return location
@@ -307,8 +326,10 @@ def print_spec(spec: SweepSpec, trials: bool = True) -> None:
     print(flush=True)
 
 
-def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, figure_processes: int = 1) -> SweepOutcome:
-    """Summary table, then tables/plots/report unless told not to (figures in `figure_processes`).
+def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, figure_processes: int = 1,
+           address: str | None = None) -> SweepOutcome:
+    """Summary table, then tables/plots/report unless told not to (figures in `figure_processes`);
+    where trials are left, the `resume` command that continues them (with `address`, if given).
 
     Exit 0 when every trial ended by the rule, 1 when some failed, 2 when low
     storage stopped the sweep, 130 when it was interrupted (resume continues both).
@@ -320,9 +341,10 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
     print_summary(trials)
     ended = [s.value for s in (*ENDED_BY_RULE, Status.ERROR)]
     unfinished = len(spec.trials()) - int(trials.status.isin(ended).sum())
+    resume = resume_command(root, storage.basename(experiment), address)
     if unfinished:
-        check_stopped_for_space(root, resume_command(experiment))
-        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume_command(experiment)}`")
+        check_stopped_for_space(root, resume)
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume}`")
         return SweepOutcome(experiment, None, EXIT_INTERRUPTED)
     report = None
     if analyze:
@@ -332,15 +354,9 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
         print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
-        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume_command(experiment)}` retries them")
+        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume}` retries them")
         return SweepOutcome(experiment, report, EXIT_TRIALS_FAILED)
     return SweepOutcome(experiment, report, 0)
-
-
-def resume_command(experiment: str) -> str:
-    """How to continue `experiment`: `instrument-sweep resume PATH`, or what RESUME_ENV says (a Slurm job
-    says `instrument-sweep slurm --resume ...`: a new job, not a sweep on the login node)."""
-    return os.environ.get(RESUME_ENV) or f"instrument-sweep resume {experiment}"
 
 
 def print_summary(trials) -> None:

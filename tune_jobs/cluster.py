@@ -9,7 +9,9 @@
     stop_leftover_local_ray(ray_tag, host)     # `resume`: what is left of a killed command's local Ray
 
 Addresses are checked before Ray is touched, so a typo or an unreachable host
-fails in seconds with exit code 2 instead of hanging.
+fails in seconds with exit code 2 instead of hanging. A driver joins a cluster by
+HOST:PORT through the Ray node on its own host (found by its address, never another
+host's); a host without one is told to use Ray Client (ray://HOST:10001) instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -28,10 +32,11 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs import ray_private
-from tune_jobs.security import private_token_file
+from tune_jobs.security import private_token_file, shown, token_file
 
 CONNECT_TIMEOUT_S = 5.0
 DASHBOARD_HOST = "127.0.0.1"  # never opened to the network; reach it by SSH tunnel
+CLIENT_PORT = 10001  # Ray Client's default port on the head
 LOCAL_RAY_ENV = "INSTRUMENT_SWEEP_LOCAL_RAY"  # tags the processes of a local Ray started by a command
 
 
@@ -103,10 +108,13 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
     if address is None and os.environ.get("RAY_ADDRESS"):
         # A driver that Ray started (a Ray Job's entrypoint) finds its cluster here: join it.
         address, flag = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    node_ip = None
     if address is not None:
         host, port = parse_address(address, flag)
         if host != "auto":
             check_reachable(host, port, flag)
+        if host != "auto" and not address.startswith("ray://"):
+            node_ip = local_node_ip(host, port, flag)
     private_token_file(create=address is None)
     if ray.is_initialized():
         raise InputError("ray", "this process is already connected to Ray; call ray.shutdown() first (a sweep "
@@ -148,14 +156,110 @@ def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = 
                 context = ray.init(include_dashboard=dashboard, dashboard_host=DASHBOARD_HOST,
                                    log_to_driver=log_to_driver, logging_level=logging.WARNING)
         else:
-            context = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+            # Ray Client runs Tune on the head: its progress lines reach us only as its logs.
+            with ray_private.node_deaths_unprinted(not log_to_driver), stderr_held(not log_to_driver):
+                context = ray.init(address=address, log_to_driver=log_to_driver or address.startswith("ray://"),
+                                   logging_level=logging.WARNING, **ray_private.joining_through(node_ip))
     except ConnectionError as exc:
-        raise InputError(flag, f"could not join a Ray cluster at {address!r}: {exc}") from None
-    dashboard = getattr(context, "dashboard_url", "") or ""
+        raise InputError(flag, f"could not join a Ray cluster at {address!r}: {exc}; {token_hint()}") from None
+    dashboard = dashboard_as_seen_here(getattr(context, "dashboard_url", "") or "", address)
     if address is not None:  # "auto" or RAY_ADDRESS: say which cluster it found
         address = (getattr(context, "address_info", None) or {}).get("gcs_address") or address
     return replace(describe(address or "local", dashboard, started_here=address is None), ray_tag=tag,
                    worker_env=worker_env)
+
+
+def dashboard_as_seen_here(url: str, address: str | None) -> str:
+    """The dashboard's address as Ray gives it (the head's own view), and how to reach it from here
+    where that is the head's loopback and this host is not the head."""
+    host = url.split("://", 1)[-1].rsplit(":", 1)[0]
+    if not url or not address or address == "auto" or not host.startswith("127."):
+        return url
+    head = parse_address(address)[0]
+    if head.startswith("127.") or _is_local_address(head):
+        return url
+    port = url.rsplit(":", 1)[-1]
+    return (f"on the head, {host}:{port} there: forward it with `ssh -L {port}:127.0.0.1:{port} {head}` "
+            f"(or `ray dashboard cluster.yaml`), then open http://127.0.0.1:{port}")
+
+
+def token_hint() -> str:
+    """What to check when a cluster that answers refuses us: most often its token."""
+    path = token_file()
+    if path is not None and not path.is_file():
+        return (f"a cluster with token auth refuses whoever lacks its token, and none was found here: put the "
+                f"cluster's token in {shown(path)} (or RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN)")
+    source = "RAY_AUTH_TOKEN" if path is None else shown(path)
+    return f"is the token in {source} this cluster's? (a cluster with token auth refuses any other)"
+
+
+@contextlib.contextmanager
+def stderr_held(hold: bool = True) -> Iterator[None]:
+    """Inside, where `hold`, what this process writes to stderr (Ray's C++ client too) is kept
+    back: written out when the block ends normally, dropped when it raises. A join that is
+    refused (a missing token) or slow repeats a C++ warning every second for 20 s; we say what
+    went wrong in one line instead."""
+    if not hold:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            raise
+        else:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+        finally:
+            os.close(saved)
+
+
+def local_node_ip(host: str, port: int, flag: str = "--address") -> str | None:
+    """The address of this host's Ray node of the cluster whose GCS is `host`:`port`, where the
+    process table shows one; None where it cannot be told (`ray_private.raylet_addresses`: Ray then
+    picks its own).
+
+    A driver joining by HOST:PORT works through a raylet on its own host. Left to itself Ray picks
+    any raylet of the cluster that `ps` shows (the head's first), which, where hosts share a
+    process table (containers, network namespaces), is another host's: the driver then advertised
+    that host's address and hung. A host without such a node exits 2 here, naming Ray Client."""
+    try:
+        gcs_ip = socket.gethostbyname(host)
+    except OSError:
+        return None
+    raylets = ray_private.raylet_addresses()
+    if raylets is None:
+        return None
+
+    def of_this_cluster(at: str) -> bool:  # a GCS on this host may be named by any of its addresses
+        at_host, _, at_port = at.rpartition(":")
+        return at_port == str(port) and (at_host == gcs_ip or _is_local_address(gcs_ip) and _is_local_address(at_host))
+
+    if ip := next((ip for ip, at in raylets if of_this_cluster(at) and _is_local_address(ip)), None):
+        return ip
+    path = token_file()
+    no_token = f"; and no token was found here ({token_hint()})" if path is not None and not path.is_file() else ""
+    raise InputError(flag, f"no Ray node of the cluster at {host}:{port} runs on this host, and a driver joins "
+                           f"through one: run it on a node of the cluster, start one here first (`ray start "
+                           f"--address={host}:{port}`), or join through Ray Client: --address "
+                           f"ray://{host}:{CLIENT_PORT}{no_token}")
+
+
+def _is_local_address(ip: str) -> bool:
+    """Whether `ip` is an address of this host (network namespace): one a socket can bind."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip, 0))
+        return True
+    except OSError:
+        return False
 
 
 def disconnect(cluster: ClusterInfo) -> None:
@@ -237,7 +341,7 @@ def describe(address: str = "local", dashboard: str = "", started_here: bool = T
     alive = [n for n in ray.nodes() if n.get("Alive")]
     return ClusterInfo(
         address=address,
-        dashboard_url=f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard,
+        dashboard_url=dashboard if not dashboard or "://" in dashboard or " " in dashboard else f"http://{dashboard}",
         cpus=float(resources.get("CPU", 0)),
         gpus=float(resources.get("GPU", 0)),
         nodes=len(alive),

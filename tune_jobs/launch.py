@@ -16,11 +16,14 @@ as params.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
@@ -34,6 +37,7 @@ from trainables.tuning.stopper import StatusStopper
 from trainables.tuning.trial import sweep_trial
 from tune_jobs import ray_private
 from tune_jobs.cluster import ClusterInfo
+from tune_jobs.host_watch import HostWatch
 from tune_jobs.progress import progress_callback
 from tune_jobs.spec import SweepSpec
 from tune_jobs.storage_guard import StorageGuard
@@ -89,19 +93,75 @@ def trial_dirname(trial) -> str:
 class PerEpochRows(LoggerCallback):
     """Mixin for Tune's file loggers: a report that carries several epochs (trainables'
     `report.batched`) is written as one row per epoch, so result.json and progress.csv keep a
-    line per epoch however often trials report."""
+    line per epoch however often trials report; and each epoch is there once. A trial that
+    (re)starts from a checkpoint trains every epoch after it again (a retry after its process
+    or host was lost, or `resume` from the experiment's last snapshot): its file keeps the rows
+    up to the checkpoint's epoch, and the epochs redone are written as they come. (Tune alone
+    kept the rows logged after the checkpoint as well: a retried trial's result.json held one
+    epoch twice.)"""
+
+    log_file = ""  # the trial's file this logger writes
+
+    def log_trial_start(self, trial) -> None:
+        self.log_trial_end(trial)  # Tune's CSV logger keeps its file open across a retry
+        saved = getattr(trial.latest_checkpoint_result, "metrics", None) or {}
+        kept_through = int(saved.get("epoch", 0))
+        self._kept_through = {**getattr(self, "_kept_through", {}), trial: kept_through}
+        path = Path(trial.local_path, self.log_file)
+        if kept_through and not path.exists():  # resumed from a checkpoint: the stored copy, as Tune would fetch it
+            ray_private.restore_trial_log(self, self.log_file, trial)
+        if path.exists():
+            keep_epochs_through(path, kept_through)
+        super().log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        kept_through = getattr(self, "_kept_through", {}).get(trial, 0)
         for row in unbatched(result):
-            super().log_trial_result(iteration, trial, row)
+            if int(row.get("epoch", kept_through + 1)) > kept_through:  # a finished trial re-sends its last
+                super().log_trial_result(iteration, trial, row)
+
+
+def keep_epochs_through(path: Path, epoch: int) -> None:
+    """Rewrite a trial's result.json (a JSON object a line) or progress.csv (a header, then a row
+    an epoch) in place, without the rows of epochs after `epoch`."""
+    text = path.read_text()
+    if path.suffix == ".csv":
+        lines = text.splitlines(keepends=True)
+        header = next(csv.reader(io.StringIO(lines[0]))) if lines else []
+        if "epoch" not in header:
+            return
+        column = header.index("epoch")
+        kept = lines[:1] + [line for line in lines[1:] if _csv_epoch(line, column) <= epoch]
+    else:
+        kept = [line for line in text.splitlines(keepends=True) if _json_epoch(line) <= epoch]
+    if len(kept) != len(text.splitlines()):
+        path.write_text("".join(kept))
+
+
+def _json_epoch(line: str) -> float:
+    try:
+        return float(json.loads(line).get("epoch", 0))
+    except (ValueError, AttributeError):
+        return float("inf")  # a line cut short by a crash: dropped
+
+
+def _csv_epoch(line: str, column: int) -> float:
+    try:
+        return float(next(csv.reader(io.StringIO(line)))[column])
+    except (ValueError, IndexError, StopIteration):
+        return float("inf")
 
 
 class EpochJsonLogger(PerEpochRows, JsonLoggerCallback):
     """Tune's result.json logger, a line per epoch."""
 
+    log_file = "result.json"
+
 
 class EpochCsvLogger(PerEpochRows, CSVLoggerCallback):
     """Tune's progress.csv logger, a row per epoch."""
+
+    log_file = "progress.csv"
 
 
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
@@ -121,11 +181,12 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
     to Tune's own behaviour where it does not fit this Ray): Tune's telemetry tally of callbacks,
     which imports every tracker Ray integrates, is skipped, an actor that is starting is not
     killed to reuse a cached one, the driver keeps no running statistics of the trials' metrics
-    and no DataFrame per trial at the end (the analysis reads the trials' files), and the trial
-    actors of a Ray started here get no runtime env: they inherit its variables. Fixes, where
-    `fixes` (checked before: `ray_private.check_fixes`): a retried trial's log rows are not
-    overwritten by storage's older copy, the stored snapshot's checkpoints outlive the next
-    snapshot, and uploads to local storage land whole (see `ray_private`).
+    and no DataFrame per trial at the end (the analysis reads the trials' files), the trial
+    actors of a Ray started here get no runtime env (they inherit its variables), and a retried
+    trial starts ahead of trials not started yet. Fixes, where `fixes` (checked before:
+    `ray_private.check_fixes`): a retried trial's log rows are not overwritten by storage's older
+    copy, the stored snapshot's checkpoints outlive the next snapshot, and uploads to local
+    storage land whole (see `ray_private`).
     """
     wanted = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -135,7 +196,8 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
     try:
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
               ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
-              ray_private.trial_actors_inheriting(cluster.worker_env), ExitStack() as fixed):
+              ray_private.trial_actors_inheriting(cluster.worker_env), ray_private.retried_trials_first(),
+              ExitStack() as fixed):
             if fixes:
                 for fix in (ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN),
                             ray_private.local_uploads_whole()):
@@ -147,6 +209,11 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def host_watch(cluster: ClusterInfo, progress: bool = True) -> list[HostWatch]:
+    """A HostWatch where the sweep runs on a cluster of several nodes and prints its progress."""
+    return [HostWatch()] if progress and not cluster.started_here and cluster.nodes > 1 else []
 
 
 def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
@@ -175,7 +242,8 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
             callbacks=[EpochJsonLogger(), EpochCsvLogger(), StorageGuard(storage_root),
                        *tracker_callbacks(spec.log, name, experiment),
-                       *([progress_callback(len(spec.trials()))] if progress else [])],
+                       *([progress_callback(len(spec.trials()))] if progress else []),
+                       *host_watch(cluster, progress)],
             verbose=0,
         ),
     )

@@ -54,6 +54,7 @@ class SweepProgress(tune.Callback):
         self.heartbeat_s = heartbeat_s
         self._last_beat = time.monotonic()
         self._last: dict[str, EpochReport] = {}
+        self._last_at: dict[str, float] = {}  # when each running trial last reported
 
     def _print(self, trials: list, line: str, ending=None) -> None:
         """`ending`: the trial being completed now (Tune updates its status after the callback)."""
@@ -64,12 +65,16 @@ class SweepProgress(tune.Callback):
         self._print(trials, f"start  {trial_label(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._last[trial.trial_id] = EpochReport.from_dict(result)
-        if time.monotonic() - self._last_beat >= self.heartbeat_s:
-            self._last_beat = time.monotonic()
+        now = time.monotonic()
+        self._last[trial.trial_id], self._last_at[trial.trial_id] = EpochReport.from_dict(result), now
+        if now - self._last_beat >= self.heartbeat_s:
+            self._last_beat = now
             for t in trials:
                 if t.status == "RUNNING" and t.trial_id in self._last:
-                    self._print(trials, f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}")
+                    quiet_s = now - self._last_at[t.trial_id]  # its host cut off, or an epoch this long
+                    stalled = f"  (no report for {quiet_s:.0f} s)" if quiet_s >= 2 * self.heartbeat_s else ""
+                    line = f"run    {trial_label(t.config)}  {result_line(self._last[t.trial_id])}{stalled}"
+                    self._print(trials, line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._last.pop(trial.trial_id, None)  # only running trials' lines are repeated

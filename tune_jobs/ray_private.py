@@ -7,10 +7,12 @@ patch a changed target to show what then happens.
     ray_private.PATCHES["local_uploads_whole"].kind                     # "fix" or "speed-up"
 
 Every patch is one of two kinds (`PATCHES`):
-- speed-ups (time or memory; Ray's own behaviour is correct, only slower): where one no longer
-  fits the installed Ray (a target missing, its parameters changed, a name its code used gone,
-  or an exception inside the patched call), Ray's own behaviour is used instead, with one
-  warning that names Ray's version. A sweep never fails for one.
+- speed-ups (time or memory, and in kind the console's lines, the order trials wait in, the node
+  a driver joins through; Ray's own behaviour is correct, only slower, noisier or, in rare
+  setups, stuck): where one no longer fits the installed Ray (a target missing, its parameters
+  changed, a name its code used gone, or an exception inside the patched call), Ray's own
+  behaviour is used instead, with one warning that names Ray's version. A sweep never fails
+  for one.
 - fixes (without them a sweep can lose work or not resume, or a local Ray listens beyond
   loopback): `check_fixes` checks them before any trial starts; where one does not fit, the
   command stops with exit 2, naming Ray's version and the range tested (SUPPORTED_RAY),
@@ -22,7 +24,8 @@ Every patch is one of two kinds (`PATCHES`):
 The patches:
 - `enable_token_auth_if_token_available()` (speed-up; a convenience): Ray attaches a cluster
   token only with RAY_AUTH_MODE=token; its own helper (Ray 2.59 on) switches that on when a
-  token exists. Without it, RAY_AUTH_MODE=token works as Ray documents.
+  token exists. Without it, RAY_AUTH_MODE=token works as Ray documents; a Ray from 2.59 on
+  without it (moved or changed) falls back with a warning, an older one silently.
 - `lean_local_start(log_monitor)` (speed-up): a local `ray.init` starts, one after another,
   the GCS, an autoscaler monitor, an API server (with the dashboard off too) that it waits
   for, the raylet, and then waits for the raylet's registration, polling once a second; on
@@ -88,6 +91,27 @@ The patches:
 - `restored_callbacks(tuner)` (speed-up): the callbacks a restored Tuner brings from its
   experiment (`Tuner._local_tuner.get_run_config()`), so `resume` adds only the loggers an
   experiment lacks and no TensorBoard logger. Where unknown (None), Tune adds its own.
+- `restore_trial_log(callback, file, trial)` (fix: each epoch once): Tune's loggers' own copy
+  of a trial's log from storage (`LoggerCallback._restore_from_remote`), which
+  launch.PerEpochRows makes for a trial resumed from a checkpoint before it drops the rows of
+  the epochs that trial trains again. Without it Tune copies the file as it opens it, and a
+  resumed trial's result.json and progress.csv hold those epochs twice.
+
+For clusters of several hosts:
+- `node_deaths_unprinted(quiet)` (speed-up kind: what is printed): the driver prints every
+  error the GCS publishes; a lost node's are about 30 lines (the GCS's "marked dead" notice,
+  the raylet's log and C++ stack trace). Inside, those two kinds are not printed
+  (tune_jobs.host_watch says what happened); every other error is.
+- `retried_trials_first()` (speed-up kind: the order waiting trials start in): Tune requeues a
+  failed trial behind every trial not started yet, in its trial list and in its actor
+  requests. Inside, the retried trial keeps its place and its actor goes first.
+- `raylet_addresses()`, `joining_through(node_ip)` (speed-up kind: which node a driver joins
+  through): the raylets in this host's process table, as their command lines name their node
+  and GCS, and `ray.init`'s keyword for the node a driver joins through (`_node_ip_address`).
+  Left to itself a driver joining by HOST:PORT takes a raylet that `ps` shows; where hosts
+  share a process table (containers, network namespaces) that can be another host's, and the
+  driver hung. Where they no longer fit, Ray's own choice, which is right where each host has
+  its own process table.
 
 Tune's copy of a trial's config in every result it keeps and logs (once dropped by a patch,
 `results_without_config`) needs none: the param space holds only what identifies a trial
@@ -126,6 +150,7 @@ SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # (ray.tune.execution.class_cache.DEFAULT_ENV_VARS, which tests/test_private_apis.py compares).
 TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_HELPER_RAY = (2, 59)  # the first Ray with the token helper (`enable_token_auth_if_token_available`)
 
 
 # -- what each patch relies on, and what happens where it no longer fits -------------------
@@ -135,7 +160,8 @@ TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 class Target:
     """One thing of Ray's a patch relies on: `path` ("module:Class.attribute"), the parameters it
     takes where the patch calls or replaces it (None: not checked), and names its code must
-    use (attributes the patch sets or functions it replaces, as read there)."""
+    use (attributes the patch sets or functions it replaces, as read there; keywords it pops and
+    flags it writes, as strings there)."""
 
     path: str
     params: tuple[str, ...] | None = None
@@ -166,12 +192,13 @@ class Target:
 
 
 def _code_uses(function, name: str) -> bool:
-    """Whether `function`'s code (nested functions included) reads, sets or calls `name`."""
+    """Whether `function`'s code (nested functions included) reads, sets or calls `name`, or holds
+    it as a string (a keyword it pops, the text before a flag's value)."""
     code = getattr(inspect.unwrap(function), "__code__", None)
     pending = [code] if code else []
     while pending:
         code = pending.pop()
-        if name in code.co_names:
+        if name in code.co_names or name in code.co_consts:
             return True
         pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     return False
@@ -240,6 +267,27 @@ PATCHES: dict[str, Patch] = {
     "restored_callbacks": Patch("speed-up", "resume adds Tune's TensorBoard logger", (
         Target("ray.tune.tuner:Tuner.__init__", names=("_local_tuner",)),
         Target("ray.tune.impl.tuner_internal:TunerInternal.get_run_config", ("self",)))),
+    "restore_trial_log": Patch("fix", "a resumed trial's result.json and progress.csv can hold the epochs after "
+                                      "its checkpoint twice", (
+        Target("ray.tune.experiment.trial:Trial.init_local_path", ("self",)),
+        Target("ray.tune.logger.logger:LoggerCallback._restore_from_remote", ("self", "file_name", "trial")))),
+    "node_deaths_unprinted": Patch("speed-up", "Ray's messages about lost nodes (about 30 lines each) are printed", (
+        Target("ray._private.worker:listen_error_messages", ("worker", "threads_stopped"),
+               ("gcs_error_subscriber", "poll")),
+        Target("ray._private.worker:connect", names=("listen_error_messages",)),
+        Target("ray._private.ray_constants:REMOVED_NODE_ERROR"),
+        Target("ray._private.ray_constants:RAYLET_DIED_ERROR"))),
+    "retried_trials_first": Patch("speed-up", "a retried trial waits behind every trial not started yet", (
+        Target(f"{_TUNE_CONTROLLER}._requeue_trial", ("self", "trial"), ("_trials",)),
+        Target(f"{_TUNE_CONTROLLER}._schedule_trial_actor", ("self", "trial"), ("_trial_to_actor",)),
+        Target(f"{_TUNE_CONTROLLER}.__init__", names=("_trials", "_trial_to_actor", "_actor_manager")),
+        Target("ray.air.execution._internal.actor_manager:RayActorManager._try_start_actors",
+               names=("_resource_request_to_pending_actors",)))),
+    "joining_through": Patch("speed-up", "Ray chooses the node a driver joins through, which can be another host's "
+                                         "where hosts share a process table", (
+        Target("ray._private.services:RAYLET_EXECUTABLE"),
+        Target("ray._private.services:start_raylet", names=("--node_ip_address=", "--gcs-address=")),
+        Target("ray._private.worker:init", names=("_node_ip_address",)))),
 }
 FIXES = tuple(name for name, patch in PATCHES.items() if patch.kind == "fix")
 
@@ -322,18 +370,20 @@ class _Guard:
 # -- the patches ------------------------------------------------------------------------------
 
 
+def ray_release() -> tuple[int, int]:
+    """The installed Ray's (major, minor)."""
+    major, minor = ray_version().split(".")[:2]
+    return int(major), int(minor)
+
+
 def enable_token_auth_if_token_available() -> bool:
     """Turn on token auth where a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) and
     RAY_AUTH_MODE is unset; True where token auth is on. False where this Ray has no such
-    helper (before 2.59: RAY_AUTH_MODE=token then works as documented; no warning) or it no
-    longer fits (a warning)."""
-    target = PATCHES["enable_token_auth_if_token_available"].targets[0]
-    try:
-        helper = target.resolve()
-    except (ImportError, AttributeError):
+    helper yet (before TOKEN_HELPER_RAY: RAY_AUTH_MODE=token then works as documented; no
+    warning) or it no longer fits (a warning: from TOKEN_HELPER_RAY on, one missing has moved)."""
+    if ray_release() < TOKEN_HELPER_RAY or not _fits("enable_token_auth_if_token_available"):
         return False
-    if not _fits("enable_token_auth_if_token_available"):
-        return False
+    helper = PATCHES["enable_token_auth_if_token_available"].targets[0].resolve()
     logging.getLogger(TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)  # its notice: we print what matters
     with _Guard("enable_token_auth_if_token_available"):
         return bool(helper(warn_if_disabled=False))
@@ -688,3 +738,148 @@ def restored_callbacks(tuner) -> list | None:
             run_config.callbacks = []
         return run_config.callbacks
     return None
+
+
+def restore_trial_log(callback, file_name: str, trial) -> None:
+    """Copy a trial's log `file_name` from storage into the driver's staging directory (made
+    where missing), as Tune's loggers do when they open it (`LoggerCallback._restore_from_remote`:
+    only where the trial has a checkpoint, so a trial that starts over has none). Where this Ray
+    no longer fits, nothing is copied (a warning): Tune copies it as it opens the file."""
+    if not _fits("restore_trial_log"):
+        return
+    with _Guard("restore_trial_log", passes=(OSError,)):  # storage's errors, as Tune's own copy raises them
+        trial.init_local_path()
+        callback._restore_from_remote(file_name, trial)
+
+
+# -- for clusters of several hosts
+
+
+def _node_death_errors() -> tuple[str, ...]:
+    from ray._private import ray_constants
+
+    return ray_constants.REMOVED_NODE_ERROR, ray_constants.RAYLET_DIED_ERROR
+
+
+@contextlib.contextmanager
+def node_deaths_unprinted(quiet: bool = True) -> Iterator[None]:
+    """A driver connected inside (`ray.init`) does not print Ray's messages about nodes that died:
+    the GCS's "marked dead because the detector has missed too many heartbeats" and the raylet's
+    "Raylet is terminated" with 20 lines of its log and a C++ stack trace, per node
+    (`ray._private.worker.listen_error_messages`, which prints every error the GCS publishes).
+    The sweep says what happened in its own lines (tune_jobs.host_watch); every other Ray error
+    message is printed as before. Does nothing unless `quiet`."""
+    if not quiet or not _fits("node_deaths_unprinted"):
+        yield
+        return
+    from ray._private import worker
+
+    listen, guard, node_deaths = worker.listen_error_messages, _Guard("node_deaths_unprinted"), _node_death_errors()
+
+    class WithoutNodeDeaths:
+        """The driver's GCS error subscriber, less the errors about dead nodes."""
+
+        def __init__(self, subscriber) -> None:
+            self._subscriber = subscriber
+
+        def poll(self, *args, **kwargs):
+            while True:
+                polled = self._subscriber.poll(*args, **kwargs)
+                with guard:
+                    if guard.ok:
+                        _, error = polled
+                        if error is not None and error.get("type") in node_deaths:
+                            continue
+                return polled
+
+        def __getattr__(self, name):
+            return getattr(self._subscriber, name)
+
+    def listen_without_node_deaths(driver, threads_stopped) -> None:
+        with guard:
+            if guard.ok:
+                driver.gcs_error_subscriber = WithoutNodeDeaths(driver.gcs_error_subscriber)
+        listen(driver, threads_stopped)
+
+    with _swapped(worker, "listen_error_messages", listen_without_node_deaths):
+        yield
+
+
+@contextlib.contextmanager
+def retried_trials_first() -> Iterator[None]:
+    """Inside, a trial that failed and is retried starts ahead of trials that have not started.
+
+    Tune requeues a failed trial behind every other (`TuneController._requeue_trial` moves it to
+    the end of its trial list, which its FIFO scheduler and the reuse of a finished trial's actor
+    follow), and requests its new actor behind the actors already requested for pending trials
+    (`RayActorManager`, which starts actors of one resource shape in request order): in a
+    6-trial sweep on 2 GPUs a trial lost with its host restarted last, 2 minutes later. Inside,
+    the retried trial keeps its place in the list (ahead of those not started) and its actor
+    request goes first."""
+    if not _fits("retried_trials_first"):
+        yield
+        return
+    from ray.tune.execution.tune_controller import TuneController
+
+    requeue, schedule_actor = TuneController._requeue_trial, TuneController._schedule_trial_actor
+    guard, retried = _Guard("retried_trials_first"), set()  # requeued trials whose new actor is not requested yet
+
+    def requeue_in_place(controller, trial) -> None:
+        place = None
+        with guard:
+            if guard.ok:
+                place = controller._trials.index(trial)
+        requeue(controller, trial)
+        with guard:
+            if guard.ok and place is not None:
+                controller._trials.remove(trial)
+                controller._trials.insert(place, trial)
+                retried.add(trial)
+
+    def schedule_retried_first(controller, trial) -> None:
+        schedule_actor(controller, trial)
+        with guard:
+            if not guard.ok or trial not in retried:
+                return
+            retried.discard(trial)
+            actor = controller._trial_to_actor.get(trial)
+            for waiting in controller._actor_manager._resource_request_to_pending_actors.values():
+                if actor in waiting:
+                    waiting.remove(actor)
+                    waiting.insert(0, actor)
+
+    with (_swapped(TuneController, "_requeue_trial", requeue_in_place),
+          _swapped(TuneController, "_schedule_trial_actor", schedule_retried_first)):
+        yield
+
+
+def raylet_addresses() -> list[tuple[str, str]] | None:
+    """(node IP, GCS address) of every Ray raylet in this host's process table, as its command
+    line names them; None where that cannot be told (no procfs; a Ray that no longer fits: a
+    warning), and the caller lets Ray choose."""
+    if not Path("/proc").is_dir() or not _fits("joining_through"):
+        return None
+    from ray._private import services
+
+    executable = os.path.basename(services.RAYLET_EXECUTABLE).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not args or os.path.basename(args[0]) != executable:
+            continue
+        flags = dict(a.decode(errors="replace").split("=", 1) for a in args[1:] if a.startswith(b"--") and b"=" in a)
+        if "--node_ip_address" in flags and "--gcs-address" in flags:
+            found.append((flags["--node_ip_address"], flags["--gcs-address"]))
+    return found
+
+
+def joining_through(node_ip: str | None) -> dict:
+    """`ray.init`'s keyword arguments for a driver that joins its cluster through the node at
+    `node_ip` (from `raylet_addresses`); none where `node_ip` is None (Ray chooses)."""
+    return {"_node_ip_address": node_ip} if node_ip else {}
+

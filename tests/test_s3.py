@@ -1,0 +1,155 @@
+"""Sweeps stored on S3: a real S3-compatible server (moto's, tests/s3_server.py), real CLI processes.
+
+The endpoint is named both ways a user can: in the URI's query string (`endpoint_override`,
+`scheme`: Ray's and pyarrow's own) and in AWS_ENDPOINT_URL. Storage that cannot be used is
+exit 2 with one line before Ray starts; a sweep interrupted or killed on S3 resumes with the
+command it printed, and loses no epoch."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import analysis
+from analysis import storage
+from processes import cli, free_port, spawn_cli, tagged_env, wait_until
+from s3_server import S3Server
+
+pytestmark = pytest.mark.s3
+BUCKET = "sweeps-bucket"
+
+SHORT = {  # two trials, a few seconds each
+    "name": "short",
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": None, "max_epochs": 5},
+    "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
+}
+LONG = {  # three trials of 25 epochs of about 0.3 s: long enough to interrupt twice
+    "name": "long",
+    "train": {"n_hidden": 32, "loader": "dataloader"},
+    "stop": {"threshold": None, "max_epochs": 25},
+    "views": {"lr": {"lr": [0.05, 0.01, 0.001], "batch_size": 8}},
+}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with S3Server() as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+def spec_file(tmp_path, raw: dict):
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def epochs_in(s3, experiment_path: str) -> dict[str, list[int]]:
+    """Each trial's epochs as its result.json on S3 lists them (every row, not the analysis)."""
+    found = {}
+    for path in s3.files(experiment_path):
+        if path.endswith("/result.json") and path.split("/")[-2].startswith("trial-"):  # not a checkpoint's
+            found[path.split("/")[-2]] = [json.loads(line)["epoch"] for line in s3.read_text(path).splitlines()]
+    return found
+
+
+# -- Ray-free: the storage is checked before anything starts ----------------------------------
+
+def test_uri_parts_go_into_the_path_ahead_of_the_query():
+    root = "s3://b/sweeps?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join(root, "s1", "sweep.yaml") == \
+        "s3://b/sweeps/s1/sweep.yaml?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.basename(storage.join(root, "s1")) == "s1"
+    assert storage.parent(storage.join(root, "s1")) == root
+    assert storage.is_under(root, storage.join(root, "s1"))
+    assert not storage.is_under(root, "s3://b/sweeps/s1")  # another endpoint: another store
+    assert not storage.is_under(root, "s3://b/sweeps-other/s1?endpoint_override=127.0.0.1:9000&scheme=http")
+
+
+@pytest.mark.slow  # real processes, 3-15 s each; no Ray
+@pytest.mark.parametrize("case", ["missing bucket", "endpoint not answering"])
+def test_storage_that_cannot_be_used_is_exit_2_in_one_line_before_ray_starts(s3, tmp_path, process_tag,
+                                                                             blob_dataset_dir, case):
+    where = (s3.uri("no-such-bucket/sweeps") if case == "missing bucket"
+             else f"s3://{BUCKET}/sweeps?endpoint_override=127.0.0.1:{free_port()}&scheme=http")
+    out = cli("run", spec_file(tmp_path, SHORT), "--data", blob_dataset_dir, "--storage", where, tag=process_tag,
+              timeout=120, **s3.env)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: --storage: "), out.stderr
+    assert ("bucket 'no-such-bucket' does not exist" if case == "missing bucket" else "cannot reach") in out.stderr
+    assert "cluster:" not in out.stdout and "results:" not in out.stdout  # Ray never started
+    if case == "missing bucket":  # resume checks the same way (an endpoint not answering costs 6 s a try)
+        resumed = cli("resume", "x", "--storage", where, tag=process_tag, timeout=120, **s3.env)
+        assert resumed.returncode == 2 and resumed.stderr.startswith("error: --storage: "), resumed.stderr
+
+
+# -- With Ray ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_run_analyze_and_the_notebook_api_with_the_endpoint_in_the_uri(s3, tmp_path, process_tag, blob_dataset_dir):
+    root = s3.uri(f"{BUCKET}/in-uri")
+    out = cli("run", spec_file(tmp_path, SHORT), "--data", blob_dataset_dir, "--storage", root, "--name", "u",
+              "--no-analyze", tag=process_tag, **s3.env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"results: {storage.join(root, 'u')}" in out.stdout
+    found = epochs_in(s3, f"{BUCKET}/in-uri/u")
+    assert len(found) == 2 and all(e == [1, 2, 3, 4, 5] for e in found.values()), found
+
+    analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", storage.join(root, "u")],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env=tagged_env(process_tag, **s3.env))
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    assert (tmp_path / "analysis-u" / "report.md").is_file()  # a cloud experiment's report lands here
+
+    code = (f"from tune_jobs import sweep; r = sweep({spec_file(tmp_path, SHORT)!r}, data={blob_dataset_dir!r}, "
+            f"storage={root!r}, name='nb', analyze=False); print('TRIALS', len(r.trials), r.exit_code, r.path)")
+    notebook = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env=tagged_env(process_tag, **s3.env))
+    assert notebook.returncode == 0, notebook.stderr[-3000:]
+    assert f"TRIALS 2 0 {storage.join(root, 'nb')}" in notebook.stdout
+
+
+@pytest.mark.slow
+def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s3, tmp_path, process_tag,
+                                                                                 blob_dataset_dir):
+    """AWS_ENDPOINT_URL names the endpoint. Ctrl-C: the run prints the resume command; run as
+    printed, that resume is killed mid-sweep (SIGKILL, its process group); the same command again
+    finishes every trial, each epoch in result.json exactly once; `analyze` reads it."""
+    env = {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint_url}
+    root, experiment = f"s3://{BUCKET}/by-env", f"{BUCKET}/by-env/k"
+
+    def some_epochs(count: int):
+        return lambda: sum(map(len, epochs_in(s3, experiment).values())) >= count
+
+    log = tmp_path / "run.log"
+    run = spawn_cli("run", spec_file(tmp_path, LONG), "--data", blob_dataset_dir, "--storage", root, "--name", "k",
+                    "--no-analyze", tag=process_tag, log=log, **env)
+    wait_until(some_epochs(8), 240, "epochs on S3", interval_s=1)
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait(120) == 130, log.read_text()[-3000:]
+    hint = re.search(r"continue with `(instrument-sweep resume [^`]+)`", log.read_text())
+    assert hint, log.read_text()[-3000:]
+    resume = shlex.split(hint.group(1))[1:]  # as printed, the console script's name aside
+
+    log = tmp_path / "resume.log"
+    before = sum(map(len, epochs_in(s3, experiment).values()))
+    killed = spawn_cli(*resume, "--no-analyze", tag=process_tag, log=log, **env)
+    wait_until(some_epochs(before + 8), 240, "the resumed sweep's epochs on S3", interval_s=1)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(30)
+
+    out = cli(*resume, "--no-analyze", tag=process_tag, timeout=400, **env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    found = epochs_in(s3, experiment)
+    assert len(found) == 3 and all(e == list(range(1, 26)) for e in found.values()), found
+    assert len(analysis.load_trials(s3.uri(experiment))) == 3
+    analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", f"s3://{experiment}"], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path, env=tagged_env(process_tag, **env))
+    assert analyzed.returncode == 0 and (tmp_path / "analysis-k" / "report.md").is_file(), analyzed.stderr[-3000:]
