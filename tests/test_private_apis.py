@@ -337,6 +337,16 @@ def test_tune_copies_the_config_into_every_result_and_loads_frames_unless_told_n
     assert rows["patched"] == [True, [True] * 3, True, 3, params, None]
 
 
+def logged_epochs(out, experiment) -> tuple[list[int], list[int]]:
+    """The epochs the one trial of `experiment` logged in result.json and in progress.csv, after
+    checking that the script (`out`) ended well and saw no trial errors."""
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("RESULT", 1)[1]) == 0
+    (trial_dir,) = experiment.glob("trial*")
+    logged = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    return logged, [int(row["epoch"]) for row in csv.DictReader((trial_dir / "progress.csv").open())]
+
+
 def dying_trial(died, checkpoint_at: str) -> str:
     """A function trainable's code for `python`: epochs 1-6 from its checkpoint's, a checkpoint at each
     epoch where `checkpoint_at` (an expression of `epoch`) holds, a pause after epoch 3 (Tune syncs
@@ -384,13 +394,9 @@ def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unle
             grid = tuner.fit()
         print("RESULT", json.dumps(len(grid.errors)))
     """, TUNE_GLOBAL_CHECKPOINT_S="1000")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.split("RESULT", 1)[1]) == 0
-    (trial_dir,) = (tmp_path / "r").glob("trial*")
-    logged = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
-    csv_rows = (trial_dir / "progress.csv").read_text().splitlines()[1:]
+    logged, csv_epochs = logged_epochs(out, tmp_path / "r")
     if kept:
-        assert logged == [1, 2, 3, 4, 5, 6] and len(csv_rows) == 6, logged
+        assert logged == [1, 2, 3, 4, 5, 6] and len(csv_epochs) == 6, logged
     else:  # what the patch is for: the rows logged after storage's last sync are gone
         assert logged == [1, 2, 3, 6], logged
 
@@ -638,9 +644,5 @@ def test_tunes_loggers_log_the_epochs_a_restarted_trial_trains_again_twice_unles
             grid = tuner.fit()
         print("RESULT", json.dumps(len(grid.errors)))
     """)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.split("RESULT", 1)[1]) == 0
-    (trial_dir,) = (tmp_path / "r").glob("trial*")
-    logged = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
-    csv_epochs = [int(row["epoch"]) for row in csv.DictReader((trial_dir / "progress.csv").open())]
+    logged, csv_epochs = logged_epochs(out, tmp_path / "r")
     assert logged == csv_epochs == ([1, 2, 3, 4, 5, 6] if ours else [1, 2, 3, 4, 5, 4, 5, 6]), (logged, csv_epochs)
