@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainables.errors import InputError
+from trainables.errors import InputError, first_line
 
 URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
 STORAGE_ENV = "INSTRUMENT_SWEEP_STORAGE"  # the default root where set (cluster.yaml sets it)
@@ -99,28 +99,23 @@ def is_under(root: str, location: str) -> bool:
     return Path(root).resolve() in Path(location).resolve().parents
 
 
-def check_reachable(uri: str) -> None:
-    """InputError("--storage", ...) unless the URI's bucket exists and its endpoint answers (one
-    request; an endpoint that does not answer takes the client's retries, about 6 s)."""
+def check_reachable(uri: str, field: str = "--storage") -> None:
+    """InputError(field, ...) unless the URI's bucket exists and its endpoint answers (one request; an
+    endpoint that does not answer takes the client's retries, about 6 s)."""
     import pyarrow.fs
 
     try:
         fs, path = filesystem(uri)
     except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError: a malformed URI
-        raise InputError("--storage", f"{uri} is not a storage URI pyarrow can open: {_first_line(exc)}") from None
+        raise InputError(field, f"{uri} is not a storage URI pyarrow can open: {first_line(exc)}") from None
     bucket = path.split("/", 1)[0]
     try:
         found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
     except OSError as exc:
-        raise InputError("--storage", f"cannot reach {uri}: {_first_line(exc)}") from None
+        raise InputError(field, f"cannot reach {uri}: {first_line(exc)}") from None
     if not found:
-        raise InputError("--storage", f"bucket {bucket!r} does not exist at {endpoint(uri)}; create it "
-                                      "first, or check the name")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise InputError(field, f"bucket {bucket!r} does not exist at {endpoint(uri)}; create it "
+                                "first, or check the name")
 
 
 def endpoint(uri: str) -> str:

@@ -55,12 +55,16 @@ class RayHosts:
     # -- set up and tear down
     def __enter__(self) -> "RayHosts":
         self.net.__enter__()
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        for host in self.net.hosts:
-            (self.tmp / "home" / host).mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            for host in self.net.hosts:
+                (self.tmp / "home" / host).mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -142,7 +142,10 @@ ZEUS_OTHERWISE = """
 # Retried on another GPU, in a new process as Ray retries: 40 epochs on Ray's GPU "0" and a
 # checkpoint; then, from it, 40 more on GPU "1"; and 2 from it as a checkpoint written before the
 # attempts were kept (no "attempts"). No pause between epochs: the counter's steps fall into the
-# epochs' windows, and only each attempt's two ends are off by up to a step.
+# epochs' windows, and only each attempt's two ends are off by up to a step, which is 10 ms here:
+# 40 epochs take 0.15 s on 2 cores, and a 100 ms step of the H100's 500 W (50 J) would hide the
+# 430 W x 0.15 s that weighing each GPU's idle power by its time is about.
+RETRY_PERIOD_S = "0.01"
 RETRY_FIRST = """
     import torch
     from trainables.training.gpus import trial_gpus
@@ -229,10 +232,10 @@ SCENARIOS = {
     # In Ray, CUDA_VISIBLE_DEVICES as Ray 2.60 leaves a zero-GPU worker: the node's (here unset: all).
     "unset": scenario(NODE, ran("ray-no-gpu", ids=[]), ran("ray-two-gpus", ids=["0", "1"]),
                       EVERY_GPU.replace("NODE_COUNT", str(len(NODE)))),
-    "retry-first": scenario(NODE, RETRY_FIRST),
+    "retry-first": scenario(NODE, RETRY_FIRST, FAKE_NVML_PERIOD_S=RETRY_PERIOD_S),
     "zeus-otherwise": scenario(NODE, ZEUS_OTHERWISE, CUDA_VISIBLE_DEVICES="2,3"),
 }
-THEN = {"retry-first": ("retry-second", scenario(NODE, RETRY_SECOND))}  # starts once the first has ended
+THEN = {"retry-first": ("retry-second", scenario(NODE, RETRY_SECOND, FAKE_NVML_PERIOD_S=RETRY_PERIOD_S))}  # after it
 PARALLEL = 2  # scenarios at once: this machine's cores
 
 

@@ -202,12 +202,12 @@ def test_hosts_lost_and_cut_off_mid_sweep_cost_no_epoch_and_the_console_says_wha
                 restored.add(host)
         for host in WORKERS:  # an operator following the console: Ray on a host it gave up on, restarted
             if host not in restarts and (host == "w3" or host in restored) and dead(host):
-                restarts[host] = threading.Thread(target=restart, args=(host,))
+                restarts[host] = threading.Thread(target=restart, args=(host,), daemon=True)
                 restarts[host].start()
         time.sleep(1)
+    for thread in restarts.values():  # before any assert: none is left starting Ray while the hosts go
+        thread.join(timeout=300)
     assert run.poll() == 0, console.text()[-4000:] + hosts.logs()
-    for thread in restarts.values():
-        thread.join()
     assert not failed, failed
 
     out = console.text()

@@ -9,6 +9,7 @@ as a newer release could bring.
   one warning, and training goes on.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -75,15 +76,35 @@ def fresh_warnings(monkeypatch):
     monkeypatch.setattr(ray_private, "_warned", set())  # each test sees its own first warning
 
 
-def test_every_patch_fits_the_installed_ray():
+def fitting() -> dict[str, str | None]:
+    """Each patch's mismatch on the installed Ray: none (the token helper is missing before 2.59)."""
     token_helper = PATCHES["enable_token_auth_if_token_available"].targets[0]
-    assert {name: ray_private.mismatch(name) for name in PATCHES} == {
-        name: None for name in PATCHES} | ({} if ray_private.ray_release() >= ray_private.TOKEN_HELPER_RAY else {
-            "enable_token_auth_if_token_available": f"{token_helper.path} is missing"})
+    return {name: None for name in PATCHES} | ({} if ray_private.ray_release() >= ray_private.TOKEN_HELPER_RAY else {
+        "enable_token_auth_if_token_available": f"{token_helper.path} is missing"})
+
+
+def test_every_patch_fits_the_installed_ray():
+    assert {name: ray_private.mismatch(name) for name in PATCHES} == fitting()
     assert ray_private.check_fixes() is True
     kinds = {name: patch.kind for name, patch in PATCHES.items()}
     assert sorted(name for name, kind in kinds.items() if kind == "fix") == sorted(FIXES)
     assert set(SPEED_UPS) < {name for name, kind in kinds.items() if kind == "speed-up"}
+
+
+def test_every_patch_fits_while_the_others_are_on():
+    """A sweep checks some patches while others are on: checked against our replacement instead of
+    Ray's own code, restore_trial_log did not fit inside driver_logs_kept, and every resumed trial
+    logged the epochs after its checkpoint twice."""
+    with contextlib.ExitStack() as on:
+        for patch in (ray_private.lean_local_start(False), ray_private.trial_actors_inheriting({}),
+                      ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
+                      ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
+                      ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(1),
+                      ray_private.local_uploads_whole(), ray_private.node_deaths_unprinted(),
+                      ray_private.retried_trials_first()):
+            on.enter_context(patch)
+        assert {name: ray_private.mismatch(name) for name in PATCHES} == fitting()
+    assert not ray_private._SWAPPED
 
 
 @pytest.mark.parametrize("how", ["signature", "missing"])

@@ -85,15 +85,28 @@ def test_storage_that_cannot_be_used_is_exit_2_in_one_line_before_ray_starts(s3,
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: --storage: "), out.stderr
     assert ("bucket 'no-such-bucket' does not exist" if case == "missing bucket" else "cannot reach") in out.stderr
     assert "cluster:" not in out.stdout and "results:" not in out.stdout  # Ray never started
-    if case == "missing bucket":  # resume checks the same way (an endpoint not answering costs 6 s a try)
+    if case == "missing bucket":  # resume and analyze check the same way (an endpoint not answering: 6 s a try)
         resumed = cli("resume", "x", "--storage", where, tag=process_tag, timeout=120, **s3.env)
         assert resumed.returncode == 2 and resumed.stderr.startswith("error: --storage: "), resumed.stderr
+        analyzed = cli("analyze", storage.join(where, "x"), tag=process_tag, timeout=120, **s3.env)
+        assert analyzed.returncode == 2 and analyzed.stderr.startswith("error: PATH: bucket 'no-such-bucket'"), \
+            analyzed.stderr
+
+
+@pytest.mark.slow  # a real process; no Ray
+def test_a_name_that_a_uri_cannot_hold_is_exit_2_before_anything_is_written(s3, tmp_path, process_tag,
+                                                                             blob_dataset_dir):
+    out = cli("run", spec_file(tmp_path, SHORT), "--data", blob_dataset_dir, "--storage",
+              s3.uri(f"{BUCKET}/named"), "--name", "my sweep", tag=process_tag, timeout=120, **s3.env)
+    assert out.returncode == 2 and out.stderr.startswith("error: --name: 'my sweep': an experiment stored at a "
+                                                         "URI is named with letters"), out.stderr
+    assert not s3.files(f"{BUCKET}/named")
 
 
 # -- With Ray ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_run_analyze_and_the_notebook_api_with_the_endpoint_in_the_uri(s3, tmp_path, process_tag, blob_dataset_dir):
+def test_run_resume_analyze_and_the_notebook_api_with_the_endpoint_in_the_uri(s3, tmp_path, process_tag, blob_dataset_dir):
     root = s3.uri(f"{BUCKET}/in-uri")
     out = cli("run", spec_file(tmp_path, SHORT), "--data", blob_dataset_dir, "--storage", root, "--name", "u",
               "--no-analyze", tag=process_tag, **s3.env)
@@ -101,6 +114,9 @@ def test_run_analyze_and_the_notebook_api_with_the_endpoint_in_the_uri(s3, tmp_p
     assert f"results: {storage.join(root, 'u')}" in out.stdout
     found = epochs_in(s3, f"{BUCKET}/in-uri/u")
     assert len(found) == 2 and all(e == [1, 2, 3, 4, 5] for e in found.values()), found
+    resumed = cli("resume", "u", "--storage", root, "--no-analyze", tag=process_tag, **s3.env)  # nothing left
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert epochs_in(s3, f"{BUCKET}/in-uri/u") == found
 
     analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", storage.join(root, "u")],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path,

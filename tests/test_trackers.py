@@ -55,7 +55,7 @@ def test_each_trial_is_a_tracked_run_in_mlflow_and_wandb_offline(tmp_path, blob_
     try:
         out = cli("run", "smoke", "--data", blob_dataset_dir, "--storage", str(tmp_path / "s"), "--name", "tracked",
                   "--no-analyze", "--log", f"mlflow={tmp_path / 'mlruns'}", "--log", "wandb=isw-test", tag=tag,
-                  WANDB_MODE="offline", WANDB_SILENT="true")
+                  WANDB_MODE="offline", WANDB_SILENT="true", WANDB_INIT_TIMEOUT="300", WANDB__SERVICE_WAIT="300")
         if out.returncode == 0:  # W&B's own service process may still be flushing its offline files
             try:
                 wait_until(wandb_written, 60, "W&B's offline run files")

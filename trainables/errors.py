@@ -16,6 +16,13 @@ class InputError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line (its type where it has no text), cut to `limit` characters: what an
+    InputError quotes of a library's error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def require_int(name: str, value: object, minimum: int) -> None:
     """InputError(name, ...) unless `value` is an integer (not a bool) >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -31,7 +31,8 @@ class SweepResult:
     """A finished (or interrupted) sweep: where it is and how it ended.
 
     `exit_code` is what `instrument-sweep run` would have returned: 0 every trial
-    ended by the stop rule, 1 some failed, 130 interrupted (`instrument-sweep resume PATH`).
+    ended by the stop rule, 1 some failed, 130 interrupted (continue with the
+    `instrument-sweep resume` command it printed).
     """
 
     path: str

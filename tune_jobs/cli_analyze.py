@@ -37,7 +37,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
     experiment = args.path if storage.is_uri(args.path) else str(Path(args.path).expanduser().absolute())
-    if not storage.is_uri(args.path) and not Path(experiment).exists():
+    if storage.is_uri(args.path):
+        storage.check_reachable(experiment, "PATH")  # a bucket or endpoint that is not there: one line, exit 2
+    elif not Path(experiment).exists():
         under = Path(storage.DEFAULT_STORAGE, args.path)
         hint = f"; did you mean {under}?" if under.is_dir() else ""
         raise InputError("PATH", f"{args.path} does not exist{hint}")

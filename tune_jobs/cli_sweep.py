@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shlex
 import threading
 import time
@@ -36,6 +37,7 @@ from tune_jobs.spec import SPEC_FILE, DEFAULT_PRESET, SweepSpec, load_spec, pres
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
 FIGURE_PROCESSES = min(4, os.cpu_count() or 1)  # the commands draw a report's figures in this many processes
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a name that a URI or a Slurm job holds as it is
 RESUME_ENV = "INSTRUMENT_SWEEP_RESUME"  # how to continue a sweep where `resume` is not the way (a Slurm job sets it)
 
 
@@ -149,11 +151,14 @@ def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None, address
         spec = replace(spec, data=str(Path(spec.data).expanduser().absolute()))
     from tune_jobs.storage_space import check_free_space
 
-    root = storage.resolve_storage(storage_arg)
-    check_free_space(root)
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name in ("", ".", ".."):
         raise InputError("--name", f"must be a plain name without '/', got {name!r}")
+    if storage.is_uri(storage_arg) and not PLAIN_NAME.fullmatch(name):  # a URI's path holds it as it is
+        raise InputError("--name", f"{name!r}: an experiment stored at a URI is named with letters, digits, '.', "
+                                   "'_' and '-', starting with a letter or digit (the default takes the spec's name)")
+    root = storage.resolve_storage(storage_arg)
+    check_free_space(root)
     experiment = storage.join(root, name)
     if storage.started(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
@@ -341,7 +346,7 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
     print_summary(trials)
     ended = [s.value for s in (*ENDED_BY_RULE, Status.ERROR)]
     unfinished = len(spec.trials()) - int(trials.status.isin(ended).sum())
-    resume = resume_command(root, storage.basename(experiment), address)
+    resume = resume_command(storage.parent(experiment), storage.basename(experiment), address)  # also nested
     if unfinished:
         check_stopped_for_space(root, resume)
         print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume}`")

@@ -223,13 +223,14 @@ def stderr_held(hold: bool = True) -> Iterator[None]:
 
 def local_node_ip(host: str, port: int, flag: str = "--address") -> str | None:
     """The address of this host's Ray node of the cluster whose GCS is `host`:`port`, where the
-    process table shows one; None where it cannot be told (`ray_private.raylet_addresses`: Ray then
-    picks its own).
+    process table shows one; None where it cannot be told (`ray_private.raylet_addresses`; no
+    raylet of that GCS visible, as under procfs's hidepid or in a container: Ray then picks its own).
 
     A driver joining by HOST:PORT works through a raylet on its own host. Left to itself Ray picks
     any raylet of the cluster that `ps` shows (the head's first), which, where hosts share a
     process table (containers, network namespaces), is another host's: the driver then advertised
-    that host's address and hung. A host without such a node exits 2 here, naming Ray Client."""
+    that host's address and hung. Where the table shows the cluster's raylets, none of them on
+    this host, this exits 2, naming Ray Client."""
     try:
         gcs_ip = socket.gethostbyname(host)
     except OSError:
@@ -242,7 +243,10 @@ def local_node_ip(host: str, port: int, flag: str = "--address") -> str | None:
         at_host, _, at_port = at.rpartition(":")
         return at_port == str(port) and (at_host == gcs_ip or _is_local_address(gcs_ip) and _is_local_address(at_host))
 
-    if ip := next((ip for ip, at in raylets if of_this_cluster(at) and _is_local_address(ip)), None):
+    ours = [ip for ip, at in raylets if of_this_cluster(at)]
+    if not ours:
+        return None
+    if ip := next((ip for ip in ours if _is_local_address(ip)), None):
         return ip
     path = token_file()
     no_token = f"; and no token was found here ({token_hint()})" if path is not None and not path.is_file() else ""

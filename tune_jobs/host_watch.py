@@ -1,19 +1,20 @@
 """Say on the console when a host of the cluster stops answering, is lost, or joins.
 
-    tune.RunConfig(callbacks=[HostWatch(), ...])   # launch.py adds it where the cluster has several nodes
+    tune.RunConfig(callbacks=[HostWatch(), ...])   # launch.py adds it where the sweep joined a cluster
 
-    host   w2 (10.89.0.13) not answering for 10 s: #3 (epoch 14) waits; Ray declares it lost after ...
+    host   w2 (10.89.0.13) not answering for 10 s: #3 (epoch 14) waits; Ray retries them on other hosts ...
     host   w2 (10.89.0.13) answers again after 25 s
-    host   w2 (10.89.0.13) lost (Ray marked it dead): #3 continues from its last checkpoint on another host;
-           capacity now 1 GPUs, 1 CPUs on 2 nodes (was 2 GPUs, 2 CPUs); restart Ray there to bring it back ...
-    host   w2 (10.89.0.13) joined: capacity now 2 GPUs, 2 CPUs on 3 nodes
+    host   w2 (10.89.0.13) lost (Ray marked it dead, 62 s after it stopped answering): #3 continues from
+           its last checkpoint on another host; capacity now 1 GPUs, 1 CPUs on 2 node(s) (was 2 GPUs,
+           2 CPUs on 3 node(s)); restart Ray on it (`ray start --address=...`) to bring it back: ...
+    host   w2 (10.89.0.13) joined: capacity now 2 GPUs, 2 CPUs on 3 node(s)
 
-Every few seconds the driver reads Ray's node table (`ray.nodes()`) and, in a thread of its own,
-opens a TCP connection to each live node's raylet: a host that is cut off or gone answers no
-more within seconds, while Ray declares it dead only after its health checks have failed for
-a while (about a minute here). A node Ray declared dead never rejoins, even when its link comes
-back (its raylet exits); Ray restarted on that host joins as a new node, and the running sweep
-uses it at once.
+Every few seconds the driver reads Ray's node table (`ray.nodes()`) and, in threads of its own,
+opens a TCP connection to every live node's raylet at once: a host that is cut off or gone answers no
+more within seconds, while Ray declares it dead only after its health checks have failed for a
+while (about a minute; sooner where the host's Ray processes are gone). A node Ray declared dead
+never rejoins, even when its link comes back (its raylet exits); Ray restarted on that host
+joins as a new node, and the running sweep uses it at once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ray import tune
 
 PROBE_EVERY_S = 2.0  # how often each live node's raylet is probed
 PROBE_TIMEOUT_S = 2.0
+PROBE_THREADS = 32  # nodes probed at once
 SILENT_AFTER_S = 8.0  # a node that has not answered for this long is reported
 NODES_EVERY_S = 2.0  # how often Ray's node table is read
 
@@ -61,6 +64,10 @@ class HostWatch(tune.Callback):
         self._report_silent(trials)
 
     def on_experiment_end(self, trials, **info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the probing thread (also where `fit()` raised or was interrupted: Tune then calls no hook)."""
         self._stop.set()
 
     # -- what Ray's node table says
@@ -100,21 +107,26 @@ class HostWatch(tune.Callback):
                               f"answering): {retried}; capacity now {fmt_capacity(self._nodes)} (was {before}); "
                               f"restart Ray on it ({restart}) to bring it back: the sweep uses it as soon as it joins")
 
-    # -- whether each live node answers (a thread: a cut-off host makes each probe wait)
+    # -- whether each live node answers (threads: a cut-off host makes its probe wait PROBE_TIMEOUT_S,
+    # and the nodes are probed at once, so a round takes at most that however many are cut off)
     def _probe_forever(self) -> None:
-        while not self._stop.wait(self.probe_every_s):
-            with self._lock:
-                targets = [(node_id, n["ip"], n["port"]) for node_id, n in self._nodes.items()
-                           if n["alive"] and n["port"]]
-            for node_id, ip, port in targets:
-                try:
-                    with socket.create_connection((ip, port), timeout=PROBE_TIMEOUT_S):
-                        answered = True
-                except OSError:
-                    answered = False
-                if answered:
-                    with self._lock:
-                        self._nodes[node_id]["answered_at"] = time.monotonic()
+        with ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="host-probe") as pool:
+            while not self._stop.wait(self.probe_every_s):
+                with self._lock:
+                    targets = [(node_id, n["ip"], n["port"]) for node_id, n in self._nodes.items()
+                               if n["alive"] and n["port"]]
+                for node_id, answered in zip([t[0] for t in targets], pool.map(self._answers, targets)):
+                    if answered:
+                        with self._lock:
+                            self._nodes[node_id]["answered_at"] = time.monotonic()
+
+    @staticmethod
+    def _answers(target: tuple[str, str, int]) -> bool:
+        try:
+            with socket.create_connection(target[1:], timeout=PROBE_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
 
     def _report_silent(self, trials) -> None:
         now = time.monotonic()

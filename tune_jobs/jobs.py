@@ -23,7 +23,7 @@ import shlex
 import time
 from pathlib import Path
 
-from trainables.errors import InputError
+from trainables.errors import InputError, first_line
 from tune_jobs.cluster import check_reachable, parse_address, token_hint, use_token_if_available
 from tune_jobs.ray_private import WITHOUT_FIXES_FLAG
 from tune_jobs.security import private_token_file
@@ -55,7 +55,7 @@ def client(address: str | None):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection, auth, version: all are the user's setup
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         refused = any(word in str(exc).lower() for word in ("authentica", "unauthorized", "forbidden"))
         raise InputError("--address", f"the Ray Jobs API at {address} refused the connection: {first}"
                                       + (f"; {token_hint()}" if refused else "")) from None

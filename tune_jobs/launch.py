@@ -104,8 +104,7 @@ class PerEpochRows(LoggerCallback):
 
     def log_trial_start(self, trial) -> None:
         self.log_trial_end(trial)  # Tune's CSV logger keeps its file open across a retry
-        saved = getattr(trial.latest_checkpoint_result, "metrics", None) or {}
-        kept_through = int(saved.get("epoch", 0))
+        kept_through = ray_private.checkpoint_epoch(trial) or 0
         self._kept_through = {**getattr(self, "_kept_through", {}), trial: kept_through}
         path = Path(trial.local_path, self.log_file)
         if kept_through and not path.exists():  # resumed from a checkpoint: the stored copy, as Tune would fetch it
@@ -135,7 +134,7 @@ def keep_epochs_through(path: Path, epoch: int) -> None:
     else:
         kept = [line for line in text.splitlines(keepends=True) if _json_epoch(line) <= epoch]
     if len(kept) != len(text.splitlines()):
-        path.write_text("".join(kept))
+        path.write_text("".join(kept))  # in place: Tune's logger may hold the file open for appending
 
 
 def _json_epoch(line: str) -> float:
@@ -212,8 +211,19 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
 
 
 def host_watch(cluster: ClusterInfo, progress: bool = True) -> list[HostWatch]:
-    """A HostWatch where the sweep runs on a cluster of several nodes and prints its progress."""
-    return [HostWatch()] if progress and not cluster.started_here and cluster.nodes > 1 else []
+    """A HostWatch where the sweep prints its progress on a cluster it joined (one node now or
+    several: workers may join later)."""
+    return [HostWatch()] if progress and not cluster.started_here else []
+
+
+def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
+    """`tuner.fit()`; each HostWatch among `callbacks` stops probing as it ends, however it ends."""
+    try:
+        return tuner.fit()
+    finally:
+        for callback in callbacks:
+            if isinstance(callback, HostWatch):
+                callback.stop()
 
 
 def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
@@ -228,6 +238,10 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     storage.write_text(storage.join(experiment, SETTINGS_FILE), json.dumps(trial_settings(spec), indent=1))
     # The loggers named below write result.json (what analysis reads) and progress.csv; Tune adds
     # no others, TensorBoard's included (it adds 19% to a sweep's CPU time, on the trials' cores).
+    callbacks = [EpochJsonLogger(), EpochCsvLogger(), StorageGuard(storage_root),
+                 *tracker_callbacks(spec.log, name, experiment),
+                 *([progress_callback(len(spec.trials()))] if progress else []),
+                 *host_watch(cluster, progress)]
     tuner = tune.Tuner(
         trainable(spec, dataset, cluster),
         param_space=param_space(spec),
@@ -240,15 +254,12 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             # Tune snapshots its state every KEPT_CHECKPOINTS - SNAPSHOT_MARGIN checkpoints (see
             # tune_settings): every third, and a snapshot's checkpoint outlives the next snapshot.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
-            callbacks=[EpochJsonLogger(), EpochCsvLogger(), StorageGuard(storage_root),
-                       *tracker_callbacks(spec.log, name, experiment),
-                       *([progress_callback(len(spec.trials()))] if progress else []),
-                       *host_watch(cluster, progress)],
+            callbacks=callbacks,
             verbose=0,
         ),
     )
     with tune_settings(auto_loggers=False, cluster=cluster, fixes=fixes):
-        return tuner.fit()
+        return fit(tuner, callbacks)
 
 
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo,
@@ -259,12 +270,15 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
     """
     tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
     # The restored experiment brings its own loggers; an experiment from before start_sweep named
-    # them gets ours, and Tune adds none (no TensorBoard files, as `run`). Where this Ray does not
-    # show the restored callbacks, Tune adds the loggers it finds missing.
+    # them gets ours, and Tune adds none (no TensorBoard files, as `run`); one started on a local
+    # Ray and resumed on a cluster gets a HostWatch. Where this Ray does not show the restored
+    # callbacks, Tune adds the loggers it finds missing.
     callbacks = ray_private.restored_callbacks(tuner)
     if callbacks is not None:
         callbacks += [logger() for logger, kind in ((EpochJsonLogger, JsonLoggerCallback),
                                                     (EpochCsvLogger, CSVLoggerCallback))
                       if not any(isinstance(c, kind) for c in callbacks)]
+        if not any(isinstance(c, HostWatch) for c in callbacks):
+            callbacks += host_watch(cluster)
     with tune_settings(auto_loggers=callbacks is None, cluster=cluster, fixes=fixes):
-        return tuner.fit()
+        return fit(tuner, callbacks or [])

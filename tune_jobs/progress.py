@@ -15,6 +15,7 @@ from pathlib import Path
 from ray import tune
 
 from trainables.training.report import EpochReport
+from tune_jobs import ray_private
 
 HEARTBEAT_S = 10.0
 
@@ -39,8 +40,9 @@ def result_line(report: EpochReport) -> str:
 def retry_line(trial) -> str:
     """Where a failed trial continues (its last checkpoint's epoch, or the start), which retry
     this is, and where Tune wrote the error (the console gets no traceback)."""
-    saved = getattr(getattr(trial, "latest_checkpoint_result", None), "metrics", None) or {}
-    start = f"from epoch {saved['epoch']}'s checkpoint" if "epoch" in saved else "from the start (no checkpoint yet)"
+    epoch = ray_private.checkpoint_epoch(trial)
+    start = ("from its last checkpoint" if epoch is None else f"from epoch {epoch}'s checkpoint" if epoch
+             else "from the start (no checkpoint yet)")
     of = f" of {trial.max_failures}" if getattr(trial, "max_failures", -1) >= 0 else ""
     error = f"; error in {Path(trial.path).name}/error.txt" if trial.error_file else ""  # in the experiment
     return f"{start}, retry {max(trial.num_failures, 1)}{of}{error}"

@@ -94,8 +94,9 @@ The patches:
 - `restore_trial_log(callback, file, trial)` (fix: each epoch once): Tune's loggers' own copy
   of a trial's log from storage (`LoggerCallback._restore_from_remote`), which
   launch.PerEpochRows makes for a trial resumed from a checkpoint before it drops the rows of
-  the epochs that trial trains again. Without it Tune copies the file as it opens it, and a
-  resumed trial's result.json and progress.csv hold those epochs twice.
+  the epochs that trial trains again (`checkpoint_epoch(trial)`: up to which epoch it keeps
+  them). Without it Tune copies the file as it opens it, and a resumed trial's result.json and
+  progress.csv hold those epochs twice.
 
 For clusters of several hosts:
 - `node_deaths_unprinted(quiet)` (speed-up kind: what is printed): the driver prints every
@@ -156,6 +157,11 @@ TOKEN_HELPER_RAY = (2, 59)  # the first Ray with the token helper (`enable_token
 # -- what each patch relies on, and what happens where it no longer fits -------------------
 
 
+# id(replacement) -> what it replaced, while a patch is on (`_swapped`): a patch checked while
+# another is on (restore_trial_log inside driver_logs_kept) is checked against Ray's own code.
+_SWAPPED: dict[int, object] = {}
+
+
 @dataclass(frozen=True)
 class Target:
     """One thing of Ray's a patch relies on: `path` ("module:Class.attribute"), the parameters it
@@ -168,10 +174,12 @@ class Target:
     names: tuple[str, ...] = ()
 
     def resolve(self):
+        """Ray's own object, also where one of our patches has it swapped for now."""
         module, _, attributes = self.path.partition(":")
         found = importlib.import_module(module)
         for name in filter(None, attributes.split(".")):
             found = getattr(found, name)
+            found = _SWAPPED.get(id(found), found)
         return found
 
     def mismatch(self) -> str | None:
@@ -270,6 +278,7 @@ PATCHES: dict[str, Patch] = {
     "restore_trial_log": Patch("fix", "a resumed trial's result.json and progress.csv can hold the epochs after "
                                       "its checkpoint twice", (
         Target("ray.tune.experiment.trial:Trial.init_local_path", ("self",)),
+        Target("ray.tune.experiment.trial:Trial.latest_checkpoint_result"),
         Target("ray.tune.logger.logger:LoggerCallback._restore_from_remote", ("self", "file_name", "trial")))),
     "node_deaths_unprinted": Patch("speed-up", "Ray's messages about lost nodes (about 30 lines each) are printed", (
         Target("ray._private.worker:listen_error_messages", ("worker", "threads_stopped"),
@@ -502,13 +511,17 @@ def _refusal(what: str, then: str) -> InputError:
 
 @contextlib.contextmanager
 def _swapped(owner, name: str, replacement) -> Iterator[None]:
-    """Inside, `owner.name` is `replacement`; the original is restored on leaving."""
+    """Inside, `owner.name` is `replacement`; the original is restored on leaving. Meanwhile a
+    Target that reaches it resolves to the original (`_SWAPPED`)."""
     original = getattr(owner, name)
     setattr(owner, name, replacement)
+    if callable(replacement):
+        _SWAPPED[id(replacement)] = original
     try:
         yield
     finally:
         setattr(owner, name, original)
+        _SWAPPED.pop(id(replacement), None)
 
 
 @contextlib.contextmanager
@@ -750,6 +763,15 @@ def restore_trial_log(callback, file_name: str, trial) -> None:
     with _Guard("restore_trial_log", passes=(OSError,)):  # storage's errors, as Tune's own copy raises them
         trial.init_local_path()
         callback._restore_from_remote(file_name, trial)
+
+
+def checkpoint_epoch(trial) -> int | None:
+    """The epoch of `trial`'s latest checkpoint, 0 before its first; None where this Ray no longer
+    tells (`Trial.latest_checkpoint_result`: a target of `restore_trial_log`, checked with the fixes)."""
+    if not _fits("restore_trial_log"):
+        return None
+    saved = getattr(trial.latest_checkpoint_result, "metrics", None) or {}
+    return int(saved.get("epoch", 0))
 
 
 # -- for clusters of several hosts

@@ -24,7 +24,7 @@ import yaml
 
 from analysis import storage
 from trainables.errors import InputError
-from tune_jobs.cli_sweep import check_new_sweep, check_resumable
+from tune_jobs.cli_sweep import PLAIN_NAME, check_new_sweep, check_resumable
 from tune_jobs.slurm import client
 from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script, sweep_command
 from tune_jobs.spec import SweepSpec
@@ -32,7 +32,6 @@ from tune_jobs.spec import SweepSpec
 NODE_LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs"}
 PLAIN_PATH = re.compile(r"[\w./+,@=~-]+")  # paths the script and its #SBATCH lines hold as they are (no %:
 # Slurm's file name patterns, %j and the like, in --output)
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # experiment names: the job's name, its folder, its command
 
 
 @dataclass(frozen=True)
