@@ -10,11 +10,11 @@
     host   w2 (10.89.0.13) joined: capacity now 2 GPUs, 2 CPUs on 3 node(s)
 
 Every few seconds the driver reads Ray's node table (`ray.nodes()`) and, in threads of its own,
-opens a TCP connection to every live node's raylet at once: a host that is cut off or gone answers no
-more within seconds, while Ray declares it dead only after its health checks have failed for a
-while (about a minute; sooner where the host's Ray processes are gone). A node Ray declared dead
-never rejoins, even when its link comes back (its raylet exits); Ray restarted on that host
-joins as a new node, and the running sweep uses it at once.
+opens a TCP connection to every live node's raylet at once: a host that is cut off or gone
+answers no more within seconds, while Ray declares it dead only after its health checks have
+failed for a while (about a minute; sooner where the host's Ray processes are gone). A node Ray
+declared dead never rejoins, even when its link comes back (its raylet exits); Ray restarted on
+that host joins as a new node, and the running sweep uses it at once.
 """
 
 from __future__ import annotations

@@ -330,6 +330,7 @@ def check_fixes(without: bool = False, local: bool = True) -> bool:
         _warn(f"running without instrument-sweep's fixes of Ray {ray_version()}"
               + (f" ({what})" if problems else "") + ": " + "; ".join(PATCHES[n].without for n in FIXES)
               + "; resume may lose work")
+        _warned.update(problems)  # said here: no second warning where one is looked up later
     return not without
 
 
