@@ -4,7 +4,11 @@ and the `resume` command an unfinished sweep prints (tune_jobs.cluster, tune_job
 import shlex
 from pathlib import Path
 
+import pytest
+
 from analysis import storage
+from trainables.errors import InputError
+from tune_jobs import cluster, ray_private
 from tune_jobs.cli_sweep import RESUME_ENV, resume_command
 from tune_jobs.cluster import dashboard_as_seen_here
 
@@ -39,11 +43,6 @@ def test_a_driver_is_refused_only_where_the_process_table_shows_the_clusters_nod
     """HOST:PORT joins through this host's node. Where `ps` shows the cluster's raylets, all on
     other hosts (hosts sharing a process table), the driver is told to use Ray Client; where it
     shows none of them (procfs's hidepid, a container, a GCS named by another address), Ray chooses."""
-    import pytest
-
-    from trainables.errors import InputError
-    from tune_jobs import cluster, ray_private
-
     elsewhere = [("10.255.0.7", "10.255.0.1:6379")]  # a raylet of that GCS on an address not this host's
     monkeypatch.setattr(ray_private, "raylet_addresses", lambda: elsewhere)
     with pytest.raises(InputError, match=r"--address.*ray://10\.255\.0\.1:10001"):

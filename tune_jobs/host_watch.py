@@ -115,7 +115,7 @@ class HostWatch(tune.Callback):
                 with self._lock:
                     targets = [(node_id, n["ip"], n["port"]) for node_id, n in self._nodes.items()
                                if n["alive"] and n["port"]]
-                for node_id, answered in zip([t[0] for t in targets], pool.map(self._answers, targets)):
+                for (node_id, *_), answered in zip(targets, pool.map(self._answers, targets)):
                     if answered:
                         with self._lock:
                             self._nodes[node_id]["answered_at"] = time.monotonic()
