@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import yaml
+from pathlib import Path
 
 import analysis
 from analysis import storage
@@ -169,3 +170,108 @@ def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s
     analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", f"s3://{experiment}"], capture_output=True,
                               text=True, timeout=300, cwd=tmp_path, env=tagged_env(process_tag, **env))
     assert analyzed.returncode == 0 and (tmp_path / "analysis-k" / "report.md").is_file(), analyzed.stderr[-3000:]
+
+
+# -- Credentials in the URI -------------------------------------------------------------------
+
+ACCESS_KEY = "AKIAISSWEEP40TEST"
+SECRET = "s3Cr+t/Kx40q9ZmVh2WnT0pB7LdR4yJc8uEfA6gN"  # like AWS's: 40 characters, '+' and '/' among them
+CREDENTIALED = {  # two trials of 16 epochs of about 0.3 s: a checkpoint on S3 comes well before their end
+    "name": "cred",
+    "train": {"n_hidden": 32, "loader": "dataloader"},
+    "stop": {"threshold": None, "max_epochs": 16},
+    "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 8}},
+}
+
+
+def secret_forms(secret: str) -> list[bytes]:
+    """How a secret can sit in a file: as it is, percent-encoded (in a URI) and as hex (Ray's
+    experiment state holds pickles as hex)."""
+    from urllib.parse import quote
+
+    return [secret.encode(), quote(secret, safe="").encode(), secret.encode().hex().encode()]
+
+
+def with_credentials(uri: str, key: str = ACCESS_KEY, secret: str = SECRET) -> str:
+    """s3://KEY:SECRET@rest, the secret percent-encoded ('/' may not stand in a URI's user info)."""
+    from urllib.parse import quote
+
+    return uri.replace("s3://", f"s3://{key}:{quote(secret, safe='')}@", 1)
+
+
+@pytest.mark.slow
+def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_path, process_tag, blob_dataset_dir):
+    """Credentials in --storage's URI and none in the environment (no AWS_* variable, a HOME without
+    ~/.aws): the sweep runs (its trials write their checkpoints to S3 from Ray's workers), is
+    interrupted once a checkpoint is on S3, resumes as its hint says (the credentials given again
+    in the URI), and is analyzed; errors about such a URI show it redacted. The secret is in no
+    command's output, no object on the bucket (pickles included) and no file under the run's
+    directories: HOME, the working directory, Ray's temp dir."""
+    import shutil
+    import tempfile
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    ray_temp = tempfile.mkdtemp(prefix="40-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HOME": str(home), "RAY_TMPDIR": ray_temp, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+                "INSTRUMENT_SWEEP_TEST_TAG": process_tag})
+    root = f"s3://{BUCKET}/cred?endpoint_override={s3.endpoint}&scheme=http&region=us-east-1"
+    experiment = f"{BUCKET}/cred/c"
+    outputs = []
+
+    def instrument_sweep(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "tune_jobs", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=work, env=env)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    try:
+        log = tmp_path / "run.log"
+        run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec_file(tmp_path, CREDENTIALED),
+                                "--data", blob_dataset_dir, "--storage", with_credentials(root), "--name", "c",
+                                "--no-analyze"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=work, env=env,
+                               start_new_session=True)
+        wait_until(lambda: any("/checkpoint_" in p for p in s3.files(experiment)) or run.poll() is not None, 240,
+                   "a trial's checkpoint on S3", interval_s=0.5)
+        os.kill(run.pid, signal.SIGINT)
+        assert run.wait(120) == 130, log.read_text()[-3000:]
+        outputs.append(log.read_text())
+        hint = re.search(r"continue with `(instrument-sweep resume [^`]+)`(.*)", log.read_text())
+        assert hint, log.read_text()[-3000:]
+        resume = shlex.split(hint.group(1))[1:]
+        at = resume.index("--storage") + 1
+        problems = [] if resume[at] == root and "credentials" in hint.group(2) else \
+            [f"the resume hint, which should name {root} and say how to give its credentials: {hint.group(0)}"]
+        resume[at] = with_credentials(re.sub(r"^s3://[^/@]*@", "s3://", resume[at]))  # given again as they were
+
+        resumed = instrument_sweep(*resume, "--no-analyze", timeout=400)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        found = epochs_in(s3, experiment)
+        assert len(found) == 2 and all(e == list(range(1, 17)) for e in found.values()), found
+        analyzed = instrument_sweep("analyze", with_credentials(storage.join(root, "c")))
+        assert analyzed.returncode == 0 and (work / "analysis-c" / "report.md").is_file(), analyzed.stderr[-3000:]
+
+        # Errors about such a URI: pyarrow's refusal of a query parameter, and a missing bucket.
+        for where, problem in (("?colour=blue", "not a storage URI pyarrow can open"),
+                               ("no-such-bucket", "bucket 'no-such-bucket' does not exist")):
+            uri = (with_credentials(f"s3://{BUCKET}/x?colour=blue") if where.startswith("?") else
+                   with_credentials(root.replace(BUCKET, where)))
+            refused = instrument_sweep("analyze", storage.join(uri, "c"), timeout=120)
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+            assert problem in refused.stderr, refused.stderr
+
+        leaks = [f"the output of command {i}" for i, text in enumerate(outputs)
+                 if any(form in text.encode() for form in secret_forms(SECRET))]
+        for path in s3.objects(BUCKET):
+            with s3.filesystem().open_input_stream(path) as f:
+                data = f.read()
+            leaks += [f"s3://{path}"] * any(form in data for form in secret_forms(SECRET))
+        for folder in (tmp_path, Path(ray_temp)):
+            for file in folder.rglob("*"):
+                if file.is_file() and not file.is_symlink():
+                    data = file.read_bytes()
+                    leaks += [str(file)] * any(form in data for form in secret_forms(SECRET))
+        assert not leaks and not problems, "; ".join(problems + (["the secret is in " + ", ".join(leaks)] * bool(leaks)))
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)
