@@ -19,6 +19,7 @@ from pathlib import Path
 
 import analysis
 from analysis import storage
+from trainables.errors import InputError
 from processes import cli, free_port, spawn_cli, tagged_env, wait_until
 from s3_server import S3Server
 
@@ -44,6 +45,12 @@ def s3():
     with S3Server() as server:
         server.create_bucket(BUCKET)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def no_credentials_given(monkeypatch):
+    """Each test's process starts without credentials given in a URI (analysis.storage keeps them)."""
+    monkeypatch.setattr(storage, "_GIVEN", {})
 
 
 def spec_file(tmp_path, raw: dict):
@@ -199,6 +206,98 @@ def with_credentials(uri: str, key: str = ACCESS_KEY, secret: str = SECRET) -> s
     return uri.replace("s3://", f"s3://{key}:{quote(secret, safe='')}@", 1)
 
 
+def s3_options(fs) -> dict:
+    """The keywords pyarrow builds an S3FileSystem from (credentials included)."""
+    import pyarrow.fs
+
+    _, (options,) = pyarrow.fs.S3FileSystem.__reduce__(fs)
+    return options
+
+
+def test_credentials_in_an_s3_uri_are_taken_out_and_its_filesystems_built_with_them():
+    """User info (percent-decoded, as pyarrow reads it) or the query's access_key/secret_key/
+    session_token; the rest of the query stays, in order; the store's filesystems get them, another
+    store's (bucket or endpoint) do not."""
+    query = "endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    clean = f"s3://cred-bucket/sweeps?{query}"
+    assert storage.split_credentials(with_credentials(clean))[0] == clean
+    assert storage.split_credentials(clean.replace("s3://", f"s3://{ACCESS_KEY}:{SECRET}@"))[0] == clean  # '/' as is
+    by_query = f"s3://cred-bucket/sweeps?endpoint_override=127.0.0.1:1&access_key={ACCESS_KEY}&secret_key=" \
+               f"{with_credentials('s3://').split(':')[2][:-1]}&scheme=http&session_token=tok%2Fen&region=us-east-1"
+    assert storage.split_credentials(by_query) == (clean, storage.Credentials(ACCESS_KEY, SECRET, "tok/en"))
+    for plain in (clean, "s3://b/x", "/local/path", "hdfs://user@namenode:8020/x"):  # a user name is no secret
+        assert storage.split_credentials(plain) == (plain, None)
+
+    assert storage.take_credentials(with_credentials(clean)) == clean
+    fs, path = storage.filesystem(storage.join(clean, "x", "sweep.yaml"))
+    assert path == "cred-bucket/sweeps/x/sweep.yaml"
+    assert (s3_options(fs)["access_key"], s3_options(fs)["secret_key"], s3_options(fs)["endpoint_override"]) == \
+        (ACCESS_KEY, SECRET, "127.0.0.1:1")
+    assert storage.given_credentials(storage.join(clean, "x")) and "credentials" in storage.credentials_hint(clean)
+    for other in ("s3://other-bucket/sweeps?" + query, "s3://cred-bucket/sweeps?" + query.replace(":1", ":2")):
+        assert not s3_options(storage.filesystem(other)[0])["secret_key"]
+        assert not storage.given_credentials(other) and storage.credentials_hint(other) == ""
+    assert SECRET not in repr(storage.split_credentials(with_credentials(clean))[1])
+
+
+@pytest.mark.parametrize("uri", [f"abfs://account:{SECRET}@container/sweeps",
+                                 f"abfs://container@account.dfs.core.windows.net/x?client_secret={SECRET}",
+                                 "s3://KEYONLY@bucket/x", f"s3://bucket/x?secret_key={SECRET}"])
+def test_credentials_that_cannot_be_taken_are_refused_without_showing_them(uri):
+    with pytest.raises(InputError) as refused:
+        storage.resolve_storage(uri)
+    assert refused.value.where == "--storage" and SECRET not in str(refused.value), refused.value
+    assert "environment" in refused.value.problem
+
+
+def test_redact_hides_a_uris_password_and_secret_parameters_only():
+    text = (f"s3://{ACCESS_KEY}:{SECRET}@b/x?endpoint_override=h:1&secret_key={SECRET}&region=r, "
+            "hdfs://user@namenode/x")
+    assert storage.redact(text) == (f"s3://{ACCESS_KEY}:***@b/x?endpoint_override=h:1&secret_key=***&region=r, "
+                                    "hdfs://user@namenode/x")
+
+
+def test_what_ray_is_handed_pickles_no_credentials_outside_rays_transfers():
+    """Outside Ray's transfers (Tune's tuner.pkl, its experiment state) the filesystem pickles as
+    pyarrow's own without credentials; a copy keeps them (Ray's side: test_private_apis)."""
+    import copy
+    import pickle
+
+    import pyarrow.fs
+
+    from tune_jobs import ray_private
+
+    root = storage.take_credentials(with_credentials("s3://ship-bucket/s?endpoint_override=127.0.0.1:1&scheme=http"))
+    path, fs = ray_private.storage_for_ray(root)
+    assert path == "ship-bucket/s" and s3_options(fs)["secret_key"] == SECRET
+    stored = pickle.dumps(fs)
+    assert not any(form in stored for form in secret_forms(SECRET))
+    assert type(pickle.loads(stored)) is pyarrow.fs.S3FileSystem
+    assert s3_options(pickle.loads(stored))["endpoint_override"] == "127.0.0.1:1"
+    assert copy.deepcopy(fs) is fs and copy.copy(fs) is fs
+    plain, _ = storage.filesystem("s3://other/s?endpoint_override=127.0.0.1:1&scheme=http")
+    assert ray_private.shipped_to_workers(plain) is plain  # nothing to keep out
+    assert ray_private.storage_for_ray("/local/sweeps") == ("/local/sweeps", None)
+
+
+def test_commands_that_would_write_uri_credentials_down_refuse_them(monkeypatch, capsys):
+    """A Ray job's command line (`submit`), a Slurm job's script (`slurm`: no URI at all), Ray Client
+    (ray://, whose transfer leaves them out): exit 2, one line, the secret not in it."""
+    from tune_jobs import cli, cli_sweep
+    from tune_jobs.slurm import submit
+
+    uri = with_credentials("s3://refuse-bucket/s?endpoint_override=127.0.0.1:1&scheme=http")
+    assert cli.main(["submit", "smoke", "--storage", uri, "--address", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage: s3://refuse-bucket/s?") and "command line" in err, err
+    with pytest.raises(InputError) as slurm:
+        submit.shared_storage(uri)
+    with pytest.raises(InputError) as client:
+        cli_sweep.check_ray_client(storage.take_credentials(uri), "ray://127.0.0.1:10001")
+    for text in (err, str(slurm.value), str(client.value)):
+        assert not any(form.decode() in text for form in secret_forms(SECRET)), text
+
+
 @pytest.mark.slow
 def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_path, process_tag, blob_dataset_dir):
     """Credentials in --storage's URI and none in the environment (no AWS_* variable, a HOME without
@@ -234,6 +333,7 @@ def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_pat
                                start_new_session=True)
         wait_until(lambda: any("/checkpoint_" in p for p in s3.files(experiment)) or run.poll() is not None, 240,
                    "a trial's checkpoint on S3", interval_s=0.5)
+        assert run.poll() is None, log.read_text()[-3000:]  # its trials wrote to S3 from Ray's workers
         os.kill(run.pid, signal.SIGINT)
         assert run.wait(120) == 130, log.read_text()[-3000:]
         outputs.append(log.read_text())
