@@ -39,8 +39,9 @@ JOB_DIR = "slurm"  # a Slurm job's script, spec and output (tune_jobs.slurm), wr
 # Azure's client secret and a SAS token's signature (refused, as any other scheme's).
 S3_CREDENTIAL_PARAMS = ("access_key", "secret_key", "session_token")
 SECRET_PARAMS = (*S3_CREDENTIAL_PARAMS, "client_secret", "sig")
-CREDENTIALS_ADVICE = ("give them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                      "AWS_SESSION_TOKEN), a profile (AWS_PROFILE) or an instance role")
+CREDENTIAL_SOURCES = ("the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), a profile "
+                      "(AWS_PROFILE) or an instance role")  # where S3 credentials are better given than in a URI
+CREDENTIALS_ADVICE = f"give them through {CREDENTIAL_SOURCES}"
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,16 @@ def split_credentials(location: str, field: str = "--storage") -> tuple[str, Cre
     scheme, _, rest = location.partition("://")
     path, query = _split(rest)
     userinfo, at, after = path.rpartition("@")
-    if not at or "/" in userinfo.partition(":")[0] or ("/" in userinfo and ":" not in userinfo):
-        userinfo, at, after = "", "", path  # none: an '@' in the path (a '/' may stand in a secret, not a key)
+    if "/" in userinfo.partition(":")[0]:  # an '@' in the path, not after user info (a secret may hold '/', a key not)
+        userinfo, at, after = "", "", path
     host, slash, key = after.partition("/")
-    authority = f"{userinfo}{at}{host}"
     pairs = [pair.partition("=") for pair in query[1:].split("&") if pair]
     taken = {name: unquote(value) for name, _, value in pairs if name in SECRET_PARAMS}
     kept = "&".join(f"{name}{eq}{value}" for name, eq, value in pairs if name not in SECRET_PARAMS)
-    user, colon, password = userinfo.partition(":")
+    user, _, password = userinfo.partition(":")
     if scheme.lower() != "s3":  # its user info may name something else (a user, Azure's container)
         if password or taken:
-            named = f"{user}@{host}" if at else authority
+            named = f"{user}@{host}" if at else host
             raise InputError(field, f"{scheme}://{named}{slash}{key}: credentials in {scheme}:// URIs are not "
                                     "taken (Tune would store them with the experiment); give them through the "
                                     "environment or the platform's own login")
@@ -154,8 +154,8 @@ def credentials_hint(location: str) -> str:
     its URI carried went ("" where it carried none)."""
     if not given_credentials(location):
         return ""
-    return (" (its URI's credentials are left out: give them again as KEY:SECRET@ before the bucket, or "
-            f"{CREDENTIALS_ADVICE.removeprefix('give them ')})")
+    return (" (its URI's credentials are left out: give them again as KEY:SECRET@ before the bucket, or through "
+            f"{CREDENTIAL_SOURCES})")
 
 
 def redact(text: str) -> str:
@@ -249,9 +249,16 @@ def filesystem(location: str):
     given = _GIVEN.get(_store(location))
     if given is None:
         return fs, path
-    _, (options,) = fs.__reduce__()  # pyarrow's own options of the URI (endpoint, region, ...), as it pickles them
-    return pyarrow.fs.S3FileSystem(**{**options, "access_key": given.access_key, "secret_key": given.secret_key,
+    return pyarrow.fs.S3FileSystem(**{**s3_options(fs), "access_key": given.access_key, "secret_key": given.secret_key,
                                       "session_token": given.session_token or None}), path
+
+
+def s3_options(fs) -> dict:
+    """An S3FileSystem's keywords (endpoint, region, ..., its credentials), as pyarrow pickles it."""
+    import pyarrow.fs
+
+    _, (options,) = pyarrow.fs.S3FileSystem.__reduce__(fs)
+    return options
 
 
 def exists(location: str) -> bool:

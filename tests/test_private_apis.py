@@ -661,14 +661,14 @@ def test_ray_marks_its_own_transfers_so_uri_credentials_reach_workers_and_no_oth
 
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         root = storage.take_credentials("s3://KEY:s3cr3t-40@b/s?endpoint_override=127.0.0.1:1&scheme=http")
-        _, fs = ray_private.storage_for_ray(root)
+        fs, _ = ray_private.storage_for_ray(root)
 
         @ray.remote
         def on_worker(fs):
-            return ray_private._s3_options(fs)["secret_key"], b"s3cr3t-40" in pickle.dumps(fs), fs
+            return storage.s3_options(fs)["secret_key"], b"s3cr3t-40" in pickle.dumps(fs), fs
 
         secret, in_plain_pickle, back = ray.get(on_worker.remote(fs))
-        print(secret, in_plain_pickle, ray_private._s3_options(back)["secret_key"], b"s3cr3t-40" in pickle.dumps(back))
+        print(secret, in_plain_pickle, storage.s3_options(back)["secret_key"], b"s3cr3t-40" in pickle.dumps(back))
     """)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-4:] == ["s3cr3t-40", "False", "s3cr3t-40", "False"]

@@ -192,11 +192,14 @@ CREDENTIALED = {  # two trials of 16 epochs of about 0.3 s: a checkpoint on S3 c
 
 
 def secret_forms(secret: str) -> list[bytes]:
-    """How a secret can sit in a file: as it is, percent-encoded (in a URI) and as hex (Ray's
-    experiment state holds pickles as hex)."""
+    """How a secret can sit in a file: as it is, percent-encoded (in a URI), as hex (Ray's experiment
+    state holds pickles as hex) and in base64 (at each of its 3 alignments, whole groups only)."""
+    import base64
     from urllib.parse import quote
 
-    return [secret.encode(), quote(secret, safe="").encode(), secret.encode().hex().encode()]
+    raw = secret.encode()
+    return [raw, quote(secret, safe="").encode(), raw.hex().encode(),
+            *(base64.b64encode(raw[i:])[:4 * ((len(raw) - i) // 3)] for i in range(3))]
 
 
 def with_credentials(uri: str, key: str = ACCESS_KEY, secret: str = SECRET) -> str:
@@ -204,14 +207,6 @@ def with_credentials(uri: str, key: str = ACCESS_KEY, secret: str = SECRET) -> s
     from urllib.parse import quote
 
     return uri.replace("s3://", f"s3://{key}:{quote(secret, safe='')}@", 1)
-
-
-def s3_options(fs) -> dict:
-    """The keywords pyarrow builds an S3FileSystem from (credentials included)."""
-    import pyarrow.fs
-
-    _, (options,) = pyarrow.fs.S3FileSystem.__reduce__(fs)
-    return options
 
 
 def test_credentials_in_an_s3_uri_are_taken_out_and_its_filesystems_built_with_them():
@@ -231,11 +226,12 @@ def test_credentials_in_an_s3_uri_are_taken_out_and_its_filesystems_built_with_t
     assert storage.take_credentials(with_credentials(clean)) == clean
     fs, path = storage.filesystem(storage.join(clean, "x", "sweep.yaml"))
     assert path == "cred-bucket/sweeps/x/sweep.yaml"
-    assert (s3_options(fs)["access_key"], s3_options(fs)["secret_key"], s3_options(fs)["endpoint_override"]) == \
+    options = storage.s3_options(fs)
+    assert (options["access_key"], options["secret_key"], options["endpoint_override"]) == \
         (ACCESS_KEY, SECRET, "127.0.0.1:1")
     assert storage.given_credentials(storage.join(clean, "x")) and "credentials" in storage.credentials_hint(clean)
     for other in ("s3://other-bucket/sweeps?" + query, "s3://cred-bucket/sweeps?" + query.replace(":1", ":2")):
-        assert not s3_options(storage.filesystem(other)[0])["secret_key"]
+        assert not storage.s3_options(storage.filesystem(other)[0])["secret_key"]
         assert not storage.given_credentials(other) and storage.credentials_hint(other) == ""
     assert SECRET not in repr(storage.split_credentials(with_credentials(clean))[1])
 
@@ -268,16 +264,16 @@ def test_what_ray_is_handed_pickles_no_credentials_outside_rays_transfers():
     from tune_jobs import ray_private
 
     root = storage.take_credentials(with_credentials("s3://ship-bucket/s?endpoint_override=127.0.0.1:1&scheme=http"))
-    path, fs = ray_private.storage_for_ray(root)
-    assert path == "ship-bucket/s" and s3_options(fs)["secret_key"] == SECRET
+    fs, path = ray_private.storage_for_ray(root)
+    assert path == "ship-bucket/s" and storage.s3_options(fs)["secret_key"] == SECRET
     stored = pickle.dumps(fs)
     assert not any(form in stored for form in secret_forms(SECRET))
     assert type(pickle.loads(stored)) is pyarrow.fs.S3FileSystem
-    assert s3_options(pickle.loads(stored))["endpoint_override"] == "127.0.0.1:1"
+    assert storage.s3_options(pickle.loads(stored))["endpoint_override"] == "127.0.0.1:1"
     assert copy.deepcopy(fs) is fs and copy.copy(fs) is fs
     plain, _ = storage.filesystem("s3://other/s?endpoint_override=127.0.0.1:1&scheme=http")
     assert ray_private.shipped_to_workers(plain) is plain  # nothing to keep out
-    assert ray_private.storage_for_ray("/local/sweeps") == ("/local/sweeps", None)
+    assert ray_private.storage_for_ray("/local/sweeps") == (None, "/local/sweeps")
 
 
 def test_commands_that_would_write_uri_credentials_down_refuse_them(monkeypatch, capsys):
@@ -372,6 +368,7 @@ def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_pat
                 if file.is_file() and not file.is_symlink():
                     data = file.read_bytes()
                     leaks += [str(file)] * any(form in data for form in secret_forms(SECRET))
-        assert not leaks and not problems, "; ".join(problems + (["the secret is in " + ", ".join(leaks)] * bool(leaks)))
+        problems += [f"the secret is in {', '.join(leaks)}"] if leaks else []
+        assert not problems, "; ".join(problems)
     finally:
         shutil.rmtree(ray_temp, ignore_errors=True)

@@ -162,8 +162,9 @@ def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None, address
     check_free_space(root)
     experiment = storage.join(root, name)
     if storage.started(experiment):
-        raise InputError("--name", f"{experiment} already exists; continue it with `{resume_command(root, name, address)}`"
-                                   f"{storage.credentials_hint(root)} or choose another --name")
+        raise InputError("--name", f"{experiment} already exists; continue it with "
+                                   f"`{resume_command(root, name, address)}`{storage.credentials_hint(root)} "
+                                   "or choose another --name")
     return spec, dataset, root, name, experiment
 
 

@@ -233,7 +233,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
     included, reaches the trials as `ray_private.storage_for_ray` builds it."""
     import yaml
 
-    storage_path, storage_fs = ray_private.storage_for_ray(storage_root)  # InputError before anything is written
+    storage_fs, storage_path = ray_private.storage_for_ray(storage_root)  # InputError before anything is written
     experiment = storage.join(storage_root, name)
     storage.write_text(storage.join(experiment, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
     storage.write_text(storage.join(experiment, DATASET_FILE), json.dumps(dataset.fingerprint, indent=1))
@@ -272,7 +272,7 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
     Check `check_same_dataset` first: a trial refuses a checkpoint written for other data. Tune's
     stored state holds no credentials: its filesystem is handed over again (`ray_private.storage_for_ray`).
     """
-    path, fs = ray_private.storage_for_ray(experiment)
+    fs, path = ray_private.storage_for_ray(experiment)
     tuner = tune.Tuner.restore(path, trainable=trainable(spec, dataset, cluster), resume_errored=True,
                                storage_filesystem=fs)
     # The restored experiment brings its own loggers; an experiment from before start_sweep named

@@ -98,6 +98,15 @@ The patches:
   them). Without it Tune copies the file as it opens it, and a resumed trial's result.json and
   progress.csv hold those epochs twice.
 
+For storage URIs with credentials (not a patch; checked where such a URI is used):
+- `storage_for_ray(location)`, `shipped_to_workers(fs)`: an S3 filesystem built with credentials
+  given in a URI pickles them, and Tune pickles its storage filesystem into its stored state
+  (tuner.pkl, each trial's storage in the experiment state, its checkpoints' filesystems). Ray
+  marks the pickling of its own transfers (`SerializationContext.is_in_band_serialization`), so
+  the filesystem handed to Ray pickles its credentials there only: workers get them, the stored
+  state does not. Where Ray no longer marks them, such a URI is refused (exit 2), before anything
+  is written.
+
 For clusters of several hosts:
 - `node_deaths_unprinted(quiet)` (speed-up kind: what is printed): the driver prints every
   error the GCS publishes; a lost node's are about 30 lines (the GCS's "marked dead" notice,
@@ -783,22 +792,23 @@ def checkpoint_epoch(trial) -> int | None:
 # and its staging folder (tuner.pkl, the experiment and searcher state) with cloudpickle outside it.
 IN_BAND_TARGETS = (
     Target("ray._private.serialization:SerializationContext.is_in_band_serialization", ("self",)),
-    Target("ray._private.serialization:SerializationContext._serialize_to_pickle5", names=("set_in_band_serialization",)),
+    Target("ray._private.serialization:SerializationContext._serialize_to_pickle5",
+           names=("set_in_band_serialization",)),
     Target("ray._private.worker:Worker.get_serialization_context", ("self",)),
     Target("ray._private.worker:global_worker"))
 
 
 def storage_for_ray(location: str):
-    """(path, filesystem) to hand Ray for `location` (Tune's storage_path and storage_filesystem, a
-    task that writes there): a local path and None (Ray's own); for a URI its path inside the
-    filesystem `analysis.storage.filesystem` builds, which Ray's workers get as the driver has it,
-    credentials given in the URI included (`shipped_to_workers`)."""
+    """(filesystem, path inside it) to hand Ray for `location` (Tune's storage_filesystem and
+    storage_path, or a task that writes there): None and a local path as it is (Ray's own); for a URI
+    `analysis.storage.filesystem`'s, which Ray's workers get as the driver has it, credentials given
+    in the URI included (`shipped_to_workers`)."""
     from analysis import storage
 
     if not storage.is_uri(location):
-        return location, None
+        return None, location
     fs, path = storage.filesystem(location)
-    return path, shipped_to_workers(fs)
+    return shipped_to_workers(fs), path
 
 
 def shipped_to_workers(fs):
@@ -808,24 +818,16 @@ def shipped_to_workers(fs):
     without them; `resume` hands Tune its filesystem again. Another filesystem is returned as it is.
     InputError("--storage", ...) where this Ray no longer marks its transfers (IN_BAND_TARGETS)."""
     import pyarrow.fs
-    from analysis.storage import CREDENTIALS_ADVICE
+    from analysis.storage import CREDENTIALS_ADVICE, s3_options
 
-    if not isinstance(fs, pyarrow.fs.S3FileSystem) or not _s3_options(fs).get("secret_key"):
+    if not isinstance(fs, pyarrow.fs.S3FileSystem) or not s3_options(fs).get("secret_key"):
         return fs
     problem = next((problem for target in IN_BAND_TARGETS if (problem := target.mismatch())), None)
     if problem:
         raise InputError("--storage", f"credentials in the URI cannot be kept out of what Tune stores with Ray "
                                       f"{ray_version()} ({problem}; tested: {supported_range()}); "
                                       + CREDENTIALS_ADVICE)
-    return _shipped_s3(_s3_options(fs))
-
-
-def _s3_options(fs) -> dict:
-    """An S3FileSystem's keywords as pyarrow pickles them (its credentials included)."""
-    import pyarrow.fs
-
-    _, (options,) = pyarrow.fs.S3FileSystem.__reduce__(fs)
-    return options
+    return _shipped_s3(s3_options(fs))
 
 
 def in_ray_transfer() -> bool:
