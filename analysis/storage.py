@@ -9,12 +9,21 @@ A multi-node cluster needs storage every node reaches: a cloud URI or a shared
 `scheme`, `region`, ...: an S3-compatible server); AWS_ENDPOINT_URL names one too.
 Experiment state restored by `resume` is pickled by Ray, so results directories must
 be trusted: `resume` only accepts experiments under the root the user names.
+
+Credentials in an s3:// URI (`s3://KEY:SECRET@bucket/...`, or the query's access_key, secret_key,
+session_token) are taken out where the URI comes in (`resolve_storage`, `take_credentials`): the
+location returned, which everything prints and stores, has none, and this process's filesystems of
+that store (`filesystem`: its bucket, endpoint and options) are built with them. Another scheme's
+URI with credentials is refused: its filesystem would write them into Tune's pickled state.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from trainables.errors import InputError, first_line
 
@@ -26,6 +35,29 @@ DATASET_FILE = "dataset.json"  # the fingerprint of the data it trains on (shape
 SETTINGS_FILE = "trial_settings.json"  # what its trials share (each params.json holds what identifies one)
 LOCK_FILE = ".instrument-sweep.lock"  # held by the one run/resume working on it (tune_jobs.experiment_lock)
 JOB_DIR = "slurm"  # a Slurm job's script, spec and output (tune_jobs.slurm), written before its sweep starts
+# What a URI's query may hold that is a secret: S3FileSystem's own credentials (taken from an s3:// URI),
+# Azure's client secret and a SAS token's signature (refused, as any other scheme's).
+S3_CREDENTIAL_PARAMS = ("access_key", "secret_key", "session_token")
+SECRET_PARAMS = (*S3_CREDENTIAL_PARAMS, "client_secret", "sig")
+CREDENTIAL_SOURCES = ("the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), a profile "
+                      "(AWS_PROFILE) or an instance role")  # where S3 credentials are better given than in a URI
+CREDENTIALS_ADVICE = f"give them through {CREDENTIAL_SOURCES}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """S3 credentials an s3:// URI carried: S3FileSystem's keywords of the same names."""
+
+    access_key: str
+    secret_key: str
+    session_token: str = ""
+
+    def __repr__(self) -> str:  # a traceback or a log shows which key, never the secret
+        return f"Credentials(access_key={self.access_key!r}, secret_key=<hidden>)"
+
+
+# The credentials this process was given in URIs, by store (`_store`): what `filesystem` builds with.
+_GIVEN: dict[str, Credentials] = {}
 
 
 def is_uri(location: str) -> bool:
@@ -33,8 +65,8 @@ def is_uri(location: str) -> bool:
 
 
 def resolve_storage(location: str, create: bool = True) -> str:
-    """An absolute local directory (created and checked writable) or a cloud URI as given, its
-    bucket checked to exist and answer (`check_reachable`)."""
+    """An absolute local directory (created and checked writable) or a cloud URI as given, without
+    its credentials (`take_credentials`), its bucket checked to exist and answer (`check_reachable`)."""
     if is_uri(location):
         scheme = location.split("://", 1)[0].lower()
         if scheme == "file":
@@ -42,7 +74,7 @@ def resolve_storage(location: str, create: bool = True) -> str:
         if scheme not in URI_SCHEMES:
             raise InputError("--storage", f"unsupported scheme {scheme}://; use a local path or one of "
                                           + ", ".join(f"{s}://" for s in URI_SCHEMES))
-        path, query = _split(location)
+        path, query = _split(take_credentials(location))
         location = path.rstrip("/") + query
         check_reachable(location)
         return location
@@ -66,6 +98,78 @@ def _split(uri: str) -> tuple[str, str]:
     """(scheme://bucket/path, "?query" or "") of a URI."""
     path, mark, query = uri.partition("?")
     return path, mark + query
+
+
+def split_credentials(location: str, field: str = "--storage") -> tuple[str, Credentials | None]:
+    """(`location` without credentials, the S3 credentials its URI carried or None). An s3:// URI's
+    user info KEY:SECRET (percent-decoded, as pyarrow reads it; a secret's '/' is taken as it is, too)
+    and its query's S3_CREDENTIAL_PARAMS are taken out; another scheme's URI with a password or a
+    SECRET_PARAMS parameter is InputError(field, ...), its credentials left out of the message."""
+    if not is_uri(location):
+        return location, None
+    scheme, _, rest = location.partition("://")
+    path, query = _split(rest)
+    userinfo, at, after = path.rpartition("@")
+    if "/" in userinfo.partition(":")[0]:  # an '@' in the path, not after user info (a secret may hold '/', a key not)
+        userinfo, at, after = "", "", path
+    host, slash, key = after.partition("/")
+    pairs = [pair.partition("=") for pair in query[1:].split("&") if pair]
+    taken = {name: unquote(value) for name, _, value in pairs if name in SECRET_PARAMS}
+    kept = "&".join(f"{name}{eq}{value}" for name, eq, value in pairs if name not in SECRET_PARAMS)
+    user, _, password = userinfo.partition(":")
+    if scheme.lower() != "s3":  # its user info may name something else (a user, Azure's container)
+        if password or taken:
+            named = f"{user}@{host}" if at else host
+            raise InputError(field, f"{scheme}://{named}{slash}{key}: credentials in {scheme}:// URIs are not "
+                                    "taken (Tune would store them with the experiment); give them through the "
+                                    "environment or the platform's own login")
+        return location, None
+    clean = f"{scheme}://{host}{slash}{key}" + (f"?{kept}" if kept else "")
+    if not (at or taken):
+        return location, None
+    access_key, secret_key = taken.get("access_key", unquote(user)), taken.get("secret_key", unquote(password))
+    if not (access_key and secret_key) or set(taken) - set(S3_CREDENTIAL_PARAMS):
+        raise InputError(field, f"{clean}: an s3:// URI's credentials are KEY:SECRET@ before the bucket (or its "
+                                "access_key and secret_key, and session_token where needed); better, "
+                                + CREDENTIALS_ADVICE)
+    return clean, Credentials(access_key, secret_key, taken.get("session_token", ""))
+
+
+def take_credentials(location: str, field: str = "--storage") -> str:
+    """`location` without credentials (`split_credentials`); those it carried are what this process's
+    filesystems of its store are built with from now on (`filesystem`)."""
+    clean, credentials = split_credentials(location, field)
+    if credentials is not None:
+        _GIVEN[_store(clean)] = credentials
+    return clean
+
+
+def given_credentials(location: str) -> bool:
+    """Whether this process was given credentials in a URI for `location`'s store."""
+    return is_uri(location) and _store(location) in _GIVEN
+
+
+def credentials_hint(location: str) -> str:
+    """What a command repeated on `location` (resume, analyze) needs to be told: where the credentials
+    its URI carried went ("" where it carried none)."""
+    if not given_credentials(location):
+        return ""
+    return (" (its URI's credentials are left out: give them again as KEY:SECRET@ before the bucket, or through "
+            f"{CREDENTIAL_SOURCES})")
+
+
+def redact(text: str) -> str:
+    """`text` with the secrets of any URI in it replaced by ***: a user info's password and the values
+    of SECRET_PARAMS (the last guard of what the command line prints)."""
+    text = re.sub(r"(\b[a-zA-Z][\w+.-]*://[^/\s:@?#]*:)[^\s@?#'\"`]*@", r"\1***@", text)
+    return re.sub(r"([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&\s'\"`]*", r"\1***", text)
+
+
+def _store(uri: str) -> str:
+    """A URI's store: scheme://bucket?query (its endpoint and options), the path left out."""
+    path, query = _split(uri)
+    scheme, _, rest = path.partition("://")
+    return f"{scheme.lower()}://{rest.split('/', 1)[0]}{query}"
 
 
 def join(location: str, *parts: str) -> str:
@@ -129,12 +233,32 @@ def endpoint(uri: str) -> str:
 
 
 def filesystem(location: str):
-    """(pyarrow FileSystem, path inside it) for a local path or a URI."""
+    """(pyarrow FileSystem, path inside it) for a local path or a URI: pyarrow's for the URI without
+    credentials, built with those given for its store (in it or before: `take_credentials`).
+
+    This is how every filesystem of a storage URI is built (analysis, the Tuner, probes of each
+    node). Such a filesystem pickles with its credentials: what hands it to Ray wraps it first
+    (tune_jobs.ray_private.shipped_to_workers), so they go only to Ray's workers, never into what
+    Tune stores."""
     import pyarrow.fs
 
-    if is_uri(location):
-        return pyarrow.fs.FileSystem.from_uri(location)
-    return pyarrow.fs.LocalFileSystem(), location
+    if not is_uri(location):
+        return pyarrow.fs.LocalFileSystem(), location
+    location = take_credentials(location)
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    given = _GIVEN.get(_store(location))
+    if given is None:
+        return fs, path
+    return pyarrow.fs.S3FileSystem(**{**s3_options(fs), "access_key": given.access_key, "secret_key": given.secret_key,
+                                      "session_token": given.session_token or None}), path
+
+
+def s3_options(fs) -> dict:
+    """An S3FileSystem's keywords (endpoint, region, ..., its credentials), as pyarrow pickles it."""
+    import pyarrow.fs
+
+    _, (options,) = pyarrow.fs.S3FileSystem.__reduce__(fs)
+    return options
 
 
 def exists(location: str) -> bool:

@@ -73,7 +73,16 @@ class S3Server:
             return f.read().decode()
 
     def files(self, path: str) -> list[str]:
+        """Everything under `path`: objects and the folders they imply."""
+        return [info.path for info in self._listing(path)]
+
+    def objects(self, path: str) -> list[str]:
+        """The objects under `path`."""
         import pyarrow.fs
 
-        selector = pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True)
-        return [info.path for info in self.filesystem().get_file_info(selector)]
+        return [info.path for info in self._listing(path) if info.type == pyarrow.fs.FileType.File]
+
+    def _listing(self, path: str):
+        import pyarrow.fs
+
+        return self.filesystem().get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))

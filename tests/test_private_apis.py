@@ -12,7 +12,8 @@ changes one fails here, by name, instead of somewhere downstream.
   (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`); the
   errors a driver prints about dead nodes (`node_deaths_unprinted`), the place of a retried
   trial in Tune's queue (`retried_trials_first`) and its loggers' copy of a trial's log from
-  storage (`restore_trial_log`).
+  storage (`restore_trial_log`); Ray's mark of its own transfers, which keeps credentials given in
+  a storage URI out of Tune's stored state (`shipped_to_workers`).
   What each patch does where Ray changes under it: tests/test_private_fallbacks.py.
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
 - trainables/training/optim.py: `torch._fused_adam_` and `torch._foreach_add_` (FusedAdam;
@@ -646,3 +647,28 @@ def test_tunes_loggers_log_the_epochs_a_restarted_trial_trains_again_twice_unles
     """)
     logged, csv_epochs = logged_epochs(out, tmp_path / "r")
     assert logged == csv_epochs == ([1, 2, 3, 4, 5, 6] if ours else [1, 2, 3, 4, 5, 4, 5, 6]), (logged, csv_epochs)
+
+
+@pytest.mark.slow
+def test_ray_marks_its_own_transfers_so_uri_credentials_reach_workers_and_no_other_pickle():
+    """A filesystem `shipped_to_workers` made reaches a task with its credentials and comes back with
+    them (a checkpoint's filesystem); pickled anywhere else, the driver or the worker, it has none."""
+    out = python("""
+        import pickle
+        import ray
+        from analysis import storage
+        from tune_jobs import ray_private
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        root = storage.take_credentials("s3://KEY:s3cr3t-40@b/s?endpoint_override=127.0.0.1:1&scheme=http")
+        fs, _ = ray_private.storage_for_ray(root)
+
+        @ray.remote
+        def on_worker(fs):
+            return storage.s3_options(fs)["secret_key"], b"s3cr3t-40" in pickle.dumps(fs), fs
+
+        secret, in_plain_pickle, back = ray.get(on_worker.remote(fs))
+        print(secret, in_plain_pickle, storage.s3_options(back)["secret_key"], b"s3cr3t-40" in pickle.dumps(back))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-4:] == ["s3cr3t-40", "False", "s3cr3t-40", "False"]

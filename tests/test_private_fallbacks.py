@@ -535,3 +535,25 @@ def test_a_changed_private_backward_op_falls_back_to_autograd_with_one_warning(m
     (warning,) = [w for w in caught if "no longer fit" in str(w.message)]
     assert f"torch {torch.__version__}: the sigmoid step's private backward ops" in str(warning.message)
     assert reports[-1].train_acc > 0.5  # it trains
+
+
+def test_every_target_of_uri_credentials_in_rays_transfers_fits_the_installed_ray():
+    assert [target.mismatch() for target in ray_private.IN_BAND_TARGETS] == [None] * len(ray_private.IN_BAND_TARGETS)
+
+
+@pytest.mark.parametrize("how", ["signature", "missing"])
+def test_uri_credentials_are_refused_where_ray_no_longer_marks_its_transfers(monkeypatch, how):
+    """Where Ray no longer tells its transfers from other pickling, credentials given in a URI would
+    go into Tune's stored state or not reach the workers: exit 2 before anything is written, and
+    storage without them is handed over as before."""
+    from analysis import storage
+
+    change(monkeypatch, ray_private.IN_BAND_TARGETS[0], how)
+    with_keys, _ = storage.filesystem(storage.take_credentials(
+        "s3://KEY:s3cr3t@fallback-bucket/s?endpoint_override=127.0.0.1:1&scheme=http"))
+    with pytest.raises(InputError) as refused:
+        ray_private.shipped_to_workers(with_keys)
+    assert refused.value.where == "--storage" and "s3cr3t" not in str(refused.value)
+    assert RAY_VERSION in refused.value.problem and "environment" in refused.value.problem
+    without, _ = storage.filesystem("s3://other-bucket/s?endpoint_override=127.0.0.1:1&scheme=http")
+    assert ray_private.shipped_to_workers(without) is without

@@ -12,6 +12,8 @@ import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -19,6 +21,7 @@ import yaml
 import analysis
 from analysis import storage
 from processes import cli, free_port, spawn_cli, tagged_env, wait_until
+from trainables.errors import InputError
 from s3_server import S3Server
 
 pytestmark = pytest.mark.s3
@@ -43,6 +46,12 @@ def s3():
     with S3Server() as server:
         server.create_bucket(BUCKET)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def no_credentials_given(monkeypatch):
+    """Each test's process starts without credentials given in a URI (analysis.storage keeps them)."""
+    monkeypatch.setattr(storage, "_GIVEN", {})
 
 
 def spec_file(tmp_path, raw: dict):
@@ -169,3 +178,194 @@ def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s
     analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", f"s3://{experiment}"], capture_output=True,
                               text=True, timeout=300, cwd=tmp_path, env=tagged_env(process_tag, **env))
     assert analyzed.returncode == 0 and (tmp_path / "analysis-k" / "report.md").is_file(), analyzed.stderr[-3000:]
+
+
+# -- Credentials in the URI -------------------------------------------------------------------
+
+ACCESS_KEY = "AKIAISSWEEP40TEST"
+SECRET = "s3Cr+t/Kx40q9ZmVh2WnT0pB7LdR4yJc8uEfA6gN"  # like AWS's: 40 characters, '+' and '/' among them
+CREDENTIALED = {  # two trials of 16 epochs of about 0.3 s: a checkpoint on S3 comes well before their end
+    "name": "cred",
+    "train": {"n_hidden": 32, "loader": "dataloader"},
+    "stop": {"threshold": None, "max_epochs": 16},
+    "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 8}},
+}
+
+
+def secret_forms(secret: str) -> list[bytes]:
+    """How a secret can sit in a file: as it is, percent-encoded (in a URI), as hex (Ray's experiment
+    state holds pickles as hex) and in base64 (at each of its 3 alignments, whole groups only)."""
+    import base64
+
+    raw = secret.encode()
+    return [raw, quote(secret, safe="").encode(), raw.hex().encode(),
+            *(base64.b64encode(raw[i:])[:4 * ((len(raw) - i) // 3)] for i in range(3))]
+
+
+def with_credentials(uri: str) -> str:
+    """s3://KEY:SECRET@rest, the secret percent-encoded as a URI holds it."""
+    return uri.replace("s3://", f"s3://{ACCESS_KEY}:{quote(SECRET, safe='')}@", 1)
+
+
+def test_credentials_in_an_s3_uri_are_taken_out_and_its_filesystems_built_with_them():
+    """User info (percent-decoded, as pyarrow reads it) or the query's access_key/secret_key/
+    session_token; the rest of the query stays, in order; the store's filesystems get them, another
+    store's (bucket or endpoint) do not."""
+    query = "endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    clean = f"s3://cred-bucket/sweeps?{query}"
+    assert storage.split_credentials(with_credentials(clean))[0] == clean
+    assert storage.split_credentials(clean.replace("s3://", f"s3://{ACCESS_KEY}:{SECRET}@"))[0] == clean  # '/' as is
+    by_query = f"s3://cred-bucket/sweeps?endpoint_override=127.0.0.1:1&access_key={ACCESS_KEY}&secret_key=" \
+               f"{quote(SECRET, safe='')}&scheme=http&session_token=tok%2Fen&region=us-east-1"
+    assert storage.split_credentials(by_query) == (clean, storage.Credentials(ACCESS_KEY, SECRET, "tok/en"))
+    for plain in (clean, "s3://b/x", "/local/path", "hdfs://user@namenode:8020/x"):  # a user name is no secret
+        assert storage.split_credentials(plain) == (plain, None)
+
+    assert storage.take_credentials(with_credentials(clean)) == clean
+    fs, path = storage.filesystem(storage.join(clean, "x", "sweep.yaml"))
+    assert path == "cred-bucket/sweeps/x/sweep.yaml"
+    options = storage.s3_options(fs)
+    assert (options["access_key"], options["secret_key"], options["endpoint_override"]) == \
+        (ACCESS_KEY, SECRET, "127.0.0.1:1")
+    assert storage.given_credentials(storage.join(clean, "x")) and "credentials" in storage.credentials_hint(clean)
+    for other in ("s3://other-bucket/sweeps?" + query, "s3://cred-bucket/sweeps?" + query.replace(":1", ":2")):
+        assert not storage.s3_options(storage.filesystem(other)[0])["secret_key"]
+        assert not storage.given_credentials(other) and storage.credentials_hint(other) == ""
+    assert SECRET not in repr(storage.split_credentials(with_credentials(clean))[1])
+
+
+@pytest.mark.parametrize("uri", [f"abfs://account:{SECRET}@container/sweeps",
+                                 f"abfs://container@account.dfs.core.windows.net/x?client_secret={SECRET}",
+                                 "s3://KEYONLY@bucket/x", f"s3://bucket/x?secret_key={SECRET}"])
+def test_credentials_that_cannot_be_taken_are_refused_without_showing_them(uri):
+    with pytest.raises(InputError) as refused:
+        storage.resolve_storage(uri)
+    assert refused.value.where == "--storage" and SECRET not in str(refused.value), refused.value
+    assert "environment" in refused.value.problem
+
+
+def test_redact_hides_a_uris_password_and_secret_parameters_only():
+    text = (f"s3://{ACCESS_KEY}:{SECRET}@b/x?endpoint_override=h:1&secret_key={SECRET}&region=r, "
+            "hdfs://user@namenode/x")
+    assert storage.redact(text) == (f"s3://{ACCESS_KEY}:***@b/x?endpoint_override=h:1&secret_key=***&region=r, "
+                                    "hdfs://user@namenode/x")
+
+
+def test_what_ray_is_handed_pickles_no_credentials_outside_rays_transfers():
+    """Outside Ray's transfers (Tune's tuner.pkl, its experiment state) the filesystem pickles as
+    pyarrow's own without credentials; a copy keeps them (Ray's side: test_private_apis)."""
+    import copy
+    import pickle
+
+    import pyarrow.fs
+
+    from tune_jobs import ray_private
+
+    root = storage.take_credentials(with_credentials("s3://ship-bucket/s?endpoint_override=127.0.0.1:1&scheme=http"))
+    fs, path = ray_private.storage_for_ray(root)
+    assert path == "ship-bucket/s" and storage.s3_options(fs)["secret_key"] == SECRET
+    stored = pickle.dumps(fs)
+    assert not any(form in stored for form in secret_forms(SECRET))
+    assert type(pickle.loads(stored)) is pyarrow.fs.S3FileSystem
+    assert storage.s3_options(pickle.loads(stored))["endpoint_override"] == "127.0.0.1:1"
+    assert copy.deepcopy(fs) is fs and copy.copy(fs) is fs
+    plain, _ = storage.filesystem("s3://other/s?endpoint_override=127.0.0.1:1&scheme=http")
+    assert ray_private.shipped_to_workers(plain) is plain  # nothing to keep out
+    assert ray_private.storage_for_ray("/local/sweeps") == (None, "/local/sweeps")
+
+
+def test_commands_that_would_write_uri_credentials_down_refuse_them(capsys):
+    """A Ray job's command line (`submit`), a Slurm job's script (`slurm`: no URI at all), Ray Client
+    (ray://, whose transfer leaves them out): exit 2, one line, the secret not in it."""
+    from tune_jobs import cli, cli_sweep
+    from tune_jobs.slurm import submit
+
+    uri = with_credentials("s3://refuse-bucket/s?endpoint_override=127.0.0.1:1&scheme=http")
+    assert cli.main(["submit", "smoke", "--storage", uri, "--address", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage: s3://refuse-bucket/s?") and "command line" in err, err
+    with pytest.raises(InputError) as slurm:
+        submit.shared_storage(uri)
+    with pytest.raises(InputError) as client:
+        cli_sweep.check_ray_client(storage.take_credentials(uri), "ray://127.0.0.1:10001")
+    for text in (err, str(slurm.value), str(client.value)):
+        assert not any(form.decode() in text for form in secret_forms(SECRET)), text
+
+
+@pytest.mark.slow
+def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_path, process_tag, blob_dataset_dir):
+    """Credentials in --storage's URI and none in the environment (no AWS_* variable, a HOME without
+    ~/.aws): the sweep runs (its trials write their checkpoints to S3 from Ray's workers), is
+    interrupted once a checkpoint is on S3, resumes as its hint says (the credentials given again
+    in the URI), and is analyzed; errors about such a URI show it redacted. The secret is in no
+    command's output, no object on the bucket (pickles included) and no file under the run's
+    directories: HOME, the working directory, Ray's temp dir."""
+    import shutil
+    import tempfile
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    ray_temp = tempfile.mkdtemp(prefix="40-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HOME": str(home), "RAY_TMPDIR": ray_temp, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+                "INSTRUMENT_SWEEP_TEST_TAG": process_tag})
+    root = f"s3://{BUCKET}/cred?endpoint_override={s3.endpoint}&scheme=http&region=us-east-1"
+    experiment = f"{BUCKET}/cred/c"
+    outputs = []
+
+    def instrument_sweep(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "tune_jobs", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=work, env=env)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    try:
+        log = tmp_path / "run.log"
+        run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec_file(tmp_path, CREDENTIALED),
+                                "--data", blob_dataset_dir, "--storage", with_credentials(root), "--name", "c",
+                                "--no-analyze"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=work, env=env,
+                               start_new_session=True)
+        wait_until(lambda: any("/checkpoint_" in p for p in s3.files(experiment)) or run.poll() is not None, 240,
+                   "a trial's checkpoint on S3", interval_s=0.5)
+        assert run.poll() is None, log.read_text()[-3000:]  # its trials wrote to S3 from Ray's workers
+        os.kill(run.pid, signal.SIGINT)
+        assert run.wait(120) == 130, log.read_text()[-3000:]
+        outputs.append(log.read_text())
+        hint = re.search(r"continue with `(instrument-sweep resume [^`]+)`(.*)", log.read_text())
+        assert hint, log.read_text()[-3000:]
+        resume = shlex.split(hint.group(1))[1:]
+        at = resume.index("--storage") + 1
+        problems = [] if resume[at] == root and "credentials" in hint.group(2) else \
+            [f"the resume hint, which should name {root} and say how to give its credentials: {hint.group(0)}"]
+        resume[at] = with_credentials(re.sub(r"^s3://[^/@]*@", "s3://", resume[at]))  # given again as they were
+
+        resumed = instrument_sweep(*resume, "--no-analyze", timeout=400)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        found = epochs_in(s3, experiment)
+        assert len(found) == 2 and all(e == list(range(1, 17)) for e in found.values()), found
+        analyzed = instrument_sweep("analyze", with_credentials(storage.join(root, "c")))
+        assert analyzed.returncode == 0 and (work / "analysis-c" / "report.md").is_file(), analyzed.stderr[-3000:]
+
+        # Errors about such a URI (pyarrow's refusal of a query parameter, a missing bucket) show it without them.
+        for uri, problem in ((f"s3://{BUCKET}/x/c?colour=blue", f"s3://{BUCKET}/x/c?colour=blue is not a storage URI"),
+                             (storage.join(root.replace(BUCKET, "no-such-bucket"), "c"),
+                              "bucket 'no-such-bucket' does not exist")):
+            refused = instrument_sweep("analyze", with_credentials(uri), timeout=120)
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+            assert problem in refused.stderr, refused.stderr
+
+        leaks = [f"the output of command {i}" for i, text in enumerate(outputs)
+                 if any(form in text.encode() for form in secret_forms(SECRET))]
+        for path in s3.objects(BUCKET):
+            with s3.filesystem().open_input_stream(path) as f:
+                data = f.read()
+            leaks += [f"s3://{path}"] * any(form in data for form in secret_forms(SECRET))
+        for folder in (tmp_path, Path(ray_temp)):
+            for file in folder.rglob("*"):
+                if file.is_file() and not file.is_symlink():
+                    data = file.read_bytes()
+                    leaks += [str(file)] * any(form in data for form in secret_forms(SECRET))
+        problems += [f"the secret is in {', '.join(leaks)}"] if leaks else []
+        assert not problems, "; ".join(problems)
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)

@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"error: {exc.where}: {exc.problem}", file=sys.stderr)
+        from analysis.storage import redact
+
+        print(redact(f"error: {exc.where}: {exc.problem}"), file=sys.stderr)  # a URI's secrets, wherever quoted
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

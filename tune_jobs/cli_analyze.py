@@ -36,7 +36,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis import figure_server
     from analysis.report import write_report
 
-    experiment = args.path if storage.is_uri(args.path) else str(Path(args.path).expanduser().absolute())
+    experiment = storage.take_credentials(args.path, "PATH") if storage.is_uri(args.path) else \
+        str(Path(args.path).expanduser().absolute())
     if storage.is_uri(args.path):
         storage.check_reachable(experiment, "PATH")  # a bucket or endpoint that is not there: one line, exit 2
     elif not Path(experiment).exists():

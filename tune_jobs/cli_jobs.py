@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         sub.add_argument("--address", help=f"Ray Jobs API (default: {jobs.DEFAULT_JOBS_ADDRESS})")
         sub.add_argument("--storage", default=storage.DEFAULT_STORAGE,
                          help="a Slurm job's storage root: where its output is found once Slurm has forgotten the "
-                              f"job (default: {storage.DEFAULT_STORAGE})")
+                              f"job (default: {storage.redact(storage.DEFAULT_STORAGE)})")
         if verb == "logs":
             sub.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
         sub.set_defaults(func=cmd_status if verb == "status" else cmd_logs)

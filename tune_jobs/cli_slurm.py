@@ -39,7 +39,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a further sbatch option, e.g. --sbatch-arg=--qos=high; repeatable")
     slurm.add_argument("--storage", default=storage.DEFAULT_STORAGE,
                        help="results root on a filesystem the nodes share; the job's script and output go into "
-                            f"the experiment's {storage.JOB_DIR}/ folder (default: {storage.DEFAULT_STORAGE})")
+                            f"the experiment's {storage.JOB_DIR}/ folder "
+                            f"(default: {storage.redact(storage.DEFAULT_STORAGE)})")
     slurm.add_argument("--name", help="experiment name under the storage root (default: SPEC-DATE-TIME)")
     slurm.add_argument("--dry-run", action="store_true", help="check everything, print the job script, submit nothing")
     slurm.add_argument("--no-analyze", action="store_true", help="the job skips tables, plots and report.md")

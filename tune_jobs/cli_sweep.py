@@ -93,7 +93,7 @@ def add_eta_argument(parser: argparse.ArgumentParser) -> None:
 def add_place_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=storage.DEFAULT_STORAGE,
                         help="results root: a directory, or s3://... / gs://... (shared by all nodes) "
-                             f"(default: {storage.DEFAULT_STORAGE})")
+                             f"(default: {storage.redact(storage.DEFAULT_STORAGE)})")
     parser.add_argument("--address", help="Ray cluster to join: HOST:6379, ray://HOST:10001 or auto "
                                           "(default: start a local Ray)")
     parser.add_argument("--verbose", action="store_true", help="show the trials' own logs")
@@ -158,12 +158,22 @@ def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None, address
         raise InputError("--name", f"{name!r}: an experiment stored at a URI is named with letters, digits, '.', "
                                    "'_' and '-', starting with a letter or digit (the default takes the spec's name)")
     root = storage.resolve_storage(storage_arg)
+    check_ray_client(root, address)
     check_free_space(root)
     experiment = storage.join(root, name)
     if storage.started(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
-                                   f"`{resume_command(root, name, address)}` or choose another --name")
+                                   f"`{resume_command(root, name, address)}`{storage.credentials_hint(root)} "
+                                   "or choose another --name")
     return spec, dataset, root, name, experiment
+
+
+def check_ray_client(root: str, address: str | None) -> None:
+    """InputError where credentials given in the storage URI would have to pass Ray Client (ray://):
+    its transfer to the cluster leaves them out (`ray_private.shipped_to_workers`)."""
+    if address and address.startswith("ray://") and storage.given_credentials(root):
+        raise InputError("--storage", f"credentials in the URI do not pass Ray Client ({address}); join the cluster "
+                                      f"by HOST:6379, or {storage.CREDENTIALS_ADVICE} on the cluster")
 
 
 def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, address: str | None = None,
@@ -192,12 +202,14 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
                           address=address)
 
 
-def check_resumable(storage_arg: str, name_or_path: str):
-    """What `resume` checks before it connects to Ray (InputError): the experiment lies under the
-    storage root, its spec, and its data, the same as it was. Returns (root, experiment, spec, dataset)."""
+def check_resumable(storage_arg: str, name_or_path: str, address: str | None = None):
+    """What `resume` checks before it connects to Ray (at `address`) (InputError): the experiment lies
+    under the storage root, its spec, and its data, the same as it was. Returns (root, experiment, spec,
+    dataset)."""
     from tune_jobs.launch import check_same_dataset
 
     root = storage.resolve_storage(storage_arg, create=False)
+    check_ray_client(root, address)
     experiment = experiment_under(root, name_or_path)
     spec = read_spec(experiment)
     print_spec(spec, trials=False)
@@ -209,7 +221,7 @@ def check_resumable(storage_arg: str, name_or_path: str):
 def cmd_resume(args: argparse.Namespace) -> int:
     from tune_jobs.launch import resume_sweep
 
-    root, experiment, spec, dataset = check_resumable(args.storage, args.experiment)
+    root, experiment, spec, dataset = check_resumable(args.storage, args.experiment, args.address)
     with experiment_lock.hold(experiment, "resume") as lock:  # exit 2 while another command works on it
         if lock.previous:  # the last command here was killed: its local Ray's agents may hold their ports
             ended = stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))
@@ -258,7 +270,8 @@ def resume_command(root: str, name: str, address: str | None = None) -> str:
 def experiment_under(root: str, name_or_path: str) -> str:
     """The experiment's location, which must lie under `root`: restoring unpickles Tune's state."""
     if storage.is_uri(root) or storage.is_uri(name_or_path):
-        location = name_or_path if storage.is_uri(name_or_path) else storage.join(root, name_or_path)
+        location = storage.take_credentials(name_or_path, "experiment") if storage.is_uri(name_or_path) else \
+            storage.join(root, name_or_path)
     else:
         candidate = Path(name_or_path).expanduser()
         path = candidate if candidate.is_absolute() or candidate.exists() else Path(root, name_or_path)
@@ -266,7 +279,8 @@ def experiment_under(root: str, name_or_path: str) -> str:
     if not storage.is_under(root, location):
         raise InputError("experiment", f"{name_or_path} is not under the storage root {root}; resume only "
                                        "restores trusted experiments under --storage (Tune's state is pickled): "
-                                       f"`{resume_command(storage.parent(location), storage.basename(location))}`")
+                                       f"`{resume_command(storage.parent(location), storage.basename(location))}`"
+                                       + storage.credentials_hint(location))
     if not storage.exists(storage.join(location, SPEC_FILE)):
         raise InputError("experiment", f"{location} is not an instrument-sweep experiment (no {SPEC_FILE})")
     return location
@@ -349,7 +363,8 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
     resume = resume_command(storage.parent(experiment), storage.basename(experiment), address)  # also nested
     if unfinished:
         check_stopped_for_space(root, resume)
-        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume}`")
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with `{resume}`"
+              + storage.credentials_hint(experiment))
         return SweepOutcome(experiment, None, EXIT_INTERRUPTED)
     report = None
     if analyze:
@@ -359,7 +374,8 @@ def finish(spec: SweepSpec, root: str, experiment: str, grid, analyze: bool, fig
         print(f"report: {report}")
     failed = trials[trials.status == Status.ERROR.value]
     if len(failed) or grid.errors:
-        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume}` retries them")
+        print(f"{max(len(failed), len(grid.errors))} trial(s) failed; `{resume}` retries them"
+              + storage.credentials_hint(experiment))
         return SweepOutcome(experiment, report, EXIT_TRIALS_FAILED)
     return SweepOutcome(experiment, report, 0)
 

@@ -23,6 +23,7 @@ import shlex
 import time
 from pathlib import Path
 
+from analysis.storage import CREDENTIALS_ADVICE, split_credentials
 from trainables.errors import InputError, first_line
 from tune_jobs.cluster import check_reachable, parse_address, token_hint, use_token_if_available
 from tune_jobs.ray_private import WITHOUT_FIXES_FLAG
@@ -73,7 +74,12 @@ def entrypoint(spec: SweepSpec, storage: str | None, name: str | None, without_r
 
 def submit(spec: SweepSpec, address: str | None, storage: str | None = None, name: str | None = None,
            without_ray_fixes: bool = False) -> str:
-    """Submit the sweep; return the job's submission id."""
+    """Submit the sweep; return the job's submission id. Credentials in a storage URI are refused: the
+    job's command line, which the cluster keeps and shows, would hold them."""
+    clean, credentials = split_credentials(storage) if storage else (storage, None)
+    if credentials:
+        raise InputError("--storage", f"{clean}: credentials in the URI would be written into the Ray job's command "
+                                      f"line, which the cluster keeps and shows; {CREDENTIALS_ADVICE} on the cluster")
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise InputError("submit", f"needs the project's source checkout as working_dir; {PROJECT_ROOT} is not "
                                    "one (install with `pip install -e .` from a clone)")

@@ -229,9 +229,11 @@ def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
 def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster: ClusterInfo,
                 progress: bool = True, fixes: bool = True) -> tune.ResultGrid:
     """Write the spec beside the experiment, then run every trial to its stop (with our fixes of
-    Tune where `fixes`: see `tune_settings`)."""
+    Tune where `fixes`: see `tune_settings`). A storage URI's filesystem, its credentials
+    included, reaches the trials as `ray_private.storage_for_ray` builds it."""
     import yaml
 
+    storage_fs, storage_path = ray_private.storage_for_ray(storage_root)  # InputError before anything is written
     experiment = storage.join(storage_root, name)
     storage.write_text(storage.join(experiment, SPEC_FILE), yaml.safe_dump(spec.to_dict(), sort_keys=False))
     storage.write_text(storage.join(experiment, DATASET_FILE), json.dumps(dataset.fingerprint, indent=1))
@@ -248,7 +250,8 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage_root,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             stop=StatusStopper(spec.racer),
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             # Tune snapshots its state every KEPT_CHECKPOINTS - SNAPSHOT_MARGIN checkpoints (see
@@ -266,9 +269,12 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
                  fixes: bool = True) -> tune.ResultGrid:
     """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue.
 
-    Check `check_same_dataset` first: a trial refuses a checkpoint written for other data.
+    Check `check_same_dataset` first: a trial refuses a checkpoint written for other data. Tune's
+    stored state holds no credentials: its filesystem is handed over again (`ray_private.storage_for_ray`).
     """
-    tuner = tune.Tuner.restore(experiment, trainable=trainable(spec, dataset, cluster), resume_errored=True)
+    fs, path = ray_private.storage_for_ray(experiment)
+    tuner = tune.Tuner.restore(path, trainable=trainable(spec, dataset, cluster), resume_errored=True,
+                               storage_filesystem=fs)
     # The restored experiment brings its own loggers; an experiment from before start_sweep named
     # them gets ours, and Tune adds none (no TensorBoard files, as `run`); one started on a local
     # Ray and resumed on a cluster gets a HostWatch. Where this Ray does not show the restored

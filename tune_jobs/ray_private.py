@@ -98,6 +98,15 @@ The patches:
   them). Without it Tune copies the file as it opens it, and a resumed trial's result.json and
   progress.csv hold those epochs twice.
 
+For storage URIs with credentials (not a patch; checked where such a URI is used):
+- `storage_for_ray(location)`, `shipped_to_workers(fs)`: an S3 filesystem built with credentials
+  given in a URI pickles them, and Tune pickles its storage filesystem into its stored state
+  (tuner.pkl, each trial's storage in the experiment state, its checkpoints' filesystems). Ray
+  marks the pickling of its own transfers (`SerializationContext.is_in_band_serialization`), so
+  the filesystem handed to Ray pickles its credentials there only: workers get them, the stored
+  state does not. Where Ray no longer marks them, such a URI is refused (exit 2), before anything
+  is written.
+
 For clusters of several hosts:
 - `node_deaths_unprinted(quiet)` (speed-up kind: what is printed): the driver prints every
   error the GCS publishes; a lost node's are about 30 lines (the GCS's "marked dead" notice,
@@ -123,6 +132,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -773,6 +783,91 @@ def checkpoint_epoch(trial) -> int | None:
         return None
     saved = getattr(trial.latest_checkpoint_result, "metrics", None) or {}
     return int(saved.get("epoch", 0))
+
+
+# -- storage credentials: in Ray's transfers only -----------------------------------------------
+
+# What `shipped_to_workers` relies on: Ray's serializer marks the pickling of what it sends (task
+# and actor arguments, results, the object store) as "in band"; Tune pickles its state to storage
+# and its staging folder (tuner.pkl, the experiment and searcher state) with cloudpickle outside it.
+IN_BAND_TARGETS = (
+    Target("ray._private.serialization:SerializationContext.is_in_band_serialization", ("self",)),
+    Target("ray._private.serialization:SerializationContext._serialize_to_pickle5",
+           names=("set_in_band_serialization",)),
+    Target("ray._private.worker:Worker.get_serialization_context", ("self",)),
+    Target("ray._private.worker:global_worker"))
+
+
+def storage_for_ray(location: str):
+    """(filesystem, path inside it) to hand Ray for `location` (Tune's storage_filesystem and
+    storage_path, or a task that writes there): None and a local path as it is (Ray's own); for a URI
+    `analysis.storage.filesystem`'s, which Ray's workers get as the driver has it, credentials given
+    in the URI included (`shipped_to_workers`)."""
+    from analysis import storage
+
+    if not storage.is_uri(location):
+        return None, location
+    fs, path = storage.filesystem(location)
+    return shipped_to_workers(fs), path
+
+
+def shipped_to_workers(fs):
+    """`fs` as Ray should get it: an S3 filesystem built with credentials (given in a URI) becomes one
+    that pickles them only inside Ray's own transfers (to its workers, and their checkpoints back),
+    and elsewhere (tuner.pkl, Tune's experiment state) as pyarrow's S3FileSystem of the same options
+    without them; `resume` hands Tune its filesystem again. Another filesystem is returned as it is.
+    InputError("--storage", ...) where this Ray no longer marks its transfers (IN_BAND_TARGETS)."""
+    import pyarrow.fs
+    from analysis.storage import CREDENTIALS_ADVICE, s3_options
+
+    if not isinstance(fs, pyarrow.fs.S3FileSystem) or not s3_options(fs).get("secret_key"):
+        return fs
+    problem = next((problem for target in IN_BAND_TARGETS if (problem := target.mismatch())), None)
+    if problem:
+        raise InputError("--storage", f"credentials in the URI cannot be kept out of what Tune stores with Ray "
+                                      f"{ray_version()} ({problem}; tested: {supported_range()}); "
+                                      + CREDENTIALS_ADVICE)
+    return _shipped_s3(s3_options(fs))
+
+
+def in_ray_transfer() -> bool:
+    """Whether this thread is pickling for Ray's own transfer (IN_BAND_TARGETS); False where Ray is
+    not connected or no longer tells."""
+    try:
+        import ray
+        from ray._private.worker import global_worker
+
+        return ray.is_initialized() and bool(global_worker.get_serialization_context().is_in_band_serialization())
+    except Exception:  # noqa: BLE001 - not knowing is not being inside: the credentials stay out
+        return False
+
+
+def _shipped_s3(options: dict):
+    """The S3 filesystem `shipped_to_workers` makes, of pyarrow's keywords `options`."""
+    return _shipped_s3_class()(**options)
+
+
+@functools.cache
+def _shipped_s3_class() -> type:
+    import pyarrow.fs
+
+    class ShippedS3FileSystem(pyarrow.fs.S3FileSystem):
+        """pyarrow's S3FileSystem whose credentials pickle only inside Ray's transfers (see
+        `shipped_to_workers`); a copy is the same filesystem (a copy pickled would lose them)."""
+
+        def __reduce__(self):
+            rebuild, (options,) = pyarrow.fs.S3FileSystem.__reduce__(self)
+            if in_ray_transfer():
+                return _shipped_s3, (options,)
+            return rebuild, ({**options, "access_key": None, "secret_key": None, "session_token": None},)
+
+        def __copy__(self):
+            return self
+
+        def __deepcopy__(self, memo):
+            return self
+
+    return ShippedS3FileSystem
 
 
 # -- for clusters of several hosts

@@ -134,8 +134,8 @@ def shared_storage(storage_arg: str, create: bool = True) -> str:
     needed = ("the job's nodes and this host must all see the experiment: give a directory on a filesystem "
               "they share (on most clusters, under your home or a /scratch or /work filesystem)")
     if storage.is_uri(storage_arg):
-        raise InputError("--storage", f"{storage_arg}: the job's script and output live in the experiment "
-                                      f"directory, so {needed}")
+        raise InputError("--storage", f"{storage.split_credentials(storage_arg)[0]}: the job's script and output "
+                                      f"live in the experiment directory, so {needed}")
     root = str(Path(storage_arg).expanduser().absolute())
     path = Path(root).resolve()
     tmpfs = client.config_value("TmpFS", "/tmp")
