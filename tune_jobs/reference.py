@@ -76,12 +76,13 @@ def cli_page() -> str:
     parser = build_parser()
     listed = commands(parser)
     lines = [HEADER + "# Command-line reference", "",
-             f"`instrument-sweep COMMAND --help` prints the same. {cell(parser.description)}", "",
+             f"{cell(parser.description)} `instrument-sweep --help` and `instrument-sweep run --help` (any "
+             "command) print the same help.", "",
              "Flags are never abbreviated: write each in full.", ""]
-    lines += [f"- [`instrument-sweep {' '.join(words)}`](#instrument-sweep-{'-'.join(words)}): {cell(text)}"
+    lines += [f"- [instrument-sweep {' '.join(words)}](#instrument-sweep-{'-'.join(words)}): {cell(text)}"
               for words, text, _ in listed]
     for words, text, sub in listed:
-        lines += ["", f"## `instrument-sweep {' '.join(words)}`", "", f"{cell(text)}.", ""]
+        lines += ["", f"## instrument-sweep {' '.join(words)}", "", f"{cell(text)}.", ""]
         if sub.description:
             lines += ["```text", sub.description.strip("\n"), "```", ""]
         arguments = [a for a in sub._actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
