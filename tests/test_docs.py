@@ -175,6 +175,26 @@ def test_the_seed_preset_sets_and_comments_every_spec_key():
     assert uncommented == []
 
 
+def test_the_documented_sweep_signature_is_the_real_one(pages):
+    """docs/results.md spells out `sweep()`'s whole signature: its parameters and defaults are the code's."""
+    import inspect
+
+    from tune_jobs import sweep
+
+    results = next(page for page in pages if page.path.name == "results.md")
+    stub = next(text for _, language, text in results.blocks if language == "python" and "def sweep(" in text)
+    documented = ast.parse(stub).body[0].args
+    defaults = [ast.literal_eval(d) for d in documented.defaults]
+    names = [a.arg for a in documented.args]
+    real = inspect.signature(sweep).parameters
+    assert [*names, documented.kwarg.arg] == list(real)
+    real_defaults = [p.default for p in real.values() if p.default is not inspect.Parameter.empty]
+    assert len(defaults) == len(real_defaults)
+    storage = names.index("storage") - (len(names) - len(defaults))  # its default follows the environment
+    assert [d for i, d in enumerate(defaults) if i != storage] == \
+        [d for i, d in enumerate(real_defaults) if i != storage]
+
+
 # -- paths, modules, links -------------------------------------------------------------------
 
 
