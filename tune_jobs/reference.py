@@ -90,10 +90,9 @@ def cli_page() -> str:
         if subcommands:
             lines.append("Commands: " + ", ".join(
                 f"[`{name}`](#instrument-sweep-{'-'.join((*words, name))})" for name in subcommands[0].choices) + ".")
-            lines.append("")
         rows = [a for a in arguments if not isinstance(a, argparse._SubParsersAction)]
         if rows:
-            lines += ["| argument | what it does |", "|---|---|"]
+            lines += [*([""] if subcommands else []), "| argument | what it does |", "|---|---|"]
             lines += [f"| `{cell(argument_form(a))}` | {cell(a.help)} |" for a in rows]
     return "\n".join(lines) + "\n"
 
