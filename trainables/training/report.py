@@ -59,9 +59,11 @@ class EpochReport:
     cpu_energy_j: float = documented(NAN, "cumulative CPU package + DRAM joules (RAPL) of the whole node")
     gpu_idle_w: float = documented(NAN, "the GPU's idle power, measured before the process's first trial on it "
                                         "(after a retry on another GPU: the GPUs' mean weighted by time)")
-    gpu_idle_err_w: float = documented(NAN, "uncertainty of gpu_idle_w")
+    gpu_idle_err_w: float = documented(NAN, "uncertainty of gpu_idle_w (after a retry on another GPU: the GPUs' "
+                                            "mean weighted by time)")
     dynamic_energy_j: float = documented(NAN, "energy_j - gpu_idle_w x time_s: what training added to idle power")
-    gpu_max_power_w: float = documented(NAN, "the GPU's highest power limit (Zeus's MaxPower, for --eta)")
+    gpu_max_power_w: float = documented(NAN, "the GPU's highest power limit (Zeus's MaxPower, for --eta; after a "
+                                             "retry on another GPU: the GPUs' mean weighted by time)")
     overhead_time_s: float = documented(NAN, "cumulative time between epochs (reporting, checkpointing), not in "
                                              "time_s")
     overhead_energy_j: float = documented(NAN, "cumulative GPU joules between epochs, not in energy_j")
