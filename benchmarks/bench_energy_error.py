@@ -92,7 +92,8 @@ def summary(name: str, rows: list[list[float]]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--real", action="store_true", help="this machine's GPU instead of the fake counter")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

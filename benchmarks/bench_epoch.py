@@ -114,7 +114,8 @@ def late_over_early(x, y, n_classes: int, flush: bool) -> tuple[float, float, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--data", default="synthetic", help="dataset directory or 'synthetic'")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per measurement (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

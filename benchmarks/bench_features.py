@@ -51,7 +51,7 @@ def best_of(repeats: int, fn) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--per-class", type=int, default=12, help="recordings per instrument (10 instruments)")
     parser.add_argument("--workers", type=int, default=available_cpus(), help="processes for the pool run")
     parser.add_argument("--repeats", type=int, default=3, help="single-process runs; the best counts")

@@ -193,7 +193,8 @@ def cluster_gpus(address: str, tag: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000], help="trials per sweep")
     parser.add_argument("--nodes", type=int, default=4, help="worker nodes (the head runs no trials)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="logical GPUs per worker node")

@@ -97,7 +97,8 @@ def run_once(args: argparse.Namespace, spec: str, storage: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--preset", default="seed")
     parser.add_argument("--load", type=int, metavar="N", help="instead: N short trials (Tune bookkeeping)")
     parser.add_argument("--data", default="synthetic")

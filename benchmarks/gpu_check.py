@@ -560,7 +560,8 @@ def pytest_counts(output: str) -> dict:
 
 # -- driver ------------------------------------------------------------------------------------------------
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
     parser.add_argument("--budget-s", type=float, default=270, help="time for all stages (default 270)")
     parser.add_argument("--allow-cpu", action="store_true", help="without CUDA, run every stage on the CPU")

@@ -123,6 +123,15 @@ def test_tables_round_trip(tiny_report, tiny_experiment):
     assert list(table.groupby("view", sort=False).size().items()) == [("lr", 3), ("batch_size", 2)]
 
 
+def test_every_column_of_the_trials_and_epochs_frames_is_documented(tiny_experiment):
+    """docs/reference/columns.md is generated from TRIAL_COLUMNS, EpochReport's fields and EPOCH_COLUMNS:
+    a column the frames hold beyond those would be missing from it."""
+    from trainables.training.report import FIELDS
+
+    assert list(load_trials(tiny_experiment).columns) == list(frames.TRIAL_COLUMNS)
+    assert set(load_epochs(tiny_experiment).columns) - set(FIELDS) - set(frames.EPOCH_COLUMNS) == set()
+
+
 def test_analyze_command_writes_into_the_experiment_and_rejects_bad_input(tiny_experiment, tmp_path, capsys):
     from tune_jobs import cli_analyze
 

@@ -37,7 +37,7 @@ def test_the_oldest_leg_pins_every_floor_pyproject_claims():
     ranges, pins = claimed(), pinned()
     assert set(pins) == set(ranges)
     # torch: the claimed floor (2.4) exists for Python 3.11 only as multi-GB CUDA builds; the oldest
-    # leg takes 2.13, the CPU wheel on CI's disk (the README says so).
+    # leg takes 2.13, the CPU wheel on CI's disk (docs/development.md says so).
     assert pins.pop("torch") == "2.13.0" and floor(ranges.pop("torch")) == "2.4"
     assert {name: Version(pins[name]) for name in ranges} == {name: Version(floor(spec))
                                                               for name, spec in ranges.items()}

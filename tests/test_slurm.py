@@ -34,7 +34,7 @@ LONG_SWEEP = {  # two trials long enough to be cancelled midway, with a checkpoi
     "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 4}},
     "resources": {"checkpoint_every_s": 0},
 }
-# README's "Run on Slurm" example is `--dry-run` of this command (its spec, data and storage stand in for the test's)
+# docs/slurm.md's job script is `--dry-run` of this command (its spec, data and storage stand in for the test's)
 README_EXAMPLE = ["--nodes", "2", "--gpus-per-node", "2", "--time", "01:00:00", "--name", "seed-1"]
 
 
@@ -239,8 +239,8 @@ def test_readme_example_is_the_script_dry_run_writes(slurm, tag, tmp_path, blob_
     bin_dir = Path(__import__("sys").executable).parent
     written = (out.stdout.replace(str(storage), "/shared/sweeps").replace(str(bin_dir), "/home/you/venv/bin")
                .replace(f"{slurm.tmpfs}/", "/tmp/"))
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    example = re.search(r"<!-- slurm-example -->\n```bash\n(.*?)```", readme, re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "slurm.md").read_text()
+    example = re.search(r"<!-- slurm-example -->\n```bash\n(.*?)```", page, re.S).group(1)
     assert written == example
 
 

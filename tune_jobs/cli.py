@@ -23,10 +23,18 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser that takes no abbreviated flags (`--stor` is not `--storage`), so neither
+    the docs nor a user's scripts depend on them; the commands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tune_jobs import cli_analyze, cli_data, cli_jobs, cli_slurm, cli_sweep, doctor
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="instrument-sweep",
         description="Sweep learning rate and batch size of an instrument classifier on Ray Tune; "
         "report time and energy to a target accuracy per trial.",

@@ -19,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("spec", nargs="?", default="seed", help=f"sweep YAML or preset ({', '.join(preset_names())})")
     submit.add_argument("--address", help=f"Ray Jobs API, http://HOST:8265 (default: {jobs.DEFAULT_JOBS_ADDRESS})")
     submit.add_argument("--data", help="dataset directory on the cluster, or 'synthetic'")
-    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, as `run --set`; repeatable")
     submit.add_argument("--log", action="append", default=[], metavar="TRACKER",
                         help="mlflow[=TRACKING_URI] or wandb[=PROJECT], installed on the cluster (see `run --help`)")
     submit.add_argument("--storage", help="results root as the cluster sees it: s3://..., gs://... or NFS "

@@ -43,7 +43,7 @@ RESUME_ENV = "INSTRUMENT_SWEEP_RESUME"  # how to continue a sweep where `resume`
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `run` and `resume` to the `instrument-sweep` parser."""
-    run = commands.add_parser("run", help="run a sweep (default: the seed preset on the built-in dataset)",
+    run = commands.add_parser("run", help="run a sweep (default: the `seed` preset on the built-in dataset)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spec_arguments(run)
     add_place_arguments(run)

@@ -27,7 +27,8 @@ from analysis import storage
 from analysis.storage import SPEC_FILE
 from trainables.data import splits
 from trainables.training.config import TrainConfig
-from trainables.training.stop import Race, StopRule
+from trainables.training.stop import RACES, Race, StopRule
+from trainables.documented import documented
 from trainables.errors import InputError
 
 PRESETS_DIR = Path(__file__).with_name("sweeps")
@@ -40,12 +41,20 @@ TOP_KEYS = ("name", "description", "data", "train", "stop", "views", "repeats", 
 class Resources:
     """What each trial asks Ray for, and how often a failed trial is retried."""
 
-    cpus_per_trial: float = 1.0  # CPU cores per trial; also torch's threads on CPU
-    gpus_per_trial: float | str = "auto"  # "auto": 1 where the cluster has GPUs at start, else 0; or 0 or 1
-    max_failures: int = 2  # retries of a failed trial, each from its last checkpoint
-    exclusive_node: bool = False  # one trial per node at a time: its node's CPU joules are then its own
-    checkpoint_every_s: float = 1.0  # a trial checkpoints after an epoch once this long since its last (0: every epoch)
-    report_every_s: float = 0.5  # ... and reports to Tune once this long since its last report (0: every epoch)
+    cpus_per_trial: float = documented(1.0, "CPU cores each trial asks Ray for; also torch's threads on CPU",
+                                       allowed="a number > 0")
+    gpus_per_trial: float | str = documented("auto", "GPUs each trial asks Ray for; auto: 1 where the cluster shows "
+                                                     "GPUs at the start, else 0", allowed="auto, 0 or 1")
+    max_failures: int = documented(2, "retries of a failed trial, each from its last checkpoint",
+                                   allowed="an integer >= 0")
+    exclusive_node: bool = documented(False, "one trial per node at a time (it asks for the node's CPUs), so the "
+                                             "node's CPU joules are its own", allowed="true or false")
+    checkpoint_every_s: float = documented(1.0, "a trial checkpoints after an epoch once this long since its last "
+                                                "checkpoint, and after its last epoch (0: every epoch)",
+                                           allowed="seconds >= 0")
+    report_every_s: float = documented(0.5, "a trial reports to Tune after an epoch once this long since its last "
+                                            "report, and after its last epoch (0: every epoch)",
+                                       allowed="seconds >= 0")
 
     def __post_init__(self) -> None:
         if not isinstance(self.exclusive_node, bool):
@@ -68,8 +77,10 @@ class Resources:
 class EnergyOptions:
     """How energy is measured and ranked."""
 
-    replay_budget_s: float = 10.0  # per trial: replaying a trial too short for the GPU counter stops here
-    eta: float | None = None  # also rank by Zeus's cost eta * energy + (1 - eta) * max_power * time
+    replay_budget_s: float = documented(10.0, "per trial: the most time spent replaying a trial too short for "
+                                              "the GPU's energy counter (0: no replay)", allowed="seconds >= 0")
+    eta: float | None = documented(None, "also rank by Zeus's cost eta x energy + (1 - eta) x max GPU power x time "
+                                         "(as --eta)", allowed="in [0, 1], or null")
 
     def __post_init__(self) -> None:
         if not _is_number(self.replay_budget_s) or not 0 <= self.replay_budget_s < math.inf:
@@ -115,17 +126,26 @@ class TrialSpec:
 class SweepSpec:
     """A validated sweep: what to train, when to stop, which points, on what resources."""
 
-    name: str
-    views: tuple[View, ...]
-    description: str = ""
-    data: str = "synthetic"  # dataset directory, or "synthetic" for the built-in one
-    train: TrainConfig = field(default_factory=TrainConfig)
-    stop: StopRule = field(default_factory=StopRule)
-    repeats: int = 1
-    race: str | None = None  # "time" or "energy": stop trials that can no longer win; None: run all to the rule
-    resources: Resources = field(default_factory=Resources)
-    energy: EnergyOptions = field(default_factory=EnergyOptions)
-    log: tuple[str, ...] = ()  # experiment trackers: "mlflow", "mlflow=TRACKING_URI", "wandb", "wandb=PROJECT"
+    name: str = documented(doc="the sweep's name; experiments are named NAME-DATE-TIME (default: the file's name)",
+                           allowed="a string without '/'")
+    views: tuple[View, ...] = documented(doc="the questions the sweep answers: view name -> grid of lr and "
+                                             "batch_size (a list sweeps an axis, a value fixes it)",
+                                         allowed="at least one view")
+    description: str = documented("", "one line shown at the start and in the report")
+    data: str = documented("synthetic", "the dataset: a dataset directory, or the built-in synthetic instruments "
+                                        "(as --data)", allowed="a directory, or synthetic")
+    train: TrainConfig = documented(doc="what each trial trains with", default_factory=TrainConfig)
+    stop: StopRule = documented(doc="when a trial stops", default_factory=StopRule)
+    repeats: int = documented(1, "runs of every point, with random seeds train.seed, train.seed+1, ... (3 or "
+                                 "more give error bars)", allowed="an integer >= 1")
+    race: str | None = documented(None, "stop trials that can no longer be the fastest (time) or cheapest (energy) "
+                                        "to the target (as --race); null: every trial runs to the stop rule",
+                                  allowed=(*RACES, "null"))
+    resources: Resources = documented(doc="what each trial asks Ray for, retries, checkpoint and report cadence",
+                                      default_factory=Resources)
+    energy: EnergyOptions = documented(doc="how energy is measured and ranked", default_factory=EnergyOptions)
+    log: tuple[str, ...] = documented((), "experiment trackers, each trial a run (as --log)",
+                                      allowed="mlflow, mlflow=TRACKING_URI, wandb, wandb=PROJECT")
 
     def __post_init__(self) -> None:
         from tune_jobs.trackers import parse_target
@@ -206,7 +226,7 @@ class SweepSpec:
             "name": self.name,
             "description": self.description,
             "data": self.data,
-            "train": {k: v for k, v in asdict(self.train).items() if k != "cpus"},
+            "train": {k: v for k, v in asdict(self.train).items() if k not in SECTIONS["train"][1]},
             "stop": asdict(self.stop),
             "views": {v.name: {axis: list(values) for axis, values in v.grid.items()} for v in self.views},
             "repeats": self.repeats,
@@ -215,6 +235,11 @@ class SweepSpec:
             "energy": asdict(self.energy),
             "log": list(self.log),
         }
+
+
+# The spec's sections: key -> (the dataclass its mapping builds, fields it does not take).
+SECTIONS = {"train": (TrainConfig, ("cpus",)), "stop": (StopRule, ()), "resources": (Resources, ()),
+            "energy": (EnergyOptions, ())}
 
 
 # -- reading specs -----------------------------------------------------------------------
@@ -322,10 +347,8 @@ def _set_key(raw: dict, key: str, value: object, where: str) -> None:
 def spec_from_dict(raw: dict) -> SweepSpec:
     """Validate plain data (parsed YAML) into a SweepSpec; errors name the key."""
     _check_keys("", raw, TOP_KEYS)
-    train = _dataclass_from("train", TrainConfig, raw.get("train") or {}, exclude=("cpus",))
-    stop = _dataclass_from("stop", StopRule, raw.get("stop") or {})
-    resources = _dataclass_from("resources", Resources, raw.get("resources") or {})
-    energy = _dataclass_from("energy", EnergyOptions, raw.get("energy") or {})
+    sections = {key: _dataclass_from(key, cls, raw.get(key) or {}, exclude=exclude)
+                for key, (cls, exclude) in SECTIONS.items()}
     views = _views_from(raw.get("views"))
     data = raw.get("data", "synthetic")
     if not isinstance(data, str) or not data:
@@ -337,14 +360,11 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         name=name,
         description=str(raw.get("description") or ""),
         data=data,
-        train=train,
-        stop=stop,
         views=views,
         repeats=raw.get("repeats", 1),
         race=raw.get("race"),
-        resources=resources,
-        energy=energy,
         log=_log_from(raw.get("log")),
+        **sections,
     )
 
 

@@ -6,7 +6,7 @@
     ds = load_dataset("data/uiowa")
     ds.train_x.shape, ds.n_classes, ds.classes, ds.fingerprint
 
-Format (README, "Dataset directories"):
+Format (docs/data.md, "Dataset directories"):
 `{prefix}train_data.npy` float (n_train, n_features), `{prefix}train_labels.npy`
 int (n_train,), the same for test; optional `classes.json` (names, index = label)
 and `metadata.json`. The UIowa release uses prefix "uiowa_", generated datasets

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from trainables.documented import documented
 from trainables.errors import InputError, require_choice, require_int, require_number
 
 LOADERS = ("fast", "dataloader")
@@ -20,15 +21,22 @@ OPTIMIZERS = ("adam", "sgd")
 class TrainConfig:
     """Everything one trial trains with (model, optimizer, batching, data split)."""
 
-    lr: float = 1e-3  # optimizer learning rate, > 0
-    batch_size: int = 128  # rows per optimizer step, >= 1
-    n_hidden: int = 256  # hidden units of the one dense layer
-    activation: str = "sigmoid"  # the seed's activation
-    optimizer: str = "adam"  # the seed's optimizer
-    loader: str = "fast"  # "fast" (device-resident tensors) or "dataloader" (the seed's)
-    val_fraction: float = 0.2  # share of training rows held out for validation
-    seed: int = 0  # seeds the split, the weights and the shuffling
-    cpus: int = 1  # torch threads when the trial runs on CPU
+    lr: float = documented(1e-3, "learning rate where a view does not sweep or fix it",
+                           allowed="a finite number > 0")
+    batch_size: int = documented(128, "rows per optimizer step where a view does not sweep or fix it",
+                                 allowed="an integer >= 1, at most the training split's rows")
+    n_hidden: int = documented(256, "hidden units of the one dense layer (the assignment's 120-256-10 network)",
+                               allowed="an integer >= 1")
+    activation: str = documented("sigmoid", "hidden activation (the assignment's: sigmoid)", allowed=ACTIVATIONS)
+    optimizer: str = documented("adam", "optimizer (the assignment's: adam)", allowed=OPTIMIZERS)
+    loader: str = documented("fast", "epoch loop: device-resident batches, or the assignment's own DataLoader loop",
+                             allowed=LOADERS)
+    val_fraction: float = documented(0.2, "share of the training rows held out (stratified) for validation",
+                                     allowed="in (0, 1); enough rows per class to resolve the target")
+    seed: int = documented(0, "random seed of the split, the weights and the shuffling; repeats use seed, "
+                              "seed+1, ...", allowed="an integer >= 0")
+    cpus: int = documented(1, "torch threads when the trial runs on CPU (set from resources.cpus_per_trial)",
+                           allowed="an integer >= 1")
 
     def __post_init__(self) -> None:
         require_number("lr", self.lr)

@@ -5,7 +5,7 @@
 `trainables.training.gpus` finds its energy measurable (named by UUID; none on the
 CPU or without a GPU), and CPU/DRAM energy through RAPL where readable.
 
-Semantics (README, "What a trial measures"):
+Semantics (docs/energy.md, "The headline: the trial's own GPU joules"):
 - `lap()` ends the current window and begins the next at one instant: one clock
   read and one read of each counter are the end of the one and the start of the
   other, so the windows of one trial leave no gap in time or energy and their

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from trainables.documented import documented
 from trainables.training.stop import Status
 
 NAN = float("nan")
@@ -33,50 +34,63 @@ class EpochReport:
     fixed-epochs mode). The labels after `test_loss` are filled by the Tune trial.
     """
 
-    epoch: int = 0
-    train_acc: float = NAN
-    train_loss: float = NAN
-    val_acc: float = NAN
-    val_loss: float = NAN
-    hits_in_a_row: int = 0  # epochs in a row at the stop rule's target
-    epoch_time_s: float = NAN  # this epoch's window: training, validation (and test on the last)
-    time_s: float = NAN  # cumulative epoch windows: the time to accuracy at the stop
-    epoch_energy_j: float = NAN  # this epoch window's GPU joules
-    energy_j: float = NAN  # the headline: cumulative GPU joules (Zeus's total_energy); NaN without a GPU
-    energy_err_j: float = NAN  # uncertainty of energy_j from the counter's steps (about 2.5 sigma)
-    energy_resolution_s: float = NAN  # the GPU energy counter's measured update period
-    energy_method: str = "none"  # "direct" (summed epoch windows), "replay" (mean of replays) or "none"
-    replays: int = 0  # runs of the trial's exact work replayed in one window (energy_method "replay")
-    first_run_time_s: float = NAN  # the trial's own time_s, kept where a replay replaced the headline
-    first_run_energy_j: float = NAN  # the trial's own energy_j: the sum of its epoch windows
-    gpu_energy_j: float = NAN  # cumulative GPU joules of the trial's own run
-    cpu_energy_j: float = NAN  # cumulative CPU packages + DRAM joules (RAPL) of the whole node
-    gpu_idle_w: float = NAN  # the GPU's idle power, measured before the process's first trial (after a
-    # retry on another GPU, this and gpu_idle_err_w, gpu_max_power_w: the GPUs' means weighted by time)
-    gpu_idle_err_w: float = NAN
-    dynamic_energy_j: float = NAN  # energy_j - gpu_idle_w * time_s: what training added to idle
-    gpu_max_power_w: float = NAN  # the GPU's highest power limit (Zeus's MaxPower, for --eta)
-    overhead_time_s: float = NAN  # cumulative time between epochs (reporting, checkpointing), not in time_s
-    overhead_energy_j: float = NAN  # cumulative GPU joules between epochs, not in energy_j
-    energy_source: str = "none"  # what energy_j holds: "gpu" or "none" (analysis may attribute "cpu")
-    energy_note: str = ""  # one line: why the trial's GPU energy is not measured (or a caveat); "" otherwise
-    status: str = Status.RUNNING.value  # a `Status` value: the stop rule's decision after this epoch
-    test_acc: float = NAN
-    test_loss: float = NAN
+    epoch: int = documented(0, "the epoch, from 1")
+    train_acc: float = documented(NAN, "accuracy on the epoch's training batches")
+    train_loss: float = documented(NAN, "mean cross-entropy loss on the epoch's training batches")
+    val_acc: float = documented(NAN, "accuracy on the validation split after the epoch")
+    val_loss: float = documented(NAN, "cross-entropy loss on the validation split after the epoch")
+    hits_in_a_row: int = documented(0, "epochs in a row at the stop rule's target")
+    epoch_time_s: float = documented(NAN, "this epoch's window: training, validation (and the test on the last)")
+    time_s: float = documented(NAN, "seconds of the epoch windows so far: at the stop, the time to accuracy (a "
+                                    "replayed trial: the mean per run)")
+    epoch_energy_j: float = documented(NAN, "this epoch window's GPU joules")
+    energy_j: float = documented(NAN, "the headline: GPU joules of the epoch windows so far: at the stop, the "
+                                      "energy to accuracy (Zeus's total_energy; a replayed trial: the mean per run); "
+                                      "NaN where not measured")
+    energy_err_j: float = documented(NAN, "uncertainty of energy_j from the energy counter's steps (about 2.5 "
+                                          "standard deviations)")
+    energy_resolution_s: float = documented(NAN, "the GPU energy counter's measured update period")
+    energy_method: str = documented("none", "how energy_j was measured: summed epoch windows, the mean of "
+                                            "back-to-back replays, or not at all", allowed=("direct", "replay", "none"))
+    replays: int = documented(0, "runs of the trial's exact work replayed in one window (energy_method replay)")
+    first_run_time_s: float = documented(NAN, "the trial's own time_s, kept where a replay replaced the headline")
+    first_run_energy_j: float = documented(NAN, "the trial's own energy_j: the sum of its epoch windows")
+    gpu_energy_j: float = documented(NAN, "cumulative GPU joules of the trial's own run")
+    cpu_energy_j: float = documented(NAN, "cumulative CPU package + DRAM joules (RAPL) of the whole node")
+    gpu_idle_w: float = documented(NAN, "the GPU's idle power, measured before the process's first trial on it "
+                                        "(after a retry on another GPU: the GPUs' mean weighted by time)")
+    gpu_idle_err_w: float = documented(NAN, "uncertainty of gpu_idle_w (after a retry on another GPU: the GPUs' "
+                                            "mean weighted by time)")
+    dynamic_energy_j: float = documented(NAN, "energy_j - gpu_idle_w x time_s: what training added to idle power")
+    gpu_max_power_w: float = documented(NAN, "the GPU's highest power limit (Zeus's MaxPower, for --eta; after a "
+                                             "retry on another GPU: the GPUs' mean weighted by time)")
+    overhead_time_s: float = documented(NAN, "cumulative time between epochs (reporting, checkpointing), not in "
+                                             "time_s")
+    overhead_energy_j: float = documented(NAN, "cumulative GPU joules between epochs, not in energy_j")
+    energy_source: str = documented("none", "what energy_j holds (the analysis may attribute a node's CPU joules: "
+                                            "cpu)", allowed=("gpu", "cpu", "none"))
+    energy_note: str = documented("", "one line: why the trial's GPU energy is not measured, or a caveat; empty "
+                                      "otherwise")
+    status: str = documented(Status.RUNNING.value, "the stop rule's decision after this epoch",
+                             allowed=tuple(s.value for s in Status if s is not Status.ERROR))
+    test_acc: float = documented(NAN, "test accuracy: on the epoch the trial stops (every epoch in "
+                                      "fixed-epochs mode), else NaN")
+    test_loss: float = documented(NAN, "test loss, on the same epochs as test_acc")
     # -- labels: which trial, and where it ran
-    trial_number: int = 0
-    lr: float = NAN
-    batch_size: int = 0
-    seed: int = 0
-    views: str = ""  # comma-separated names of the views the trial belongs to
-    device: str = ""  # GPU model name or "cpu"
-    node: str = ""  # host name
-    node_id: str = ""  # Ray node id
-    gpu_ids: str = ""  # Ray's GPU ids of the trial, comma-separated ("" on CPU)
-    gpu_uuids: str = ""  # the GPU(s) it trained on, by NVML UUID: more than one after a retry on another GPU
-    started_at_s: float = NAN  # wall clock (Unix seconds) when this attempt of the trial began
-    ended_at_s: float = NAN  # wall clock when this report was made
-    rss_mib: float = NAN  # the trial process's resident memory
+    trial_number: int = documented(0, "the trial's number in the sweep, from 1")
+    lr: float = documented(NAN, "the trial's learning rate")
+    batch_size: int = documented(0, "the trial's batch size")
+    seed: int = documented(0, "the trial's random seed")
+    views: str = documented("", "comma-separated names of the views the trial belongs to")
+    device: str = documented("", "GPU model name, or cpu")
+    node: str = documented("", "host name of the trial's node")
+    node_id: str = documented("", "Ray's node id")
+    gpu_ids: str = documented("", "Ray's GPU ids of the trial, comma-separated (empty on CPU)")
+    gpu_uuids: str = documented("", "the GPU(s) it trained on, by NVML UUID: more than one after a retry on "
+                                    "another GPU")
+    started_at_s: float = documented(NAN, "wall clock (Unix seconds) when this attempt of the trial began")
+    ended_at_s: float = documented(NAN, "wall clock (Unix seconds) when this report was made")
+    rss_mib: float = documented(NAN, "the trial process's resident memory")
 
     @property
     def done(self) -> bool:

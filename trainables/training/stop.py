@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from trainables.documented import documented
 from trainables.errors import InputError, require_choice, require_int, require_number
 
 # Metrics a trial reports each epoch that a rule may watch, and which way is better.
@@ -61,10 +62,14 @@ class StopRule:
     fixed-epochs mode: train exactly `max_epochs` epochs.
     """
 
-    threshold: float | None = 0.98  # target of `metric`; val_acc: in (0, 1]; val_loss: > 0
-    patience: int = 3  # consecutive epochs at the target
-    max_epochs: int = 100  # hard cap on epochs
-    metric: str = "val_acc"  # the reported metric the rule watches: val_acc or val_loss
+    threshold: float | None = documented(0.98, "target of `metric`; null: fixed-epochs mode (train max_epochs "
+                                               "epochs, test every epoch)",
+                                         allowed="val_acc: in (0, 1]; val_loss: > 0; or null")
+    patience: int = documented(3, "epochs in a row the target must hold", allowed="an integer >= 1, <= max_epochs")
+    max_epochs: int = documented(100, "hard cap on a trial's epochs (the planned epochs in fixed-epochs mode)",
+                                 allowed="an integer >= 1")
+    metric: str = documented("val_acc", "the reported metric the rule watches: reached from below (val_acc) or "
+                                        "from above (val_loss)", allowed=tuple(METRIC_MODES))
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_MODES:

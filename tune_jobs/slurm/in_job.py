@@ -29,6 +29,7 @@ from pathlib import Path
 
 from trainables.errors import InputError
 from tune_jobs import security
+from tune_jobs.cli import Parser
 from tune_jobs.slurm import client
 
 POLL_S = 0.5
@@ -166,8 +167,8 @@ def wait_for_nodes(address: str, nodes: int, timeout_s: float, steps: Sequence[i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tune_jobs.slurm.in_job", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m tune_jobs.slurm.in_job", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
     token = steps.add_parser("token", help="make this job's Ray token (0600)")
     token.add_argument("path", type=Path)

@@ -4,7 +4,7 @@
     files = JobFiles("/shared/sweeps/seed-1")            # its slurm/ folder: spec, script, outputs
     text = job_script(allocation, files, sweep_command, ray_temp_root="/tmp")
 
-The script (README, "Run on Slurm", walks through it line by line): a Ray head on the first node
+The script (docs/slurm.md, "The job script", walks through it line by line): a Ray head on the first node
 and one Ray worker per other node, each `srun --overlap ... ray start --block` (through `in_job
 ray-start`: at the node's Slurm address, and its temp dir removed as it ends), a job step that
 ends with the job; this job's own token, made 0600 before Ray starts; the head's ports picked free
