@@ -74,6 +74,7 @@ class EpochReport:
     node_id: str = ""  # Ray node id
     gpu_ids: str = ""  # Ray's GPU ids of the trial, comma-separated ("" on CPU)
     gpu_uuids: str = ""  # the GPU(s) it trained on, by NVML UUID: more than one after a retry on another GPU
+    cpu_ids: str = ""  # the CPUs its process may run on ("0-3,8"; under Slurm's CPU binding, its job's there)
     started_at_s: float = NAN  # wall clock (Unix seconds) when this attempt of the trial began
     ended_at_s: float = NAN  # wall clock when this report was made
     rss_mib: float = NAN  # the trial process's resident memory
