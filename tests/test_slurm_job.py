@@ -313,19 +313,13 @@ time.sleep(60)
 @pytest.mark.parametrize("to", ["the step's task", "every process of the step"])
 def test_a_ray_node_step_passes_on_the_signal_that_ends_it_then_removes_rays_temp_dir(tmp_path, to):
     """Slurm signals the task (srun passing on a signal) or every process of the step (the job ended): either
-    way `ray start` ends, and its temp dir on the node's disk goes with it; the step's exit code is its."""
+    way `ray start` ends, and its temp dir on the node's disk goes with it (and on the head, the job's token);
+    the step's exit code is its."""
     import signal
-    import sys
-    import textwrap
 
-    temp_dir = tmp_path / "ray-14"
-    wrapper = textwrap.dedent(f"""
-        import sys
-        from pathlib import Path
-        from tune_jobs.slurm.in_job import run_then_remove
-        sys.exit(run_then_remove([sys.executable, "-c", {RAY_NODE!r}, {str(temp_dir)!r}], Path({str(temp_dir)!r})))
-    """)
-    step = subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    temp_dir, token = tmp_path / "ray-14", tmp_path / "ray-token-14"
+    token.write_text("secret")
+    step = ray_node_step(RAY_NODE, temp_dir, token)
     try:
         assert step.stdout.readline() == "up\n" and (temp_dir / "session_1" / "logs" / "raylet.out").is_file()
         if to == "the step's task":
@@ -336,7 +330,50 @@ def test_a_ray_node_step_passes_on_the_signal_that_ends_it_then_removes_rays_tem
     finally:
         step.kill()
     assert step.returncode == 128 + signal.SIGTERM and out == f"ray: removed {temp_dir}\n"
-    assert not temp_dir.exists()
+    assert not temp_dir.exists() and not token.exists()
+
+
+def ray_node_step(node: str, temp_dir: Path, token: Path) -> subprocess.Popen:
+    """`in_job`'s wrapper around the fake Ray node `node` (code), as a job step: its own session."""
+    import sys
+    import textwrap
+
+    wrapper = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from tune_jobs.slurm.in_job import run_then_remove
+        sys.exit(run_then_remove([sys.executable, "-c", {node!r}, {str(temp_dir)!r}], Path({str(temp_dir)!r}),
+                                 Path({str(token)!r})))
+    """)
+    return subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+# A `ray start` slow to stop: it says so when told to, then takes its time (Slurm kills the step meanwhile).
+SLOW_RAY_NODE = """
+import pathlib, signal, sys, time
+pathlib.Path(sys.argv[1]).mkdir()
+signal.signal(signal.SIGTERM, lambda *_: print("stopping", flush=True))
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_jobs_token_goes_as_soon_as_the_head_step_is_told_to_end(tmp_path):
+    """Slurm kills a step KillWait after it signalled it (and at once where `srun` itself was signalled, as
+    preemption does): the token must not wait for Ray to have stopped."""
+    import signal
+
+    temp_dir, token = tmp_path / "ray-14", tmp_path / "ray-token-14"
+    token.write_text("secret")
+    step = ray_node_step(SLOW_RAY_NODE, temp_dir, token)
+    try:
+        assert step.stdout.readline() == "up\n"
+        step.send_signal(signal.SIGTERM)  # to the step's task, which passes it on
+        assert step.stdout.readline() == "stopping\n"  # passed on, so the token was removed before
+        assert not token.exists() and step.poll() is None
+    finally:
+        os.killpg(step.pid, signal.SIGKILL)
+        step.wait()
 
 
 def test_a_nodes_slurm_address_is_used_as_an_ip_address():

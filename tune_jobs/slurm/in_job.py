@@ -141,11 +141,15 @@ def node_ip(node: str | None = None) -> str:
 
 def run_then_remove(command: Sequence[str], temp_dir: Path | None, token: Path | None = None) -> int:
     """Run `command` until it ends, passing on each signal that ends a job step (once: Slurm may signal
-    every process of the step itself); then remove `temp_dir` and the file `token`. `command`'s exit code."""
+    every process of the step itself); then remove `temp_dir`. The file `token` goes as soon as such a
+    signal comes (the job's Ray is ending: Slurm may kill the step before `command` has ended), or as
+    `command` ends. `command`'s exit code."""
     child = subprocess.Popen(list(command))
     passed: set[int] = set()
 
     def pass_on(signum, _frame) -> None:
+        if token is not None:
+            token.unlink(missing_ok=True)
         if signum not in passed:
             passed.add(signum)
             with contextlib.suppress(ProcessLookupError):

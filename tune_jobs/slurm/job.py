@@ -191,7 +191,7 @@ def job_script(allocation: Allocation, files: JobFiles, resume: bool, ray_temp_r
     q = shlex.quote
     bin_dir = bin_dir or str(Path(sys.executable).parent)
     timeout = f"--timeout-s={allocation.join_timeout_s:g}"
-    step = 'srun --overlap --export=ALL --output=%j-ray-%N.out --open-mode=append'
+    output = "--output=%j-ray-%N.out --open-mode=append"  # each node's Ray output, kept across a requeue
     workers = allocation.nodes - 1
     lines = [
         "#!/bin/bash",
@@ -237,14 +237,14 @@ def job_script(allocation: Allocation, files: JobFiles, resume: bool, ray_temp_r
         "# Ray binds itself; its temp dir on the node's own disk, removed as the step ends; its output in",
         "# JOBID-ray-NODE.out. The head first, on this node; the workers join it at the address it reports.",
         f'ray_temp="{ray_temp_root}/ray-$SLURM_JOB_ID"',
-        f'{step} --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" \\',
+        f'srun --overlap --export=ALL --nodes=1 --ntasks=1 --nodelist="$SLURMD_NODENAME" {output} \\',
         '    python -m tune_jobs.slurm.in_job ray-start --head --temp-dir="$ray_temp" &',
         "steps=$!",
         f'head=$(python -m tune_jobs.slurm.in_job head-address "$ray_temp" {timeout} --steps $steps)',
     ]
     if workers:
         lines += [
-            f"{step} --nodes={workers} --ntasks={workers} --relative=1 \\",
+            f"srun --overlap --export=ALL --nodes={workers} --ntasks={workers} --relative=1 {output} \\",
             '    python -m tune_jobs.slurm.in_job ray-start --address="$head" --temp-dir="$ray_temp" &',
             'steps="$steps $!"',
         ]
