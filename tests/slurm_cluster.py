@@ -21,6 +21,7 @@ default share of memory per CPU), typed GPUs (`Gres=gpu:fake:2`), nodes hidden f
 gres files that are character devices made with mknod (Slurm rejects regular files and opens none
 of them), so a GPU request sets CUDA_VISIBLE_DEVICES as on a GPU node (under ConstrainDevices,
 numbered from 0 in each job). No accounting (`accounting_storage/none`: sacct reports nothing). A
+job's processes have Slurm's default 30 s (KillWait) between SIGTERM and SIGKILL as it ends; a
 requeued job waits REQUEUE_DELAY_S (Slurm's default: 120 s) before it starts again. Each slurmd,
 and so every job process on its node, sees its own /etc/hosts naming the nodes and the controller
 (bind-mounted in a mount namespace of its own), as a cluster's DNS would: without it every lookup
@@ -200,7 +201,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU={MEM_PER_CPU_MB}
 ReturnToService=2
-KillWait=5
+KillWait=30
 GresTypes=gpu
 {nodes}
 PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
@@ -209,7 +210,7 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
         (d / "hosts").write_text("\n".join(["127.0.0.1 localhost", *names]) + "\n")
         (d / "gres.conf").write_text(f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu Type={GPU_TYPE} "
                                      f"File={d}/dev/nvidia[0-{self.gpus - 1}]\n")
-        (d / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nConstrainCores=yes\nConstrainDevices=yes\n"
+        (d / "cgroup.conf").write_text("CgroupPlugin=autodetect\nConstrainCores=yes\nConstrainDevices=yes\n"
                                        "ConstrainRAMSpace=yes\n")
 
     def _start_munged(self) -> None:

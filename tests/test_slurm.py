@@ -289,6 +289,10 @@ def test_a_requeued_sweep_continues_as_the_same_job_with_every_epoch_once(slurm,
     assert slurm._job_field(job, "Restarts") == "1"
     output = job_output(storage, "rq", job)  # both runs' output, the first one's kept
     assert output.index("results: ") < output.index("SIGTERM: the sweep stops") < output.index("resuming: ")
+    # Both times Ray had the CPUs Slurm gave each node, but one on the head's node, where the sweep runs
+    joined = ", ".join(f"{node} ({slurm.network.address(node)}: {cpus} CPUs, 0 GPUs)" for node, cpus in
+                       zip(NODES, (1, 2)))
+    assert len(re.findall(rf"ray: 2 node\(s\) up after [\d.]+ s: {re.escape(joined)}\n", output)) == 2
     assert_every_epoch_once(experiment)
     assert_continued(experiment, stopped, requeued_at)
 

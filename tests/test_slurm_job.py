@@ -503,7 +503,10 @@ def test_a_requeued_job_continues_the_sweep_it_started_and_appends_to_its_output
     assert "#SBATCH --no-requeue" in job_script(Allocation(requeue=False), files, False, "/tmp", bin_dir="/bin")
 
     sweeps = []
-    for job_id in ("14", "14", "15"):  # job 14, requeued; then its script submitted again as job 15
+    # job 14, requeued before its sweep wrote its spec, then after; then its script submitted again as job 15
+    for job_id, spec_written in (("14", False), ("14", False), ("14", True), ("15", True)):
+        if spec_written:
+            (folder.parent / "sweep.yaml").write_text("name: seed\n")
         done, calls = run_job_script(text, folder, job_id, bin_dir)
         assert done.returncode == 0, done.stderr
         sweeps += [c for c in calls if c.startswith("instrument-sweep ")]
@@ -513,6 +516,7 @@ def test_a_requeued_job_continues_the_sweep_it_started_and_appends_to_its_output
         assert any("ray-start --address=10.0.0.5:41233 " in c for c in steps)  # where the head said it is
     root = str(folder.parent.parent)
     assert sweeps == [f"instrument-sweep run spec.yaml --name seed-1 --storage {root} --address 10.0.0.5:41233",
+                      f"instrument-sweep run spec.yaml --name seed-1 --storage {root} --address 10.0.0.5:41233",
                       f"instrument-sweep resume seed-1 --storage {root} --address 10.0.0.5:41233",
                       f"instrument-sweep run spec.yaml --name seed-1 --storage {root} --address 10.0.0.5:41233"]
     assert files.started_by.read_text() == "15\n"

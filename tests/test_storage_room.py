@@ -27,7 +27,7 @@ def quota_left_mb(monkeypatch):
             raise OSError(errno.EDQUOT, QUOTA)
         real(fd, offset, length)
 
-    monkeypatch.setattr(storage_space.os, "posix_fallocate", allocate)
+    monkeypatch.setattr(os, "posix_fallocate", allocate)
     return left
 
 

@@ -227,6 +227,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def interrupt(*_) -> None:
         print("SIGTERM: the sweep stops as on Ctrl-C, saving its state", flush=True)
         signal.raise_signal(signal.SIGINT)

@@ -81,13 +81,8 @@ def check_stopped_for_space(location: str, resume_command: str) -> None:
     """After an unfinished run: say so if too little room is why (the guard stopped it), and how to continue."""
     short = short_of_room(location, MIN_FREE_TO_CONTINUE_MB)
     if short:
-        raise stopped_for_space(short, resume_command)
-
-
-def stopped_for_space(short: str, resume_command: str) -> InputError:
-    """The one line for a sweep that stopped for want of room (`short` says why)."""
-    return InputError("--storage", f"{short}: the sweep stopped safely with all results so far saved; "
-                                   f"{HOW_TO_MAKE_ROOM}, then `{resume_command}`")
+        raise InputError("--storage", f"{short}: the sweep stopped safely with all results so far saved; "
+                                      f"{HOW_TO_MAKE_ROOM}, then `{resume_command}`")
 
 
 def failed_for_space(refused: OSError, resume_command: str) -> InputError:

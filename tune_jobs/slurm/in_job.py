@@ -182,13 +182,13 @@ def remove_tree(path: Path) -> None:
         time.sleep(0.1)
 
 
-def ray_start(head_address: str | None, temp_dir: Path, env: Mapping[str, str] | None = None) -> int:
+def ray_start(head_address: str | None, temp_dir: Path) -> int:
     """`ray start` as this node's job step: the head (`head_address` None) or a worker joining it, with
     what Slurm granted here (see the module docstring); its exit code once it ends."""
-    env = os.environ if env is None else env
+    env = os.environ
     share = granted(env)
     head = head_address is None
-    print(f"ray: {os.environ.get('SLURMD_NODENAME', socket.gethostname())}{' (head)' if head else ''}: "
+    print(f"ray: {env.get('SLURMD_NODENAME', socket.gethostname())}{' (head)' if head else ''}: "
           f"{share.describe(head)}", flush=True)
     store_share = float(env.get("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION", OBJECT_STORE_SHARE))
     role = [*HEAD_ARGS, f"--ray-client-server-port={client_port(env.get('SLURM_JOB_ID', ''))}"] if head else \

@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from analysis.storage import JOB_DIR
+from analysis.storage import JOB_DIR, SPEC_FILE
 from trainables.errors import InputError
 
 SIGNAL_BEFORE_END_S = 60  # the time limit: the sweep is told to stop (as Ctrl-C) this long before it
@@ -266,8 +266,8 @@ def job_script(allocation: Allocation, files: JobFiles, resume: bool, ray_temp_r
     else:
         lines += [
             "# A requeued job (node failure, preemption, scontrol requeue) runs this script again, as the same job:",
-            "# it continues the sweep it started.",
-            f'if [ "$(cat {STARTED_BY} 2>/dev/null)" = "$SLURM_JOB_ID" ]; then',
+            "# it continues the sweep it started (if that got as far as writing its spec).",
+            f'if [ "$(cat {STARTED_BY} 2>/dev/null)" = "$SLURM_JOB_ID" ] && [ -e ../{SPEC_FILE} ]; then',
             f"    exec {shlex.join(sweep_command(files, True, flags))} {address}",
             "fi",
             f'echo "$SLURM_JOB_ID" > {STARTED_BY}',
