@@ -10,14 +10,24 @@ skip, or fail with INSTRUMENT_SWEEP_REQUIRE_SLURM=1: `unavailable`). Everything 
 temp dir and ends with the cluster, also when a test fails: munged on its own socket (the
 machine's /run/munge is not touched), slurmctld in the root network namespace with its own UTS
 hostname, and one slurmd per node in that node's network namespace (tests/netns.py) with its own
-UTS hostname, so a job's processes on each node see that node's address only. No cgroups
-(`proctrack/linuxproc`, `task/none`), no accounting (`accounting_storage/none`: sacct reports
-nothing). GPUs are logical: gres files that are character devices made with mknod (Slurm rejects
-regular files and opens none of them), so `--gpus-per-node` sets CUDA_VISIBLE_DEVICES as on a GPU
-node. Each slurmd, and so every job process on its node, sees its own /etc/hosts naming the nodes and
-the controller (bind-mounted in a mount namespace of its own), as a cluster's DNS would: without it
-every lookup of a node's own hostname waits 10 s for a DNS server the namespaces cannot reach, and Ray
-looks its hostname up several times as it starts. The machine's /etc/hosts is untouched.
+UTS hostname, so a job's processes on each node see that node's address only.
+
+Configured as strictly as common sites run Slurm, not as leniently as a test could: CPUs bound and
+processes tracked by cgroups (`task/cgroup,task/affinity`, `proctrack/cgroup`, cgroup.conf's
+ConstrainCores, ConstrainDevices and ConstrainRAMSpace, on this machine's cgroup v1; each slurmd
+roots its cgroups at slurm_NODE), cores and memory as consumable resources (`CR_Core_Memory`, a
+default share of memory per CPU), typed GPUs (`Gres=gpu:fake:2`), nodes hidden from users
+(`PrivateData=nodes`), jobs not requeueable unless they ask (`JobRequeue=0`). GPUs are logical:
+gres files that are character devices made with mknod (Slurm rejects regular files and opens none
+of them), so a GPU request sets CUDA_VISIBLE_DEVICES as on a GPU node (under ConstrainDevices,
+numbered from 0 in each job). No accounting (`accounting_storage/none`: sacct reports nothing). A
+job's processes have Slurm's default 30 s (KillWait) between SIGTERM and SIGKILL as it ends; a
+requeued job waits REQUEUE_DELAY_S (Slurm's default: 120 s) before it starts again. Each slurmd,
+and so every job process on its node, sees its own /etc/hosts naming the nodes and the controller
+(bind-mounted in a mount namespace of its own), as a cluster's DNS would: without it every lookup
+of a node's own hostname waits 10 s for a DNS server the namespaces cannot reach, and Ray looks
+its hostname up several times as it starts. The machine's /etc/hosts is untouched. The config is
+readable by every user, as a site's is, so jobs may run as another user (`sbatch --uid`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ["slurmctld", "slurmd", "munged", "sbatch"]
 CONTROLLER = "ctl"
 START_TIMEOUT_S = 60.0
+GPU_TYPE = "fake"  # the nodes' GPUs are typed, as most sites declare them (gres.conf Type=)
+MEM_PER_CPU_MB = 3000  # each node's memory is 3000 MB a CPU, a job's default share (DefMemPerCPU)
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v1: one hierarchy per controller
+CGROUP_CONTROLLERS = ("cpuset", "memory", "devices", "freezer", "cpu", "cpuacct")
+REQUEUE_DELAY_S = 10  # a requeued job waits this long before it starts again (cred_expire; Slurm: 120)
 
 
 def unavailable(reason: str):
@@ -83,6 +98,7 @@ class SlurmCluster:
         try:
             self._end_leftovers()
             self.dir = Path(tempfile.mkdtemp(prefix=self.dir_prefix, dir="/tmp"))  # short: TmpFS below
+            self.dir.chmod(0o755)  # slurm.conf readable by every user, as a site's is
             self._write_config()
             self._start_munged()
             self._start_daemons()
@@ -100,8 +116,21 @@ class SlurmCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.wait(timeout=5)
         self._daemons.clear()
+        self._remove_cgroups()
         if self.dir.name:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _remove_cgroups(self) -> None:
+        """The cgroups the slurmds made (slurm_NODE in each controller's hierarchy), deepest first, once
+        their processes have ended with the namespaces."""
+        for root in (CGROUP_ROOT / controller / f"slurm_{node}" for controller in CGROUP_CONTROLLERS
+                     for node in self.nodes):
+            if root.is_dir():
+                for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                with contextlib.suppress(OSError):
+                    root.rmdir()
 
     @property
     def dir_prefix(self) -> str:
@@ -123,6 +152,7 @@ class SlurmCluster:
                     os.kill(int(proc.name), signal.SIGKILL)
         for old in Path("/tmp").glob(f"{self.dir_prefix}*"):
             shutil.rmtree(old, ignore_errors=True)
+        self._remove_cgroups()
 
     @property
     def conf(self) -> Path:
@@ -143,14 +173,14 @@ class SlurmCluster:
         for i in range(self.gpus):  # NVIDIA's major number; nothing opens them
             os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
         nodes = "\n".join(f"NodeName={n} NodeAddr={self.network.address(n)} NodeHostname={n} CPUs={self.cpus} "
-                          f"RealMemory=4000 Gres=gpu:{self.gpus} State=UNKNOWN" for n in self.nodes)
+                          f"RealMemory={self.cpus * MEM_PER_CPU_MB} Gres=gpu:{GPU_TYPE}:{self.gpus} State=UNKNOWN" for n in self.nodes)
         self.conf.write_text(f"""\
 ClusterName={self.network.prefix}
 SlurmctldHost={CONTROLLER}({self.network.gateway})
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={d}/munge.socket
+AuthInfo=socket={d}/munge.socket,cred_expire={REQUEUE_DELAY_S}
 CredType=cred/munge
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
@@ -159,24 +189,29 @@ SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/log/slurmctld.log
 SlurmdLogFile={d}/log/slurmd-%n.log
 TmpFS={self.tmpfs}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup,task/affinity
+PrivateData=nodes
+JobRequeue=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU={MEM_PER_CPU_MB}
 ReturnToService=2
-KillWait=5
+KillWait=30
 GresTypes=gpu
 {nodes}
 PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
         names = [f"{self.network.gateway} {CONTROLLER}", *(f"{self.network.address(n)} {n}" for n in self.nodes)]
         (d / "hosts").write_text("\n".join(["127.0.0.1 localhost", *names]) + "\n")
-        (d / "gres.conf").write_text(f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu "
+        (d / "gres.conf").write_text(f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu Type={GPU_TYPE} "
                                      f"File={d}/dev/nvidia[0-{self.gpus - 1}]\n")
+        (d / "cgroup.conf").write_text("CgroupPlugin=autodetect\nConstrainCores=yes\nConstrainDevices=yes\n"
+                                       "ConstrainRAMSpace=yes\n")
 
     def _start_munged(self) -> None:
         d = self.dir

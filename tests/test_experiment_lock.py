@@ -2,6 +2,7 @@
 when its holder dies; what is left of a killed command's local Ray is ended, nothing else.
 Real processes and real OS locks; no Ray."""
 
+import errno
 import os
 import signal
 import socket
@@ -117,3 +118,41 @@ def test_a_leftover_process_ends_with_its_children_whose_environment_is_hidden()
     finally:
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_filesystem_without_locks_is_named_in_one_line_and_nothing_is_left(tmp_path, monkeypatch, code):
+    """Lustre mounted without `flock` answers flock() with ENOSYS, NFS without its lock daemon with ENOLCK,
+    others with EOPNOTSUPP (injected here: this machine's filesystems lock)."""
+    def refuse(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(experiment_lock.fcntl, "flock", refuse)
+    experiment = tmp_path / "x"
+    for attempt in (lambda: experiment_lock.acquire(str(experiment), "run", create=True),
+                    lambda: experiment_lock.check_lockable(str(tmp_path))):
+        with pytest.raises(InputError) as err:
+            attempt()
+        assert err.value.where == "--storage"
+        assert f"refuses file locks (flock: {os.strerror(code)})" in err.value.problem
+        assert "Lustre: mount with -o flock" in err.value.problem and " mounted at /" in err.value.problem
+    assert not list(tmp_path.iterdir())  # the experiment made for the lock, and the probe, removed
+
+
+def test_run_and_resume_on_a_filesystem_without_locks_exit_2_before_anything_starts(tmp_path, monkeypatch,
+                                                                                      capsys, blob_dataset_dir):
+    from tune_jobs.cli import main
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(experiment_lock.fcntl, "flock", refuse)
+    storage = tmp_path / "sweeps"
+    assert main(["run", "smoke", "--data", blob_dataset_dir, "--storage", str(storage), "--name", "x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --storage: {storage} is on a ") and "ray" not in err[0]
+    assert not (storage / "x").exists()
+    (storage / "y").mkdir()
+    (storage / "y" / "sweep.yaml").write_text("name: smoke\n")
+    assert main(["resume", "y", "--storage", str(storage)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --storage: {storage / 'y'} is on a ")

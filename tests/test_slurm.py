@@ -1,6 +1,8 @@
-"""Sweeps submitted with `instrument-sweep slurm` to a real Slurm (tests/slurm_cluster.py): a controller and
-two compute nodes, each in its own network namespace with its own hostname and address, and two logical GPUs
-per node. Every job starts a Ray cluster over its allocation and runs the sweep on it."""
+"""Sweeps submitted with `instrument-sweep slurm` to a real Slurm (tests/slurm_cluster.py) configured as strictly
+as sites run it: a controller and two compute nodes, each in its own network namespace with its own hostname and
+address, CPUs bound by cgroups, two typed logical GPUs per node, memory a consumable resource, nodes hidden from
+users, jobs requeued only where they ask. Every job starts a Ray cluster over its allocation and runs the sweep
+on it."""
 
 import json
 import re
@@ -15,27 +17,34 @@ import yaml
 import analysis
 from netns import Unavailable
 from processes import cli, new_tag
-from slurm_cluster import SlurmCluster, unavailable
+from slurm_cluster import GPU_TYPE, MEM_PER_CPU_MB, SlurmCluster, unavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.cluster]
 
 NODES = ["node1", "node2"]
 JOB_TIMEOUT_S = 240
+ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED")
 SWEEP = {  # four trials of 4 fixed epochs each: seconds of training, the rest is Ray starting
     "name": "slurm",
     "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": 4},
     "views": {"lr": {"lr": [0.05, 0.01, 0.001, 1.0e-4], "batch_size": 64}},
 }
-LONG_SWEEP = {  # two trials long enough to be cancelled midway, with a checkpoint after every epoch
+LONG_SWEEP = {  # two trials long enough to be stopped midway, with a checkpoint after every epoch
     "name": "slurm-long",
     "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": 60},
     "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 4}},
     "resources": {"checkpoint_every_s": 0},
 }
-# docs/slurm.md's job script is `--dry-run` of this command (its spec, data and storage stand in for the test's)
-README_EXAMPLE = ["--nodes", "2", "--gpus-per-node", "2", "--time", "01:00:00", "--name", "seed-1"]
+# The Slurm page's example is `--dry-run` of this command (its spec, data and storage stand in for the test's)
+DOCS_EXAMPLE = ["--nodes", "2", "--gpus-per-node", "a100:1", "--time", "01:00:00", "--setup", "module load cuda/12.4",
+                "--name", "seed-1"]
+# A site's environment script, as `--setup 'source .../site-env.sh'` loads it: every Python process that
+# starts with it (on any node) leaves a mark, so a test sees which nodes' steps got the script's environment.
+SITE_ENV = 'export PYTHONPATH="{site}" SITE_MARKS="{site}/marks"\n'
+SITECUSTOMIZE = ("import os, pathlib, socket\n"
+                 "pathlib.Path(os.environ['SITE_MARKS'], f'{socket.gethostname()}-{os.getpid()}').touch()\n")
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +66,8 @@ def tag():
 
 
 def command(slurm, tag, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`instrument-sweep ARGS` against the test Slurm; Ray's object store kept small on the shared /dev/shm."""
-    return cli(*args, tag=tag, timeout=120, SLURM_CONF=str(slurm.conf),
-               RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION="0.02", **env)
+    """`instrument-sweep ARGS` against the test Slurm."""
+    return cli(*args, tag=tag, timeout=120, SLURM_CONF=str(slurm.conf), **env)
 
 
 def spec_file(tmp_path: Path, raw: dict) -> str:
@@ -68,15 +76,17 @@ def spec_file(tmp_path: Path, raw: dict) -> str:
     return str(path)
 
 
-def submit(slurm, tag, *args: str) -> str:
-    out = command(slurm, tag, "slurm", *args)
+def submit(slurm, tag, *args: str, **env: str) -> str:
+    """Submit under the site default most clusters have: the job gets none of this shell's environment
+    (SBATCH_EXPORT=NONE), unless `env` says otherwise."""
+    out = command(slurm, tag, "slurm", *args, **{"SBATCH_EXPORT": "NONE", **env})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return re.search(r"submitted: Slurm job (\d+)", out.stdout).group(1)
 
 
 def wait_ended(slurm, job_id: str) -> str:
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (state := slurm.job_state(job_id)) in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+    while (state := slurm.job_state(job_id)) in ACTIVE:
         assert time.monotonic() < deadline, f"job {job_id} still {state} after {JOB_TIMEOUT_S} s"
         time.sleep(0.5)
     return state
@@ -86,13 +96,37 @@ def job_output(storage: Path, name: str, job_id: str) -> str:
     return (storage / name / "slurm" / f"{job_id}.out").read_text()
 
 
-def test_two_sweeps_at_once_span_both_nodes_and_share_no_gpu(slurm, tag, tmp_path, blob_dataset_dir):
+def allocated(slurm, job_id: str) -> dict[str, dict[str, str]]:
+    """What Slurm gave a running job on each node, as `scontrol -d` shows it: {node: {"CPU_IDs": "0", "GRES":
+    "gpu:fake:1(IDX:1)", ...}}."""
+    out = slurm.run(["scontrol", "-d", "show", "job", job_id]).stdout
+    found = {}
+    for line in out.splitlines():
+        if line.strip().startswith("Nodes="):
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            for node in slurm.run(["scontrol", "show", "hostnames", fields["Nodes"]]).stdout.split():
+                found[node] = fields
+    return found
+
+
+def test_two_sweeps_at_once_on_both_nodes_get_what_slurm_gave_each_and_nothing_else(slurm, tag, tmp_path,
+                                                                                       blob_dataset_dir):
+    """Two jobs of one CPU and one GPU per node share both nodes. One is submitted from a shell whose Ray
+    token and address are not the job's, with typed GPUs (--gpus-per-node fake:1) and a memory request; the
+    other under SBATCH_EXPORT=NONE with the GPUs asked for through --gres, and a site line in --setup."""
     spec, storage = spec_file(tmp_path, SWEEP), tmp_path / "shared"
-    flags = ["--data", blob_dataset_dir, "--storage", str(storage), "--nodes", "2", "--gpus-per-node", "1",
-             "--cpus-per-task", "1", "--time", "00:10:00"]
-    jobs = {"a": submit(slurm, tag, spec, *flags, "--name", "a"),  # analyzed in the job: report.md
-            "b": submit(slurm, tag, spec, *flags, "--name", "b", "--no-analyze")}
+    site = tmp_path / "site"
+    (site / "marks").mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (site / "env.sh").write_text(SITE_ENV.format(site=site))
+    flags = ["--data", blob_dataset_dir, "--storage", str(storage), "--nodes", "2", "--cpus-per-task", "1",
+             "--time", "00:10:00"]
+    jobs = {"a": submit(slurm, tag, spec, *flags, "--name", "a", "--gpus-per-node", f"{GPU_TYPE}:1", "--mem",
+                        "2500M", SBATCH_EXPORT="ALL", RAY_AUTH_TOKEN="not-this-jobs", RAY_ADDRESS="10.9.9.9:6379"),
+            "b": submit(slurm, tag, spec, *flags, "--name", "b", f"--sbatch-arg=--gres=gpu:{GPU_TYPE}:1",
+                        "--setup", f"source {site}/env.sh", "--no-requeue", "--no-analyze")}
     nodes = {name: set(slurm.job_nodes(job_id)) for name, job_id in jobs.items()}
+    given = {name: allocated(slurm, job_id) for name, job_id in jobs.items()}  # while they run
     states = {name: wait_ended(slurm, job_id) for name, job_id in jobs.items()}
     spans_s = {name: slurm.job_span(job_id) for name, job_id in jobs.items()}
 
@@ -101,16 +135,23 @@ def test_two_sweeps_at_once_span_both_nodes_and_share_no_gpu(slurm, tag, tmp_pat
     assert nodes == {"a": set(NODES), "b": set(NODES)}  # both jobs on both nodes, at once (below)
     heads = {name: re.search(r"cluster: Ray cluster at (\S+): 2 node\(s\), 2 CPUs, 2 GPUs", out).group(1)
              for name, out in outputs.items()}
-    assert heads["a"] != heads["b"]  # the same first node, each head on its own free port
-    # Each Ray node at its node's Slurm address (NodeAddr), whatever interface Ray would have picked
-    joined = ", ".join(f"{node} ({slurm.network.address(node)})" for node in NODES)
+    assert heads["a"] != heads["b"]  # the same first node, each head on the port Ray bound for it
+    # Each Ray node at its node's Slurm address (NodeAddr), whatever interface Ray would have picked, with the
+    # CPU and GPU Slurm gave the job there (one CPU: none to keep for the driver)
+    joined = ", ".join(f"{node} ({slurm.network.address(node)}: 1 CPUs, 1 GPUs)" for node in NODES)
     assert all(re.search(rf"ray: 2 node\(s\) up after [\d.]+ s: {re.escape(joined)}\n", out) for out in outputs.values())
+    memory = {"a": "2500 MB", "b": f"{MEM_PER_CPU_MB} MB"}  # asked for; the site's default share of one CPU
     for name, job_id in jobs.items():  # each job's own Ray temp dir on each node, removed as its Ray step ended
         assert not (slurm.tmpfs / f"ray-{job_id}").exists()
+        assert not (storage / name / "slurm" / f"ray-token-{job_id}").exists()  # and its token
         for node in NODES:
             ray_output = (storage / name / "slurm" / f"{job_id}-ray-{node}.out").read_text()
+            cpus = given[name][node]["CPU_IDs"]
+            assert f"1 of 1 CPU(s) granted (CPUs {cpus}" in ray_output and f"GPU(s) 0, {memory[name]}\n" in ray_output
             assert f"ray: removed {slurm.tmpfs}/ray-{job_id}\n" in ray_output, ray_output[-2000:]
     assert (storage / "a" / "analysis" / "report.md").is_file()
+    # The site's line ran before anything, and the job's steps on both nodes got the environment it made
+    assert {mark.name.split("-")[0] for mark in (site / "marks").iterdir()} == set(NODES)
 
     spans = []
     for name in jobs:
@@ -119,25 +160,31 @@ def test_two_sweeps_at_once_span_both_nodes_and_share_no_gpu(slurm, tag, tmp_pat
         assert len(trials) == 4 and set(trials.status) == {"max_epochs"}
         assert set(trials.node) == set(NODES)  # every trial on a node of the allocation, and both used
         assert (epochs.groupby("trial_id").epoch.count() == 4).all()
+        # CPU binding: every trial ran on exactly the CPU Slurm gave its job on that node
+        assert (epochs.cpu_ids == epochs.node.map(lambda node: given[name][node]["CPU_IDs"])).all(), \
+            (epochs[["node", "cpu_ids"]].drop_duplicates(), given[name])
         span = epochs.groupby("trial_id").agg(start=("started_at_s", "min"), end=("ended_at_s", "max"),
                                               node=("node", "first"), gpu=("gpu_ids", "first"))
         spans.append(span.assign(job=name))
-        token = storage / name / "slurm" / f"ray-token-{jobs[name]}"
-        assert token.stat().st_mode & 0o777 == 0o600
     spans = pd.concat(spans)
-    assert set(spans.gpu) <= {"0", "1"} and spans.groupby("job").gpu.nunique().eq(1).all()
-    assert spans.groupby("job").gpu.first().nunique() == 2  # Slurm gave the two jobs different GPUs
+    assert set(spans.gpu) == {"0"}  # each job's one GPU per node, numbered from 0 under ConstrainDevices
+    for node in NODES:  # and Slurm gave the two jobs different CPUs and GPUs on each node
+        assert given["a"][node]["CPU_IDs"] != given["b"][node]["CPU_IDs"]
+        assert given["a"][node]["GRES"] != given["b"][node]["GRES"] and GPU_TYPE in given["a"][node]["GRES"]
     # The two jobs ran at the same time (their trials need not: each sweep trains for about 4 s).
     assert spans_s["a"][0] < spans_s["b"][1] and spans_s["b"][0] < spans_s["a"][1], spans_s
-    for t in pd.concat([spans.start, spans.end]).unique():
-        running = spans[(spans.start <= t) & (spans.end > t)]
-        assert not running.duplicated(["node", "gpu"]).any()  # never two trials on one logical GPU
+    for job, span in spans.groupby("job"):
+        for t in pd.concat([span.start, span.end]).unique():
+            running = span[(span.start <= t) & (span.end > t)]
+            assert not running.duplicated(["node", "gpu"]).any()  # never two trials of a job on one GPU
 
     status = command(slurm, tag, "status", jobs["b"], "--storage", str(storage))
     assert status.returncode == 0 and status.stdout.startswith("COMPLETED\n")
     assert "progress: [4/4 done]" in status.stdout and f"slurm/{jobs['b']}.out" in status.stdout
     logs = command(slurm, tag, "logs", jobs["b"], "--storage", str(storage))
     assert logs.returncode == 0 and "[4/4 done]" in logs.stdout and "ray: 2 node(s) up" in logs.stdout
+    refused = slurm.run(["scontrol", "requeue", jobs["b"]])  # --no-requeue: Slurm runs it once only
+    assert refused.returncode != 0 and "disabled" in refused.stderr
 
 
 def reports_logged(experiment: Path) -> dict[str, list[dict]]:
@@ -150,23 +197,43 @@ def epochs_logged(experiment: Path) -> dict[str, list[int]]:
     return {trial: [r["epoch"] for r in reports] for trial, reports in reports_logged(experiment).items()}
 
 
-def stop_midway(slurm, experiment: Path, job_id: str, more_than: int, how: list[str]) -> float:
-    """Once the trials have logged more than `more_than` epochs in all, `scancel` the job `how` says; when."""
+def logged_more_than(slurm, experiment: Path, job_id: str, epochs: int) -> None:
+    """Wait until the job's trials have logged more than `epochs` epochs in all (the job still running)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while sum(map(len, epochs_logged(experiment).values())) <= more_than:
+    while sum(map(len, epochs_logged(experiment).values())) <= epochs:
         assert slurm.job_state(job_id) in ("PENDING", "RUNNING"), (experiment / "slurm" / f"{job_id}.out").read_text()
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def stop_midway(slurm, experiment: Path, job_id: str, more_than: int, how: list[str]) -> float:
+    """Once the trials have logged more than `more_than` epochs in all, `scancel` the job `how` says; when."""
+    logged_more_than(slurm, experiment, job_id, more_than)
     subprocess.run(["scancel", *how, job_id], env=slurm.env, check=True)
     return time.time()
 
 
-def test_stopped_then_cancelled_mid_sweep_resumes_as_new_jobs_with_every_epoch_once(slurm, tag, tmp_path,
+def assert_continued(experiment: Path, stopped: dict[str, list[int]], stopped_at: float) -> None:
+    """After a stop that saved the state, each trial that ran again went on from its last epoch: at most that
+    one, whose checkpoint was still on its way to the driver when the sweep stopped, was trained again."""
+    for trial, reports in reports_logged(experiment).items():
+        resumed = [r["epoch"] for r in reports if r["started_at_s"] > stopped_at]
+        assert not resumed or min(resumed) >= max(stopped.get(trial) or [1]), (trial, stopped.get(trial), resumed)
+
+
+def assert_every_epoch_once(experiment: Path) -> None:
+    trials, epochs = analysis.load_trials(str(experiment)), analysis.load_epochs(str(experiment))
+    assert len(trials) == 2 and set(trials.status) == {"max_epochs"}
+    for _, trial in epochs.groupby("trial_id"):
+        assert sorted(trial.epoch) == list(range(1, LONG_SWEEP["stop"]["max_epochs"] + 1))  # every epoch, once
+
+
+def test_stopped_then_preempted_mid_sweep_resumes_as_new_jobs_with_every_epoch_once(slurm, tag, tmp_path,
                                                                                       blob_dataset_dir):
     storage = tmp_path / "shared"
     experiment, resume = storage / "long", ["--resume", "long", "--storage", str(storage)]
     first = submit(slurm, tag, spec_file(tmp_path, LONG_SWEEP), "--data", blob_dataset_dir, "--storage", str(storage),
-                   "--name", "long", "--no-analyze", "--gpus-per-node", "2", "--cpus-per-task", "2")
+                   "--name", "long", "--no-analyze", "--nodes", "2", "--gpus-per-node", "2", "--cpus-per-task", "2")
 
     # As the time limit does (#SBATCH --signal=B:INT@60): SIGINT to the sweep, which saves its state and stops.
     stop_midway(slurm, experiment, first, 4, ["--batch", "--signal=INT"])
@@ -177,32 +244,61 @@ def test_stopped_then_cancelled_mid_sweep_resumes_as_new_jobs_with_every_epoch_o
     assert all(epochs == list(range(1, len(epochs) + 1)) for epochs in stopped.values())
     assert 0 < sum(map(len, stopped.values())) < 2 * LONG_SWEEP["stop"]["max_epochs"]
 
-    # A plain scancel: every process of the job ends at once.
+    # As preemption does: SIGTERM to every process of the job, Ray's on every node included. The sweep saves
+    # its state as on SIGINT.
     second = submit(slurm, tag, *resume)
     assert "#SBATCH --gpus-per-node=2" in (experiment / "slurm" / "resume.sh").read_text()  # the first job's
-    cancelled_at = stop_midway(slurm, experiment, second, sum(map(len, stopped.values())) + 4, [])
-    assert wait_ended(slurm, second) == "CANCELLED"
-    assert "resuming: " in job_output(storage, "long", second)
+    preempted_at = stop_midway(slurm, experiment, second, sum(map(len, stopped.values())) + 4,
+                               ["--signal=TERM", "--full"])
+    assert wait_ended(slurm, second) == "FAILED"
+    output = job_output(storage, "long", second)
+    assert output.index("resuming: ") < output.index("SIGTERM: the sweep stops as on Ctrl-C, saving its state")
+    assert_continued(experiment, stopped, stopped_at)
+    preempted = epochs_logged(experiment)
     status = command(slurm, tag, "status", second, "--storage", str(storage))
-    assert status.stdout.startswith("CANCELLED\n")
+    assert status.stdout.startswith("FAILED\n")
     assert f"resume:   instrument-sweep slurm --resume long --storage {storage}" in status.stdout
 
     third = submit(slurm, tag, *resume)
+    assert not list((experiment / "slurm").glob("ray-token-*"))  # the killed job's token, removed at the latest now
     assert wait_ended(slurm, third) == "COMPLETED", job_output(storage, "long", third)
-    trials, epochs = analysis.load_trials(str(experiment)), analysis.load_epochs(str(experiment))
-    assert len(trials) == 2 and set(trials.status) == {"max_epochs"}
-    for _, trial in epochs.groupby("trial_id"):
-        assert sorted(trial.epoch) == list(range(1, LONG_SWEEP["stop"]["max_epochs"] + 1))  # every epoch, once
-    assert (epochs.ended_at_s < cancelled_at).any()  # what the first jobs finished was kept, not trained again
-    for trial, reports in reports_logged(experiment).items():
-        # After the stop, each trial went on from its last epoch: at most that one, whose checkpoint was still
-        # on its way to the driver when the sweep stopped, was trained again.
-        resumed = [r["epoch"] for r in reports if r["started_at_s"] > stopped_at]
-        assert min(resumed) >= max(stopped.get(trial) or [1])
+    assert_every_epoch_once(experiment)
+    epochs = analysis.load_epochs(str(experiment))
+    assert (epochs.ended_at_s < preempted_at).any()  # what the first jobs finished was kept, not trained again
+    assert_continued(experiment, preempted, preempted_at)
 
 
-@pytest.mark.parametrize("case", ["no sbatch", "partition", "gpus", "node-local storage", "cloud storage",
-                                  "a pattern in storage"])
+def test_a_requeued_sweep_continues_as_the_same_job_with_every_epoch_once(slurm, tag, tmp_path, blob_dataset_dir):
+    """`scontrol requeue`, as a node failure or preemption with PreemptMode=REQUEUE does: Slurm ends the job
+    (SIGTERM to every process, then SIGKILL), then runs its script again as the same job; the site lets only
+    jobs that ask be requeued (JobRequeue=0), and the job asks by default."""
+    storage = tmp_path / "shared"
+    experiment = storage / "rq"
+    job = submit(slurm, tag, spec_file(tmp_path, LONG_SWEEP), "--data", blob_dataset_dir, "--storage", str(storage),
+                 "--name", "rq", "--no-analyze", "--nodes", "2", "--cpus-per-task", "2")
+    logged_more_than(slurm, experiment, job, 4)
+    requeued = slurm.run(["scontrol", "requeue", job])
+    requeued_at = time.time()
+    assert requeued.returncode == 0, requeued.stderr
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while slurm.job_state(job) != "PENDING":  # the first run has ended; the job waits to start again
+        assert time.monotonic() < deadline and slurm.job_state(job) in ACTIVE
+        time.sleep(0.2)
+    stopped = epochs_logged(experiment)
+    assert wait_ended(slurm, job) == "COMPLETED", job_output(storage, "rq", job)
+    assert slurm._job_field(job, "Restarts") == "1"
+    output = job_output(storage, "rq", job)  # both runs' output, the first one's kept
+    assert output.index("results: ") < output.index("SIGTERM: the sweep stops") < output.index("resuming: ")
+    # Both times Ray had the CPUs Slurm gave each node, but one on the head's node, where the sweep runs
+    joined = ", ".join(f"{node} ({slurm.network.address(node)}: {cpus} CPUs, 0 GPUs)" for node, cpus in
+                       zip(NODES, (1, 2)))
+    assert len(re.findall(rf"ray: 2 node\(s\) up after [\d.]+ s: {re.escape(joined)}\n", output)) == 2
+    assert_every_epoch_once(experiment)
+    assert_continued(experiment, stopped, requeued_at)
+
+
+@pytest.mark.parametrize("case", ["no sbatch", "partition", "gpus", "gpu type", "node-local storage",
+                                  "cloud storage", "a pattern in storage"])
 def test_bad_input_says_which_flag_and_submits_nothing(slurm, tag, tmp_path, blob_dataset_dir, case):
     storage, env = tmp_path / "shared", {}
     args = ["slurm", spec_file(tmp_path, SWEEP), "--data", blob_dataset_dir, "--name", "bad", "--nodes", "2"]
@@ -215,6 +311,10 @@ def test_bad_input_says_which_flag_and_submits_nothing(slurm, tag, tmp_path, blo
     elif case == "gpus":
         args += ["--gpus-per-node", "3"]
         expected = "error: --gpus-per-node: 3 asked, but the nodes of the default partition have at most 2 GPU(s)"
+    elif case == "gpu type":
+        args += ["--gpus-per-node", "a100:1"]
+        expected = (f"error: --gpus-per-node: a100:1 asked, but the nodes of the default partition have at most 0 "
+                    f"GPU(s) of type a100 (types there: {GPU_TYPE})")
     elif case == "node-local storage":
         storage = slurm.tmpfs / "sweeps"
         expected = f"error: --storage: {storage} is under Slurm's TmpFS ({slurm.tmpfs}), each node's own disk; the job"
@@ -230,18 +330,46 @@ def test_bad_input_says_which_flag_and_submits_nothing(slurm, tag, tmp_path, blo
     assert not (Path(str(storage)) / "bad").exists()  # nothing written
 
 
-def test_readme_example_is_the_script_dry_run_writes(slurm, tag, tmp_path, blob_dataset_dir):
+def test_the_docs_example_is_the_script_dry_run_writes(slurm, tag, tmp_path, blob_dataset_dir):
+    """The Slurm page (docs/) shows the script under `<!-- slurm-example -->`."""
     storage = tmp_path / "shared"
+    args = [arg.replace("a100:", f"{GPU_TYPE}:") for arg in DOCS_EXAMPLE]  # the test Slurm's GPUs have this type
     out = command(slurm, tag, "slurm", spec_file(tmp_path, SWEEP), "--data", blob_dataset_dir, "--storage",
-                  str(storage), *README_EXAMPLE, "--dry-run")
+                  str(storage), *args, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert not (storage / "seed-1").exists() and not slurm.run(["squeue", "-h"]).stdout.strip()
     bin_dir = Path(__import__("sys").executable).parent
     written = (out.stdout.replace(str(storage), "/shared/sweeps").replace(str(bin_dir), "/home/you/venv/bin")
-               .replace(f"{slurm.tmpfs}/", "/tmp/"))
-    page = (Path(__file__).resolve().parents[1] / "docs" / "slurm.md").read_text()
-    example = re.search(r"<!-- slurm-example -->\n```bash\n(.*?)```", page, re.S).group(1)
-    assert written == example
+               .replace(f"{slurm.tmpfs}/", "/tmp/").replace(f"={GPU_TYPE}:", "=a100:"))
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    examples = [m.group(1) for page in sorted(docs.rglob("*.md"))
+                for m in re.finditer(r"<!-- slurm-example -->\n```bash\n(.*?)```", page.read_text(), re.S)]
+    assert examples and all(example == written for example in examples)
+
+
+def test_a_node_finds_its_address_where_slurm_hides_nodes_from_users(slurm):
+    """PrivateData=nodes: a user's `scontrol show node` is refused; the job resolves its node's name. The job
+    runs as `nobody`, with the system's Python and a copy of the project's packages (this test's own Python
+    and checkout may lie where `nobody` cannot read)."""
+    import shutil
+
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3 for a job of another user")
+    public = slurm.dir / "public"  # where the job's user may write
+    public.mkdir()
+    public.chmod(0o1777)
+    for package in ("trainables", "tune_jobs"):
+        shutil.copytree(Path(__file__).resolve().parents[1] / package, public / "src" / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    script = public / "node-ip.sh"
+    script.write_text(f'#!/bin/bash\nscontrol -o show node "$SLURMD_NODENAME" || true\n'
+                      f"PYTHONPATH={public}/src {python} -m tune_jobs.slurm.in_job node-ip\n")
+    job = slurm.run(["sbatch", "--parsable", "--uid=nobody", "--nodelist=node2", f"--chdir={public}",
+                     f"--output={public}/%j.out", str(script)]).stdout.strip()
+    assert wait_ended(slurm, job) == "COMPLETED", (public / f"{job}.out").read_text()
+    out = (public / f"{job}.out").read_text().splitlines()
+    assert out == ["slurm_load_node error: Access/permission denied", slurm.network.address("node2")]
 
 
 def test_status_and_logs_of_an_unknown_job_exit_2(slurm, tag, tmp_path):

@@ -1,6 +1,7 @@
 """The `slurm` command: a sweep as a Slurm batch job (see tune_jobs/slurm/).
 
     instrument-sweep slurm seed --nodes 2 --gpus-per-node 4 --time 02:00:00 --storage ~/sweeps
+    instrument-sweep slurm seed --gpus-per-node a100:4 --mem 64G --setup 'module load cuda/12.4'
     instrument-sweep slurm my_sweep.yaml --data ~/uiowa --partition gpu --account lab --dry-run > job.sh
     instrument-sweep slurm --resume seed-20261204-101500 --storage ~/sweeps --time 01:00:00
 """
@@ -16,8 +17,9 @@ from analysis import storage
 from trainables.errors import InputError
 from tune_jobs import ray_private
 from tune_jobs.cli_sweep import add_eta_argument, add_fixes_argument, add_spec_arguments, print_spec, spec_from_args
+from tune_jobs.slurm.job import JOIN_TIMEOUT_S
 
-ALLOCATION_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account")
+ALLOCATION_FLAGS = ("nodes", "cpus_per_task", "mem", "time", "partition", "account", "requeue", "join_timeout_s")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -29,12 +31,25 @@ def register(commands: argparse._SubParsersAction) -> None:
                                                         "--storage); flags not given keep the last job's values")
     job = slurm.add_argument_group("the job")
     job.add_argument("--nodes", type=int, help="nodes; Ray's head on the first (default: 1)")
-    job.add_argument("--gpus-per-node", type=int, metavar="G", help="GPUs per node (default: 0)")
+    job.add_argument("--gpus-per-node", metavar="[TYPE:]G",
+                     help="GPUs per node, of a type where the site asks for one (a100:4); Ray gets what Slurm "
+                          "grants, also through --sbatch-arg=--gres=gpu:TYPE:G (default: 0)")
     job.add_argument("--cpus-per-task", type=int, metavar="C",
-                     help="CPUs per node, one task per node (default: enough for one trial per GPU)")
+                     help="CPUs per node, one task per node; Ray gets them all but one on the first node, for the "
+                          "sweep's driver (default: one trial per GPU, and that one)")
+    job.add_argument("--mem", metavar="SIZE", help="memory per node as sbatch takes it (64G), Ray's share of it "
+                                                   "sized within (default: the partition's)")
     job.add_argument("--time", metavar="HH:MM:SS", help="time limit (default: the partition's)")
     job.add_argument("--partition", metavar="P", help="partition (default: the cluster's default)")
     job.add_argument("--account", metavar="A", help="account to charge (default: yours)")
+    job.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=None,
+                     help="let Slurm requeue the job (node failure, preemption): it then continues the sweep "
+                          "(default: on)")
+    job.add_argument("--join-timeout-s", type=float, metavar="S",
+                     help=f"how long the job waits for Ray's nodes to start and join (default: {JOIN_TIMEOUT_S:g})")
+    job.add_argument("--setup", action="append", metavar="LINE",
+                     help="a shell line the job script runs before anything else, its environment passed on to "
+                          "every node, e.g. --setup 'module load cuda/12.4' or 'conda activate sweeps'; repeatable")
     job.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="ARG",
                      help="a further sbatch option, e.g. --sbatch-arg=--qos=high; repeatable")
     slurm.add_argument("--storage", default=storage.DEFAULT_STORAGE,
@@ -50,9 +65,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     from tune_jobs.slurm import submit
-    from tune_jobs.slurm.job import Allocation
+    from tune_jobs.slurm.job import Allocation, parse_gpus
 
     given = {name: getattr(args, name) for name in ALLOCATION_FLAGS}
+    if args.gpus_per_node is not None:  # a count and its type go together: `2` after `a100:2` drops the type
+        given["gpus_per_node"], given["gpu_type"] = parse_gpus(args.gpus_per_node)
+    given["setup"] = tuple(args.setup) if args.setup else None
     given["sbatch_args"] = tuple(args.sbatch_args) if args.sbatch_args else None
     flags = (*(["--no-analyze"] if args.no_analyze else []),
              *([ray_private.WITHOUT_FIXES_FLAG] if args.without_ray_fixes else []))  # passed on to run / resume
@@ -69,9 +87,9 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             job = submit.submit_resume(args.resume, args.storage, given, flags=flags,
                                        dry_run=args.dry_run)
         else:
-            gpus = given["gpus_per_node"] or 0
-            if given["cpus_per_task"] is None:  # one trial per GPU (or one trial on CPUs) at a time on each node
-                given["cpus_per_task"] = max(1, gpus) * math.ceil(spec.resources.cpus_per_trial)
+            if given["cpus_per_task"] is None:  # one trial per GPU (or one on CPUs) at a time, and the driver's
+                given["cpus_per_task"] = max(1, given.get("gpus_per_node") or 0) * math.ceil(
+                    spec.resources.cpus_per_trial) + 1
             allocation = Allocation().overridden(**given)
             job = submit.submit_new(spec, allocation, args.storage, args.name, flags=flags,
                                     dry_run=args.dry_run)

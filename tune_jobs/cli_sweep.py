@@ -160,6 +160,7 @@ def check_new_sweep(spec: SweepSpec, storage_arg: str, name: str | None, address
     root = storage.resolve_storage(storage_arg)
     check_ray_client(root, address)
     check_free_space(root)
+    experiment_lock.check_lockable(root)
     experiment = storage.join(root, name)
     if storage.started(experiment):
         raise InputError("--name", f"{experiment} already exists; continue it with "
@@ -194,8 +195,9 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
         print(f"results: {experiment}", flush=True)
         try:
             grid = start_sweep(spec, dataset, root, name, cluster, fixes=not without_ray_fixes)
-        except BaseException:
+        except BaseException as exc:
             disconnect(cluster)
+            raise_if_no_room(exc, root, name, address)
             raise
         with disconnecting(cluster):  # Ray stops while the summary and the report are written
             return finish(spec, root, experiment, grid, analyze=analyze, figure_processes=figure_processes,
@@ -211,6 +213,7 @@ def check_resumable(storage_arg: str, name_or_path: str, address: str | None = N
     root = storage.resolve_storage(storage_arg, create=False)
     check_ray_client(root, address)
     experiment = experiment_under(root, name_or_path)
+    experiment_lock.check_lockable(experiment)
     spec = read_spec(experiment)
     print_spec(spec, trials=False)
     dataset = load_data(spec)
@@ -234,10 +237,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
                                        without_ray_fixes=args.without_ray_fixes)
         lock.record(local_ray=cluster.ray_tag)
         print(f"resuming: {experiment}", flush=True)
-        grid = resume_sweep(experiment, spec, dataset, cluster, fixes=not args.without_ray_fixes)
+        try:
+            grid = resume_sweep(experiment, spec, dataset, cluster, fixes=not args.without_ray_fixes)
+        except BaseException as exc:
+            disconnect(cluster)
+            raise_if_no_room(exc, storage.parent(experiment), storage.basename(experiment), args.address)
+            raise
         with disconnecting(cluster):
             return finish(spec, root, experiment, grid, analyze=not args.no_analyze,
                           figure_processes=FIGURE_PROCESSES, address=args.address).exit_code
+
+
+def raise_if_no_room(exc: BaseException, root: str, name: str, address: str | None) -> None:
+    """Where a write refused for want of room (a full disk, a used-up quota) ended the sweep: InputError
+    saying so, and how to continue."""
+    from tune_jobs.storage_space import failed_for_space, no_room
+
+    refused = no_room(exc)
+    if refused is not None:
+        raise failed_for_space(refused, resume_command(root, name, address)) from None
 
 
 def check_race(spec: SweepSpec, cluster) -> None:

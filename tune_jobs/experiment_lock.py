@@ -7,15 +7,20 @@
         lock.previous                          # what the last holder recorded, if it never released
         lock.record(local_ray=TAG)               # what a later holder may need to clean up
 
+    check_lockable("/scratch/me/sweeps")       # InputError("--storage", ...) where flock cannot work there
+
 Local (and NFS) storage: an OS file lock (fcntl.flock) on LOCK_FILE in the experiment
 directory, with the holder's pid, host and command written into it. The kernel releases
 the lock when its holder exits, however it ends (SIGKILL included), so a crashed command
-never leaves an experiment stuck. Cloud storage (s3://, gs://) is not locked: there, start
-one command per experiment at a time.
+never leaves an experiment stuck. A filesystem that refuses file locks (Lustre mounted
+without `flock`: ENOSYS; NFS without its lock daemon: ENOLCK; others: EOPNOTSUPP) is named
+in one line, with what to do, before anything is written. Cloud storage (s3://, gs://) is
+not locked: there, start one command per experiment at a time.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,6 +33,9 @@ from pathlib import Path
 from analysis import storage
 from analysis.storage import LOCK_FILE
 from trainables.errors import InputError
+from tune_jobs.storage_space import mount_of
+
+UNLOCKABLE = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # flock's errors where the filesystem has no locks
 
 
 class ExperimentLock:
@@ -94,7 +102,45 @@ def acquire(experiment: str, command: str, create: bool = False) -> ExperimentLo
         os.close(fd)
         raise InputError("experiment", f"{experiment} is in use by {describe(holder)}; wait for it to end "
                                        "(or stop it), then try again") from None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in UNLOCKABLE:
+            raise
+        (directory / LOCK_FILE).unlink(missing_ok=True)
+        if create and not storage.started(experiment) and not any(directory.iterdir()):
+            directory.rmdir()  # made just now: nothing half-written stays
+        raise unlockable(directory, exc) from None
     return ExperimentLock(fd, command, _parse(os.pread(fd, 4096, 0)))
+
+
+def check_lockable(directory: str) -> None:
+    """InputError("--storage", ...) where the filesystem of `directory` (an existing local directory)
+    refuses the lock `acquire` takes; nothing stays behind."""
+    if storage.is_uri(directory):
+        return
+    probe = Path(directory, f".{LOCK_FILE}.probe-{os.getpid()}")
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in UNLOCKABLE:
+            raise unlockable(Path(directory), exc) from None
+        if not isinstance(exc, BlockingIOError):
+            raise
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def unlockable(directory: Path, exc: OSError) -> InputError:
+    """The one line for a filesystem that refuses file locks: which one, and what to do."""
+    point, kind = mount_of(directory)
+    where = f"{kind} filesystem mounted at {point}" if point else "a filesystem"
+    return InputError("--storage", f"{directory} is on a {where} that refuses file locks (flock: "
+                                   f"{exc.strerror or exc}), which keep two commands from writing one experiment "
+                                   "at once: choose a --storage on a filesystem with locks (your home, most often), "
+                                   "or ask your admins to enable them there (Lustre: mount with -o flock; NFS: run "
+                                   "its lock daemon, rpc.statd)")
 
 
 def describe(holder: dict) -> str:

@@ -20,6 +20,8 @@ import csv
 import io
 import json
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -216,10 +218,33 @@ def host_watch(cluster: ClusterInfo, progress: bool = True) -> list[HostWatch]:
     return [HostWatch()] if progress and not cluster.started_here else []
 
 
-def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
-    """`tuner.fit()`; each HostWatch among `callbacks` stops probing as it ends, however it ends."""
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """For the span of the block, SIGTERM (Slurm's preemption and `scancel`, `kill`) interrupts as SIGINT
+    does: within Tune's `fit()`, Tune saves the experiment's state one last time and returns. (Ray's own
+    handler, which `ray.init` installs in the driver, exits at once.) Only the main thread handles signals:
+    elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_) -> None:
+        print("SIGTERM: the sweep stops as on Ctrl-C, saving its state", flush=True)
+        signal.raise_signal(signal.SIGINT)
+
+    before = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return tuner.fit()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
+    """`tuner.fit()`, which SIGTERM stops as SIGINT does (`terminate_as_interrupt`); each HostWatch among
+    `callbacks` stops probing as it ends, however it ends."""
+    try:
+        with terminate_as_interrupt():
+            return tuner.fit()
     finally:
         for callback in callbacks:
             if isinstance(callback, HostWatch):

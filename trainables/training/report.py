@@ -88,6 +88,8 @@ class EpochReport:
     gpu_ids: str = documented("", "Ray's GPU ids of the trial, comma-separated (empty on CPU)")
     gpu_uuids: str = documented("", "the GPU(s) it trained on, by NVML UUID: more than one after a retry on "
                                     "another GPU")
+    cpu_ids: str = documented("", "the CPUs the trial's process may run on, as a list like 0-3,8 (under Slurm's "
+                              "CPU binding: its job's CPUs on that node)")
     started_at_s: float = documented(NAN, "wall clock (Unix seconds) when this attempt of the trial began")
     ended_at_s: float = documented(NAN, "wall clock (Unix seconds) when this report was made")
     rss_mib: float = documented(NAN, "the trial process's resident memory")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import ray
 from ray import tune
 
+from trainables.cpus import affinity
 from trainables.training.config import TrainConfig, trial_config
 from trainables.training.report import batched
 from trainables.training.stop import StopRule
@@ -162,6 +163,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
         "views": ",".join(trial["views"]),
         "device": gpus.device_name,
         "node": socket.gethostname(),
+        "cpu_ids": affinity(),
         **ray_placement(gpu_ids),
     }
     checkpoint = tune.get_checkpoint()

@@ -4,7 +4,7 @@
     run(["sbatch", "--test-only"], input=script)
     job_fields("4242")                 # scontrol's fields of a job: {"JobState": "RUNNING", ...}; {} once forgotten
     config_value("TmpFS")              # "/tmp"
-    gpus_per_node("gpu")               # the most GPUs a node of partition "gpu" has (0 without)
+    gpus_per_node("gpu", "a100")       # the most GPUs (of type a100) a node of partition "gpu" has (0 without)
 """
 
 from __future__ import annotations
@@ -88,13 +88,23 @@ def partitions() -> list[str]:
     return sorted(set(run(["sinfo", "-h", "-o", "%R"]).stdout.split()))
 
 
-def gpus_per_node(partition: str | None) -> int:
-    """The most GPUs one node of `partition` (None: the default one, marked * by sinfo) has, from its
-    generic resources (gpu:N or gpu:TYPE:N); 0 without."""
+def _gres(partition: str | None) -> list[tuple[str, int]]:
+    """(type, count) of each GPU generic resource (gpu:N, gpu:TYPE:N) the nodes of `partition` (None:
+    the default one, marked * by sinfo) have; type "" where untyped."""
     rows = [row.split(None, 1) for row in run(["sinfo", "-h", "-o", "%P %G"]).stdout.splitlines()]
     gres = " ".join(row[1] for row in rows if len(row) == 2 and (
         row[0].rstrip("*") == partition if partition else row[0].endswith("*")))
-    return max((int(m.group(1)) for m in re.finditer(r"\bgpu(?::[^:,\s()]+)?:(\d+)", gres)), default=0)
+    return [(m.group(1) or "", int(m.group(2))) for m in re.finditer(r"\bgpu(?::([^:,\s()]+))?:(\d+)", gres)]
+
+
+def gpus_per_node(partition: str | None, gpu_type: str | None = None) -> int:
+    """The most GPUs (of `gpu_type`, where given) one node of `partition` has (0 without)."""
+    return max((count for kind, count in _gres(partition) if gpu_type in (None, kind)), default=0)
+
+
+def gpu_types(partition: str | None) -> list[str]:
+    """The GPU types the nodes of `partition` declare."""
+    return sorted({kind for kind, _ in _gres(partition) if kind})
 
 
 def active_jobs(name: str) -> list[tuple[str, str]]:

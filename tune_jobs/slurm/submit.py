@@ -24,10 +24,12 @@ import yaml
 
 from analysis import storage
 from trainables.errors import InputError
+from tune_jobs import experiment_lock
 from tune_jobs.cli_sweep import PLAIN_NAME, check_new_sweep, check_resumable
 from tune_jobs.slurm import client
-from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script, sweep_command
+from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script
 from tune_jobs.spec import SweepSpec
+from tune_jobs.storage_space import mount_of
 
 NODE_LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs"}
 PLAIN_PATH = re.compile(r"[\w./+,@=~-]+")  # paths the script and its #SBATCH lines hold as they are (no %:
@@ -58,7 +60,7 @@ def submit_new(spec: SweepSpec, allocation: Allocation, storage_arg: str, name: 
     spec, _, root, name, experiment = check_new_sweep(spec, root, name)
     check_no_active_job(name)
     files = JobFiles(experiment)
-    script = render(allocation, files, sweep_command(files, root, name, resume=False, flags=flags))
+    script = render(allocation, files, resume=False, flags=flags)
     if dry_run:
         return SubmittedJob("", script, files, allocation, resume=False)
     made = not Path(experiment).exists()
@@ -91,21 +93,23 @@ def submit_resume(name_or_path: str, storage_arg: str, given: dict, flags: tuple
     check_no_active_job(name, "--resume")
     recorded = Allocation.from_json(files.allocation.read_text()) if files.allocation.is_file() else Allocation()
     allocation = recorded.overridden(**given)
-    script = render(allocation, files, sweep_command(files, root, name, resume=True, flags=flags))
+    script = render(allocation, files, resume=True, flags=flags)
     if dry_run:
         return SubmittedJob("", script, files, allocation, resume=True)
+    for token in files.dir.glob("ray-token-*"):  # an earlier job's, killed before its head step removed it
+        token.unlink(missing_ok=True)
     return write_and_submit(script, files, allocation, resume=True)
 
 
-def render(allocation: Allocation, files: JobFiles, command: list[str]) -> str:
-    """The job script, checked by `sbatch --test-only` (nothing is submitted)."""
+def render(allocation: Allocation, files: JobFiles, resume: bool, flags: tuple[str, ...] = ()) -> str:
+    """The job script (`job_script`), checked by `sbatch --test-only` (nothing is submitted)."""
     bin_dir = Path(sys.executable).parent
     missing = [name for name in ("ray", "instrument-sweep") if not (bin_dir / name).is_file()]
     if missing:
         raise InputError("slurm", f"the job runs `ray` and `instrument-sweep` from {bin_dir}, which lacks "
                                   f"{' and '.join(missing)}; install the project there (pip install -e .)")
-    script = job_script(allocation, files, command, check_ray_temp_root(client.config_value("TmpFS", "/tmp")),
-                        bin_dir=str(bin_dir))
+    script = job_script(allocation, files, resume, check_ray_temp_root(client.config_value("TmpFS", "/tmp")),
+                        flags=flags, bin_dir=str(bin_dir))
     check_with_sbatch(script, allocation)
     return script
 
@@ -141,13 +145,15 @@ def shared_storage(storage_arg: str, create: bool = True) -> str:
     tmpfs = client.config_value("TmpFS", "/tmp")
     if path == Path(tmpfs).resolve() or Path(tmpfs).resolve() in path.parents:
         raise InputError("--storage", f"{root} is under Slurm's TmpFS ({tmpfs}), each node's own disk; {needed}")
-    fs_type = filesystem_type(path)
+    _, fs_type = mount_of(path)
     if fs_type in NODE_LOCAL_FILESYSTEMS:
         raise InputError("--storage", f"{root} is on a {fs_type} (this host's memory); {needed}")
     if not PLAIN_PATH.fullmatch(root):
         raise InputError("--storage", f"{root!r}: the job script holds this path unquoted; use one without "
                                       "spaces, quotes, $ or %")
-    return storage.resolve_storage(root, create=create)
+    root = storage.resolve_storage(root, create=create)
+    experiment_lock.check_lockable(root)  # as the job's `run` locks the experiment, found out now
+    return root
 
 
 def check_plain_name(name: str, flag: str, what: str = "") -> None:
@@ -156,22 +162,6 @@ def check_plain_name(name: str, flag: str, what: str = "") -> None:
     if not PLAIN_NAME.fullmatch(name):
         raise InputError(flag, f"{name!r}{f' ({what})' if what else ''}: a Slurm job's name must be letters, "
                                "digits, '.', '_' and '-', starting with a letter or digit")
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem `path` is on (the longest mount point above it), "" where unknown."""
-    best, kind = "", ""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return ""
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3:
-            point = parts[1].replace("\\040", " ")
-            if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, kind = point, parts[2]
-    return kind
 
 
 def check_no_active_job(name: str, flag: str = "--name") -> None:
@@ -199,11 +189,14 @@ def refusal(problem: str, allocation: Allocation) -> InputError:
         return InputError("--partition", f"{allocation.partition}: {problem} (partitions: "
                                          f"{', '.join(client.partitions())})")
     if "node configuration is not available" in lowered and allocation.gpus_per_node:
-        has = client.gpus_per_node(allocation.partition)
+        has = client.gpus_per_node(allocation.partition, allocation.gpu_type)
         if allocation.gpus_per_node > has:
             where = f"partition {allocation.partition}" if allocation.partition else "the default partition"
-            return InputError("--gpus-per-node", f"{allocation.gpus_per_node} asked, but the nodes of {where} "
-                                                 f"have at most {has} GPU(s)")
+            kind = f" of type {allocation.gpu_type}" if allocation.gpu_type else ""
+            types = client.gpu_types(allocation.partition)
+            known = f" (types there: {', '.join(types)})" if allocation.gpu_type and types else ""
+            return InputError("--gpus-per-node", f"{allocation.gpus} asked, but the nodes of {where} have at "
+                                                 f"most {has} GPU(s){kind}{known}")
     return InputError("sbatch", f"Slurm refuses the job ({allocation.describe()}): {problem}")
 
 
