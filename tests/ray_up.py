@@ -246,7 +246,8 @@ class LaunchHosts:
         return {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_", "INSTRUMENT_SWEEP_"))},
                 "HOME": HOME, "PYTHONUNBUFFERED": "1"}
 
-    def laptop(self, *args: str, timeout: float = 600, log: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    def laptop(self, *args: str, timeout: float = 600, log: Path | None = None,
+               **env: str) -> subprocess.CompletedProcess:
         """`args` on the laptop, in the project's checkout (this interpreter's `ray` and `instrument-sweep`)."""
         out = log.open("w") if log else subprocess.PIPE
         done = subprocess.run(self.command(LAPTOP, list(args), cwd=str(PROJECT)), stdout=out, stderr=subprocess.STDOUT,

@@ -77,7 +77,8 @@ class S3Server:
         iam.put_user_policy(UserName="sweeps", PolicyName="s3", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
         key = iam.create_access_key(UserName="sweeps")["AccessKey"]
-        self.env = {**CREDENTIALS, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        self.env = {**CREDENTIALS, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                    "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         enforce = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST",
                                          headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(enforce, timeout=30).close()
@@ -86,7 +87,8 @@ class S3Server:
         import pyarrow.fs
 
         return pyarrow.fs.S3FileSystem(endpoint_override=self.endpoint, scheme="http",
-                                       access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                                       access_key=self.env["AWS_ACCESS_KEY_ID"],
+                                       secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
                                        region=self.env["AWS_DEFAULT_REGION"], allow_bucket_creation=True)
 
     def create_bucket(self, name: str) -> None:

@@ -170,9 +170,10 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
               verbose: bool = False, analyze: bool = True, dashboard: bool = False,
               figure_processes: int = 1, without_ray_fixes: bool = False) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (`check_new_sweep`:
-    InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`),
-    run every trial, summarize and analyze (the report's figures drawn in `figure_processes`
-    processes). The notebook API calls it too."""
+    InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`)
+    and that every node can use the storage (`check_storage_on_nodes`), run every trial, summarize
+    and analyze (the report's figures drawn in `figure_processes` processes). The notebook API calls
+    it too."""
     spec, dataset, root, name, experiment = check_new_sweep(spec, storage_arg, name, address)
     cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1,
                                    without_ray_fixes=without_ray_fixes)

@@ -5,11 +5,12 @@
 
 One small task per alive node, all at once, pinned to its node and asking for no CPU, writes a
 probe file under the storage root, reads it back whole and deletes it, with that node's own
-credentials and view of the filesystem: the task opens the storage with
-`analysis.storage.filesystem`, where Tune's trials open it too. So a worker without credentials for
-the bucket (on AWS: no instance profile) and a node where a local or NFS root is missing or
-read-only (a Slurm node that does not mount it) are named, each in one line, before anything is
-written. A cluster where no alive node can run a trial (an autoscaling one at rest: its head runs
+credentials and view of the filesystem, through the filesystem the driver opened
+(`analysis.storage.filesystem`), which Ray hands the task as Tune hands it to each trial: its
+endpoint and options travel with it, credentials it was not given are the node's own. So a
+worker without credentials for the bucket (on AWS: no instance profile) and a node where a local
+or NFS root is missing or read-only (a Slurm node that does not mount it) are named, each in one
+line, before anything is written. A cluster where no alive node can run a trial (an autoscaling one at rest: its head runs
 none) gets one more task that asks for a trial's resources: the autoscaler brings up a node of the
 kind trials run on, and that node is checked. Nodes that join later are not (a node type's nodes
 share one image and instance profile). A local Ray that the command started itself runs on this
@@ -20,6 +21,7 @@ host with this process's environment: local storage there was checked already
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from analysis import storage
 from trainables.errors import InputError, first_line
@@ -28,14 +30,23 @@ PROBE_PREFIX = ".instrument-sweep-probe-"  # the probe file's name, under the st
 ANSWER_TIMEOUT_S = 120.0  # an alive node's check that has not answered by then is named
 NEW_NODE_TIMEOUT_S = 1800.0  # how long the check waits for the autoscaler to bring up a node that can run a trial
 
+if TYPE_CHECKING:
+    from tune_jobs.cluster import ClusterInfo
 
-def probe(location: str) -> str:
+
+def _shown(location: str) -> str:
+    """`location` for a message: a URI without its query (its endpoint and options)."""
+    return location.partition("?")[0]
+
+
+def probe(location: str, opened: tuple | None = None) -> str:
     """'' where this process can write a small file under `location`, read it back whole and delete it;
-    else what failed, in one line (a local root that does not exist here is not created)."""
+    else what failed, in one line (a local root that does not exist here is not created). `opened`:
+    (filesystem, path) as `storage.filesystem(location)` gave them (default: opened here)."""
     import pyarrow.fs
 
-    shown = location.partition("?")[0]  # a URI's query (its endpoint, its options) stays out of the message
-    fs, root = storage.filesystem(location)
+    shown = _shown(location)
+    fs, root = opened or storage.filesystem(location)
     step = "open"
     try:
         if not storage.is_uri(location) and fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
@@ -57,14 +68,14 @@ def probe(location: str) -> str:
     return ""
 
 
-def _probe_on_node(location: str) -> tuple[str, str]:
+def _probe_on_node(location: str, opened: tuple) -> tuple[str, str]:
     """The task: (this node's Ray id, `probe`'s answer)."""
     import ray
 
-    return ray.get_runtime_context().get_node_id(), probe(location)
+    return ray.get_runtime_context().get_node_id(), probe(location, opened)
 
 
-def check_nodes(location: str, cluster, trial_resources: dict[str, float]) -> None:
+def check_nodes(location: str, cluster: ClusterInfo, trial_resources: dict[str, float]) -> None:
     """InputError("--storage", ...) naming every node of the connected cluster that cannot use the
     storage at `location`, each with its error; `trial_resources` is what one trial asks Ray for
     ({"cpu": ..., "gpu": ...}). Prints one line once every node answered."""
@@ -75,22 +86,23 @@ def check_nodes(location: str, cluster, trial_resources: dict[str, float]) -> No
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    opened = storage.filesystem(location)
     nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
     task = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
-    asked = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(location):
-             node_id for node_id in nodes}
+    asked = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+             .remote(location, opened): node_id for node_id in nodes}
     problems = _answers(asked, ANSWER_TIMEOUT_S, nodes)
     checked = set(nodes)
     cpus, gpus = trial_resources.get("cpu", 0), trial_resources.get("gpu", 0)
     if not any(_fits(node, cpus, gpus) for node in nodes.values()):
         print(f"storage: no node can run a trial yet ({cpus:g} CPU, {gpus:g} GPU): checking the first one the "
               "cluster brings up", flush=True)
-        new = task.options(num_cpus=cpus, num_gpus=gpus).remote(location)
+        new = task.options(num_cpus=cpus, num_gpus=gpus).remote(location, opened)
         problems += _answers({new: ""}, NEW_NODE_TIMEOUT_S, nodes, checked)
     if problems:
         raise InputError("--storage", "; ".join(problems) + " (every node writes the sweep's results with its own "
                                                           "credentials and mounts: see `Run on a cluster`)")
-    print(f"storage: {len(checked)} node(s) write, read and delete under {location.partition('?')[0]}", flush=True)
+    print(f"storage: {len(checked)} node(s) write, read and delete under {_shown(location)}", flush=True)
 
 
 def _answers(asked: dict, timeout_s: float, nodes: dict, checked: set | None = None) -> list[str]:
