@@ -8,10 +8,11 @@
 
 Hosts: `laptop` (where a user runs `ray up`: the project checkout as working directory, an SSH key,
 ~/.ray/auth_token), `head` and each worker. Each is a network namespace on a bridge (tests/netns.py)
-with a PID and a mount namespace of its own (`unshare --pid --mount --fork --mount-proc`), so `ps`, and
-so `ray stop`, see that host's processes only; its own UTS hostname and /etc/hosts; its own
-HOME (root's, /home/root), /tmp and /run, bound from a directory of the fixture. `shared` (the fixture's directory) is
-seen by every host at the same path, as an NFS mount would be. The head and the workers run sshd
+with a PID and a mount namespace of its own (`unshare --pid --mount --fork --mount-proc`), so `ps`,
+and so `ray stop`, see that host's processes only; its own UTS hostname, /etc/hosts and
+/etc/passwd; its own HOME (root's: /home/root), /tmp and /run, bound from directories of the
+fixture. `shared` (the fixture's directory) is seen by every host at the same path, as an NFS
+mount would be. The head and the workers run sshd
 (Debian's openssh-server; it and rsync are installed with apt-get where missing, as root) as the first
 process of their PID namespace; the laptop a `sleep`. A command enters a host with nsenter.
 
@@ -123,7 +124,7 @@ class LaunchHosts:
         return self
 
     def start(self) -> None:
-        """Start every host: its namespaces, its files, sshd (the laptop: its key and the project's token)."""
+        """Start every host: its namespaces, its files, sshd (the laptop: the SSH key)."""
         for host in self.net.hosts:
             self._start_host(host)
         if not self.launched:
@@ -263,11 +264,9 @@ class LaunchHosts:
         return self.laptop(*RAY_CLI, *args, timeout=timeout, log=log, RAY_UP_enable_autoscaler_v2="0")
 
     def laptop_popen(self, *args: str, log: Path) -> subprocess.Popen:
-        """`args` on the laptop in the background (ended with the hosts)."""
-        proc = subprocess.Popen(self.command(LAPTOP, list(args), cwd=str(PROJECT)), stdout=log.open("w"),
+        """`args` on the laptop in the background (ended with the hosts, as every process in their namespaces)."""
+        return subprocess.Popen(self.command(LAPTOP, list(args), cwd=str(PROJECT)), stdout=log.open("w"),
                                 stderr=subprocess.STDOUT, env=self.base_env(), start_new_session=True)
-        self.net._procs.append(proc)
-        return proc
 
     def launch_config(self, cluster_yaml: Path, storage: str) -> Path:
         """cluster.yaml for these hosts: the on-premise provider with the head's and the workers' addresses,
