@@ -54,7 +54,8 @@ DLAMI_LINE = re.compile(r"resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
 
 
 def test_every_node_boots_an_image_with_python_3_10_torch_and_a_current_driver(config):
-    """Without an ImageId Ray boots its default DLAMI (Python 3.6, CUDA 11.2): `pip install -e` fails there."""
+    """Without an ImageId Ray boots its default DLAMI (Ubuntu 18.04: a Python older than 3.10, CUDA 11.2):
+    `pip install -e` fails there."""
     from ray.autoscaler._private.aws.config import DEFAULT_AMI
 
     images = {name: node["node_config"].get("ImageId", "") for name, node in config["available_node_types"].items()}
