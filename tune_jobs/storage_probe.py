@@ -12,8 +12,8 @@ worker without credentials for the bucket (on AWS: no instance profile) and a no
 or NFS root is missing or read-only (a Slurm node that does not mount it) are named, each in one
 line, before anything is written. A cluster where no alive node can run a trial (an autoscaling
 one at rest: its head runs none) gets one more task that asks for a trial's resources: the
-autoscaler brings up a node of the kind trials run on, and that node is checked. Nodes that join later are not (a node type's nodes
-share one image and instance profile). A local Ray that the command started itself runs on this
+autoscaler brings up a node of the kind trials run on, and that node is checked. Nodes that join
+later are not (a node type's nodes share one image and instance profile). A local Ray that the command started itself runs on this
 host with this process's environment: local storage there was checked already
 (`storage.resolve_storage`), a URI is checked here, without a task.
 """
