@@ -13,9 +13,9 @@ or NFS root is missing or read-only (a Slurm node that does not mount it) are na
 line, before anything is written. A cluster where no alive node can run a trial (an autoscaling
 one at rest: its head runs none) gets one more task that asks for a trial's resources: the
 autoscaler brings up a node of the kind trials run on, and that node is checked. Nodes that join
-later are not (a node type's nodes share one image and instance profile). A local Ray that the command started itself runs on this
-host with this process's environment: local storage there was checked already
-(`storage.resolve_storage`), a URI is checked here, without a task.
+later are not (a node type's nodes share one image and instance profile). A local Ray that the
+command started itself runs on this host with this process's environment: local storage there
+was checked already (`storage.resolve_storage`), a URI is checked here, without a task.
 """
 
 from __future__ import annotations
