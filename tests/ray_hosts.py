@@ -48,6 +48,7 @@ class RayHosts:
         self.tag = new_tag()
         self.cpus_per_worker, self.gpus_per_worker = cpus_per_worker, gpus_per_worker
         self.token_file = self.tmp / "cluster-token"
+        self.node_env: dict[str, dict[str, str]] = {}  # what a host's Ray node (and so its trials) adds to its environment
         self.node_procs: dict[str, subprocess.Popen] = {}
         self._starts: dict[str, int] = {}
         self._temp_dirs: list[str] = []
@@ -109,6 +110,7 @@ class RayHosts:
             log=log, head_host=self.net.address("head"), node_ip=self.net.address(host),
             dashboard_host=self.net.address("head"), object_store_mb=OBJECT_STORE_MB,
             env={**{k: v for k, v in self.env(host).items() if k in ("HOME", "RAY_AUTH_TOKEN_PATH", "RAY_DEDUP_LOGS")},
+                 **self.node_env.get(host, {}),
                  # A raylet waits 15 s for its agents to start, and exits: on 2 cores busy with a
                  # sweep, a restarted node's agents took longer.
                  "RAY_agent_register_timeout_ms": "120000"},

@@ -2,6 +2,7 @@
 a head that runs no trials, single-GPU workers, token auth and a loopback-only dashboard."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,34 @@ def test_cluster_yaml_keeps_its_promises(config):
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert any("pip install" in c and "instrument-sweep" in c for c in config["setup_commands"])
     assert any("INSTRUMENT_SWEEP_STORAGE=s3://" in c for c in config["setup_commands"])
+
+
+# The line of AWS's Deep Learning AMI (its public SSM parameter) or one build of it (an ami-... id).
+DLAMI_LINE = re.compile(r"resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                        r"oss-nvidia-driver-gpu-pytorch-(?P<torch>\d+\.\d+)-ubuntu-(?P<ubuntu>\d+)\.04/latest/ami-id")
+
+
+def test_every_node_boots_an_image_with_python_3_10_torch_and_a_current_driver(config):
+    """Without an ImageId Ray boots its default DLAMI (Ubuntu 18.04: a Python older than 3.10, CUDA 11.2):
+    `pip install -e` fails there."""
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI
+
+    images = {name: node["node_config"].get("ImageId", "") for name, node in config["available_node_types"].items()}
+    assert len(set(images.values())) == 1, images  # head and workers: one environment
+    image = images["gpu_worker"]
+    assert image.lower() not in ("", "latest_dlami") and image not in DEFAULT_AMI.values(), image
+    line = DLAMI_LINE.fullmatch(image)
+    assert line, f"{image}: not a Deep Learning AMI line with PyTorch and the OSS NVIDIA driver"
+    # Ubuntu 24.04's DLAMI venv runs Python 3.12 (22.04's 3.10 or later) and ships a driver for its CUDA
+    # torch; its torch must meet pyproject's floor (2.4).
+    assert int(line["ubuntu"]) >= 22 and tuple(map(int, line["torch"].split("."))) >= (2, 4), image
+    setup = config["setup_commands"]
+    activate = next(i for i, c in enumerate(setup) if "source /opt/pytorch/bin/activate" in c)
+    install = next(i for i, c in enumerate(setup) if "pip install" in c)
+    assert activate < install and " -c ~/image-torch.txt " in setup[install]  # the image's torch, pinned
+
+
+def test_workers_have_an_instance_profile_of_their_own(config):
+    """Ray attaches its profile to the head only; a worker without one cannot upload a checkpoint."""
+    profile = config["available_node_types"]["gpu_worker"]["node_config"].get("IamInstanceProfile", {})
+    assert profile.get("Name") or profile.get("Arn", "").startswith("arn:aws:iam::"), profile

@@ -181,13 +181,15 @@ def run_sweep(spec: SweepSpec, storage_arg: str, name: str | None = None, addres
               verbose: bool = False, analyze: bool = True, dashboard: bool = False,
               figure_processes: int = 1, without_ray_fixes: bool = False) -> SweepOutcome:
     """What `run` does after printing the spec: check data, storage and name (`check_new_sweep`:
-    InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`),
-    run every trial, summarize and analyze (the report's figures drawn in `figure_processes`
-    processes). The notebook API calls it too."""
+    InputError, nothing written), connect to Ray and check its internals (`connect_and_describe`)
+    and that every node can use the storage (`check_storage_on_nodes`), run every trial, summarize
+    and analyze (the report's figures drawn in `figure_processes` processes). The notebook API calls
+    it too."""
     spec, dataset, root, name, experiment = check_new_sweep(spec, storage_arg, name, address)
     cluster = connect_and_describe(address, verbose, dashboard, figure_server=analyze and figure_processes > 1,
                                    without_ray_fixes=without_ray_fixes)
     check_race(spec, cluster)
+    check_storage_on_nodes(root, spec, cluster)
     with experiment_lock.hold(experiment, "run", create=True) as lock:  # exit 2 if another got here first
         lock.record(local_ray=cluster.ray_tag)
         from tune_jobs.launch import start_sweep
@@ -236,6 +238,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                                        figure_server=not args.no_analyze and FIGURE_PROCESSES > 1,
                                        without_ray_fixes=args.without_ray_fixes)
         lock.record(local_ray=cluster.ray_tag)
+        check_storage_on_nodes(root, spec, cluster)
         print(f"resuming: {experiment}", flush=True)
         try:
             grid = resume_sweep(experiment, spec, dataset, cluster, fixes=not args.without_ray_fixes)
@@ -266,6 +269,18 @@ def check_race(spec: SweepSpec, cluster) -> None:
     disconnect(cluster)
     raise InputError("race", "energy needs GPU energy, and no trial would measure any: they get no GPU; "
                              "use race: time, or run on GPUs")
+
+
+def check_storage_on_nodes(root: str, spec: SweepSpec, cluster) -> None:
+    """Every node can write, read and delete under the storage root with its own credentials and
+    mounts (`storage_probe.check_nodes`), before any trial starts; else InputError, Ray left."""
+    from tune_jobs.storage_probe import check_nodes
+
+    try:
+        check_nodes(root, cluster, spec.ray_resources(cluster.gpus, cluster.max_node_cpus))
+    except BaseException:
+        disconnect(cluster)
+        raise
 
 
 def resume_command(root: str, name: str, address: str | None = None) -> str:

@@ -37,14 +37,17 @@ def result_line(report: EpochReport) -> str:
             f"{report.time_s:.1f} s  {fmt_energy(report.energy_j)}")
 
 
-def retry_line(trial) -> str:
+def retry_line(trial, counted: bool = True) -> str:
     """Where a failed trial continues (its last checkpoint's epoch, or the start), which retry
-    this is, and where Tune wrote the error (the console gets no traceback)."""
+    this is, and where Tune wrote the error (the console gets no traceback). Not `counted`: Tune did
+    not count this failure against resources.max_failures (Ray reported the trial's node preempted)."""
     epoch = ray_private.checkpoint_epoch(trial)
     start = ("from its last checkpoint" if epoch is None else f"from epoch {epoch}'s checkpoint" if epoch
              else "from the start (no checkpoint yet)")
     of = f" of {trial.max_failures}" if getattr(trial, "max_failures", -1) >= 0 else ""
     error = f"; error in {Path(trial.path).name}/error.txt" if trial.error_file else ""  # in the experiment
+    if not counted:
+        return f"{start}, its node preempted: not counted against max_failures{error}"
     return f"{start}, retry {max(trial.num_failures, 1)}{of}{error}"
 
 
@@ -57,6 +60,7 @@ class SweepProgress(tune.Callback):
         self._last_beat = time.monotonic()
         self._last: dict[str, EpochReport] = {}
         self._last_at: dict[str, float] = {}  # when each running trial last reported
+        self._failures: dict[str, int] = {}  # each trial's failures Tune had counted at its last (re)start
 
     def _print(self, trials: list, line: str, ending=None) -> None:
         """`ending`: the trial being completed now (Tune updates its status after the callback)."""
@@ -64,6 +68,7 @@ class SweepProgress(tune.Callback):
         print(f"[{done}/{self.n_trials} done] {line}", flush=True, file=sys.stdout)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._failures[trial.trial_id] = trial.num_failures
         self._print(trials, f"start  {trial_label(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -89,7 +94,9 @@ class SweepProgress(tune.Callback):
         self._print(trials, f"error  {trial_label(trial.config)}  (see {trial.local_path or trial.path})", trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(trials, f"retry  {trial_label(trial.config)}  {retry_line(trial)}")
+        counted = trial.num_failures > self._failures.get(trial.trial_id, 0)
+        self._failures[trial.trial_id] = trial.num_failures
+        self._print(trials, f"retry  {trial_label(trial.config)}  {retry_line(trial, counted)}")
 
     def __getstate__(self) -> dict:
         return {"n_trials": self.n_trials, "heartbeat_s": self.heartbeat_s}
