@@ -287,9 +287,10 @@ def test_every_relative_link_and_anchor_resolves(pages):
 def test_dates_and_pass_counts_only_on_the_performance_page(pages):
     date = re.compile(r"\b20\d\d-(0[1-9]|1[0-2])\b")
     count = re.compile(r"\b\d+ (passed|failed|skipped)\b")
+    iam_version = '"Version":"2012-10-17"'  # the IAM policy language's version, which a policy must name
     found = [f"{page.name}:{number}: {line.strip()}" for page in pages if page.path.name not in HISTORY
              for number, line in [*page.prose, *((s, t) for s, _, t in page.blocks)]
-             if date.search(line) or count.search(line)]
+             if date.search(line.replace(" ", "").replace(iam_version, "")) or count.search(line)]
     assert found == []
 
 

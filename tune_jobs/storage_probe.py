@@ -6,8 +6,9 @@
 One small task per alive node, all at once, pinned to its node and asking for no CPU, writes a
 probe file under the storage root, reads it back whole and deletes it, with that node's own
 credentials and view of the filesystem, through the filesystem the driver opened
-(`analysis.storage.filesystem`), which Ray hands the task as Tune hands it to each trial: its
-endpoint and options travel with it, credentials it was not given are the node's own. So a
+(`analysis.storage.filesystem`, wrapped by `ray_private.shipped_to_workers`), which Ray hands the
+task as Tune hands it to each trial: its endpoint, options and any credentials given in the URI
+travel with it; credentials it was not given are the node's own. So a
 worker without credentials for the bucket (on AWS: no instance profile) and a node where a local
 or NFS root is missing or read-only (a Slurm node that does not mount it) are named, each in one
 line, before anything is written. A cluster where no alive node can run a trial (an autoscaling
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from analysis import storage
 from trainables.errors import InputError, first_line
+from tune_jobs import ray_private
 
 PROBE_PREFIX = ".instrument-sweep-probe-"  # the probe file's name, under the storage root
 ANSWER_TIMEOUT_S = 120.0  # an alive node's check that has not answered by then is named
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 
 
 def _shown(location: str) -> str:
-    """`location` for a message: a URI without its query (its endpoint and options)."""
-    return location.partition("?")[0]
+    """`location` for a message: a URI without its query (its endpoint and options) or credentials."""
+    return storage.redact(location.partition("?")[0])
 
 
 def probe(location: str, opened: tuple | None = None) -> str:
@@ -86,7 +88,8 @@ def check_nodes(location: str, cluster: ClusterInfo, trial_resources: dict[str, 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    opened = storage.filesystem(location)
+    fs, path = storage.filesystem(location)
+    opened = (ray_private.shipped_to_workers(fs), path)  # credentials given in the URI travel as to trials
     nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
     task = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
     asked = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
