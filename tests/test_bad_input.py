@@ -216,7 +216,7 @@ def tree(root: Path) -> dict[str, int]:
 def test_real_process_exit_code_and_message(places):
     """The same through the installed entry point, as a user's shell sees it."""
     out = subprocess.run([sys.executable, "-m", "tune_jobs", *SMOKE, "--set", "stop.treshold=0.9"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: stop.treshold: unknown key; did you mean 'threshold'? "
                                   "allowed: threshold, patience, max_epochs, metric")
