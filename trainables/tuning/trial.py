@@ -18,7 +18,7 @@ checkpoints come.) Reporting and checkpointing fall in the "between" windows,
 timed as overhead.
 
 Tests hold trials between epochs through `EPOCH_GATE_ENV` (`wait_at_epoch_gate`): nothing else
-sets it, and without it a trial never looks.
+sets it, and without it a trial never waits.
 """
 
 from __future__ import annotations
