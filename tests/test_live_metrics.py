@@ -66,7 +66,7 @@ def test_grafana_dashboard_queries_only_published_metrics():
 
 # -- A real sweep against a Ray head that exports metrics. ---------------------------------
 
-SWEEP = {  # two trials that never reach the target: both run until the test's gate lets them end
+SWEEP = {  # two trials that never reach the target: held after 2 epochs until every metric is scraped
     "name": "live",
     "train": {"n_hidden": 32},
     "stop": {"threshold": 0.995, "patience": 2, "max_epochs": 4},
