@@ -2,11 +2,18 @@
 
 Every test session uses a temporary dataset cache (never the user's ~/.cache), and
 every test that starts Ray (through the `ray_local` fixture) is in the slow tier.
+
+The suite must pass on a loaded machine: `--busy-core` (or INSTRUMENT_SWEEP_TEST_BUSY_CORE=1)
+keeps one core busy with a plain busy loop from the session's start to its end.
+
+    python -m pytest -m "slow or cluster" --busy-core
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -17,6 +24,35 @@ from trainables.data.synthetic import CACHE_ENV
 
 _CACHE = tempfile.TemporaryDirectory(prefix="instrument-sweep-test-cache-")
 os.environ[CACHE_ENV] = _CACHE.name  # before any test (or CLI subprocess) resolves "synthetic"
+
+
+BUSY_CORE_ENV = "INSTRUMENT_SWEEP_TEST_BUSY_CORE"
+# A plain busy loop, which ends by itself should the test run be killed (its parent gone).
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+_busy_loop = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--busy-core", action="store_true", default=os.environ.get(BUSY_CORE_ENV, "") not in ("", "0"),
+                     help=f"keep one core busy with a busy loop for the whole run, as the suite must pass "
+                          f"under load (also: {BUSY_CORE_ENV}=1)")
+
+
+def pytest_sessionstart(session):
+    if session.config.getoption("busy_core"):
+        session.config.stash[_busy_loop] = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+
+
+def pytest_report_header(config):
+    busy = config.stash.get(_busy_loop, None)
+    return f"busy core: a busy loop (pid {busy.pid}) keeps one core busy until the run ends" if busy else None
+
+
+def pytest_sessionfinish(session):
+    busy = session.config.stash.get(_busy_loop, None)
+    if busy is not None:
+        busy.kill()
+        busy.wait()
 
 
 def pytest_collection_modifyitems(items):
@@ -81,8 +117,8 @@ TINY_FIXED_SWEEP = {
     "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": 4},
     "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
-    # Only after the last epoch: trials take a second or two. One report for all 4 epochs.
-    "resources": {"checkpoint_every_s": 60, "report_every_s": 60},
+    # Only after the last epoch, on any machine: trials take a second or two. One report for all 4 epochs.
+    "resources": {"checkpoint_every_s": 3600, "report_every_s": 3600},
 }
 
 

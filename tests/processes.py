@@ -2,6 +2,16 @@
 
 Every process gets an environment tag; Ray's own processes inherit it, so teardown
 can find and end them all (a SIGKILLed driver leaves Ray's agents behind).
+
+Tests act on what they observe, never on a guess of the machine's speed: `wait_until` an event
+(a row on storage, a line in a log), and `EpochGate` for trials that train until the test lets
+them go on, so an interrupt, kill or cut comes at the same point on any machine:
+
+    gate = EpochGate(tmp_path / "gate", epochs=4)       # each trial trains 4 epochs, then waits
+    driver = spawn_cli("run", ..., tag=tag, log=log, **gate.env)
+    held = gate.wait_held(2)                            # two trials wait: {trial number: pid}
+    os.kill(held[2], signal.SIGKILL)                    # e.g. kill one at a known epoch
+    gate.open()                                         # and let every trial run to its end
 """
 
 from __future__ import annotations
@@ -75,6 +85,8 @@ def free_port() -> int:
 
 
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    """`predicate()`'s first true value, polled every `interval_s`; TimeoutError naming `what` after
+    `timeout_s` (a bound for a stuck run, set for a loaded machine: never a stand-in for an event)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -82,6 +94,50 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
             return value
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class EpochGate:
+    """Sweep trials that train `epochs` epochs and then wait until the test lets them go on
+    (trainables.tuning.trial.wait_at_epoch_gate): pass `env` to the CLI or the Ray nodes that run them.
+
+    A trial held at the gate has reported (and, by its cadence, checkpointed) its last epoch, and
+    Tune's driver has taken that report in. A retried trial stops at the gate again."""
+
+    def __init__(self, path: Path, epochs: int = 0) -> None:
+        self.path = Path(path)
+        self.held_path = Path(f"{self.path}.held")
+        self.allow(epochs)
+
+    @property
+    def env(self) -> dict[str, str]:
+        from trainables.tuning.trial import EPOCH_GATE_ENV
+
+        return {EPOCH_GATE_ENV: str(self.path)}
+
+    def allow(self, epochs: int) -> None:
+        """Let trials train up to `epochs` epochs (in all), then wait."""
+        self.epochs = epochs
+        partial = self.path.with_name(self.path.name + ".new")
+        partial.write_text(str(epochs))
+        partial.replace(self.path)  # whole: a trial never reads a half-written number
+
+    def open(self) -> None:
+        """Let every trial train on to its end, now and after any retry."""
+        self.path.unlink(missing_ok=True)
+
+    def held(self) -> dict[int, tuple[int, int]]:
+        """{trial number: (epochs trained, pid)} of each trial's latest wait at the gate (it may have
+        gone on since, if the gate was moved or opened)."""
+        text = self.held_path.read_text() if self.held_path.exists() else ""
+        return {int(n): (int(e), int(pid)) for n, e, pid in (line.split() for line in text.splitlines())}
+
+    def wait_held(self, trials: int, timeout_s: float = 300) -> dict[int, int]:
+        """Wait until `trials` trials wait at the gate's current epochs; {trial number: pid} of those."""
+        def waiting():
+            found = {n: pid for n, (epochs, pid) in self.held().items() if epochs == self.epochs}
+            return found if len(found) >= trials else None
+        return wait_until(waiting, timeout_s, f"{trials} trial(s) to wait after epoch {self.epochs}",
+                          interval_s=0.1)
 
 
 def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,
@@ -127,7 +183,7 @@ def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashb
 def cluster_gpus(address: str, tag: str) -> float:
     """The GPUs Ray counts in the cluster at `address` (-1 where it cannot be joined yet)."""
     code = f"import ray; ray.init(address='{address}'); print(ray.cluster_resources().get('GPU', 0))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=tagged_env(tag, RAY_AUTH_MODE="token"))
     return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1.0
 

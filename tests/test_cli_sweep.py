@@ -28,7 +28,7 @@ def test_run_smoke_preset_end_to_end(tmp_path, process_tag):
     assert {"result.json", "progress.csv", "params.json"} <= trial_files
     assert not any(name.startswith("events.out.tfevents") for name in trial_files)  # no TensorBoard
     # The local Ray it started is gone with it: no agent, monitor or worker is left running.
-    wait_until(lambda: not tagged_pids(process_tag), 10, "Ray's processes to exit", interval_s=0.2)
+    wait_until(lambda: not tagged_pids(process_tag), 60, "Ray's processes to exit", interval_s=0.2)
 
 
 def test_existing_name_is_refused_without_touching_it(tmp_path, process_tag, blob_dataset_dir):

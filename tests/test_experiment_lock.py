@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
+from processes import wait_until
 from trainables.errors import InputError
 from tune_jobs import experiment_lock
 from tune_jobs.cluster import LOCAL_RAY_ENV, pids_with_env, stop_leftover_local_ray
@@ -84,12 +84,13 @@ def test_leftovers_of_the_recorded_local_ray_end_and_nothing_else():
     ours = [sleeper("dead-command-ray"), sleeper("dead-command-ray")]
     others = [sleeper("dead-command-ray2"), sleeper("another-ray")]  # e.g. a Ray another command started
     try:
-        time.sleep(0.3)
+        wait_until(lambda: pids_with_env(LOCAL_RAY_ENV, "dead-command-ray") == sorted(p.pid for p in ours), 60,
+                   "the sleepers' environments", interval_s=0.05)
         assert stop_leftover_local_ray("dead-command-ray", "another-host") == 0  # another machine's: not here
         assert all(proc.poll() is None for proc in ours)
         assert stop_leftover_local_ray("dead-command-ray", socket.gethostname()) == 2
         for proc in ours:
-            assert proc.wait(10) is not None
+            assert proc.wait(60) is not None
         assert all(proc.poll() is None for proc in others)
         assert stop_leftover_local_ray("", socket.gethostname()) == 0
     finally:
@@ -110,11 +111,8 @@ def test_a_leftover_process_ends_with_its_children_whose_environment_is_hidden()
     try:
         assert pids_with_env(LOCAL_RAY_ENV, "dead-ray-3") == sorted([parent.pid, child])
         assert stop_leftover_local_ray("dead-ray-3", socket.gethostname()) == 2
-        parent.wait(10)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not os.path.exists(f"/proc/{child}")
+        parent.wait(60)
+        wait_until(lambda: not os.path.exists(f"/proc/{child}"), 60, "the child to end", interval_s=0.1)
     finally:
         parent.kill()
         parent.wait()

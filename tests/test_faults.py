@@ -1,5 +1,6 @@
 """Faults a sweep must survive without losing what it computed: killed driver, killed trial worker,
-corrupted checkpoint, storage filling up, storage too small or read-only. Real processes, real Ray."""
+corrupted checkpoint, storage filling up, storage too small or read-only. Real processes, real Ray.
+Each fault strikes at a point the test observes: trials held at an `EpochGate` after a known epoch."""
 
 import json
 import os
@@ -16,18 +17,21 @@ import analysis
 from analysis.storage import LOCK_FILE
 from tune_jobs.cluster import LOCAL_RAY_ENV
 from tune_jobs.launch import KEPT_CHECKPOINTS
-from processes import cli, spawn_cli, tagged_env, tagged_pids, wait_until
+from processes import EpochGate, cli, spawn_cli, tagged_env, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
-# Three trials: one reaches the target in seconds, two crawl (lr 1e-6) to max_epochs.
+# Three trials: lr 0.05 reaches the target at epoch 2, the two at lr 1e-6 crawl to max_epochs; held at
+# the gate after HELD_AT epochs (tests/processes.py), the crawlers are mid-sweep on any machine. Only the
+# first command's trials see the gate: a resume's run on to their end.
 CRAWL = {
     "name": "crawl",
-    "train": {"n_hidden": 32, "loader": "dataloader"},
-    "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 60},
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 8},
     "views": {"lr": {"lr": [0.05, 1.0e-6], "batch_size": 8}, "batch": {"lr": 1.0e-6, "batch_size": [16]}},
     "resources": {"checkpoint_every_s": 0},  # a checkpoint after every epoch: a retry redoes one at most
 }
+HELD_AT = 4
 
 
 def rows(result_json: Path) -> list[dict]:
@@ -47,19 +51,21 @@ def status_of(result_json: Path) -> str:
     return found[-1]["status"] if found else "pending"
 
 
-def start_crawl(tmp_path: Path, tag: str, data_dir: str, storage: Path, name: str = "c") -> subprocess.Popen:
+def start_crawl(tmp_path: Path, tag: str, data_dir: str, storage: Path, gate: EpochGate,
+                name: str = "c") -> subprocess.Popen:
     spec = tmp_path / "crawl.yaml"
     spec.write_text(yaml.safe_dump(CRAWL))
     return spawn_cli("run", str(spec), "--data", data_dir, "--storage", str(storage), "--name", name,
-                     "--no-analyze", tag=tag, log=tmp_path / f"{name}.log")
+                     "--no-analyze", tag=tag, log=tmp_path / f"{name}.log", **gate.env)
 
 
-def one_done_and_one_running(experiment: Path):
-    def check():
-        results = sorted(experiment.glob("trial-*/result.json"))
-        statuses = [status_of(r) for r in results]
-        return "reached_target" in statuses and "running" in statuses
-    return check
+def crawlers_held(experiment: Path, gate: EpochGate) -> dict[int, int]:
+    """Wait until the crawlers are held after HELD_AT epochs (reported and checkpointed) and storage
+    shows the fast trial finished and both crawlers running; the crawlers' {trial number: pid}."""
+    held = gate.wait_held(2)
+    wait_until(lambda: sorted(status_of(r) for r in experiment.glob("trial-*/result.json")) == [
+        "reached_target", "running", "running"], 120, "storage to show one finished and two running trials")
+    return held
 
 
 def finished_results(experiment: Path) -> dict[str, bytes]:
@@ -80,22 +86,22 @@ def assert_epochs_continue(experiment: Path) -> None:
 
 
 def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, process_tag, blob_dataset_dir):
-    storage = tmp_path / "sweeps"
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", HELD_AT)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
     experiment = storage / "c"
-    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    crawlers_held(experiment, gate)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its process group, mid-sweep
-    driver.wait(30)
+    driver.wait(60)
     finished = finished_results(experiment)
-    assert finished
+    assert len(finished) == 1
 
     dead_ray = json.loads((experiment / LOCK_FILE).read_text())["local_ray"]  # what the driver recorded
     assert dead_ray
     # A process of the dead driver's Ray that lives on (as its dashboard and agents can, for a minute,
     # holding their ports), and one of another Ray that resume must leave alone.
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
                                 env=tagged_env(process_tag, **{LOCAL_RAY_ENV: dead_ray}))
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
                                  env=tagged_env(process_tag, **{LOCAL_RAY_ENV: "another-ray"}))
 
     out = cli("resume", "c", "--storage", str(storage), "--no-analyze", tag=process_tag)
@@ -115,55 +121,47 @@ def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, proc
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_tag, blob_dataset_dir):
-    storage = tmp_path / "sweeps"
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", HELD_AT)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
     experiment = storage / "c"
-
-    def a_crawling_trial():
-        for result in experiment.glob("trial-*/result.json"):
-            found = rows(result)
-            if found and found[-1]["status"] == "running" and len(found) >= 5:
-                return result, found[-1]
-        return None
-
-    result, last = wait_until(a_crawling_trial, 180, "a trial past epoch 5")
-    os.kill(last["pid"], signal.SIGKILL)  # the trial's Ray worker process
+    number, victim = min(gate.wait_held(2).items())
+    os.kill(victim, signal.SIGKILL)  # the trial's Ray worker process
+    gate.open()
     assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    (result,) = [r for r in experiment.glob("trial-*/result.json") if rows(r)[0]["trial_number"] == number]
     log = (tmp_path / "c.log").read_text()
     # One line per retry, saying where the trial continues; the error is in the trial's error.txt.
     # Not anchored at a line's start: Ray's "(raylet) A worker died" notice is printed as its text,
     # then its newline, from another thread, and our line can land between the two.
     retry = re.findall(r"\[\d/3 done\] retry  #\d .*$", log, re.MULTILINE)
     assert len(retry) == 1, log
-    assert re.search(rf"from epoch ({'|'.join(str(e) for e in range(5, 61))})'s checkpoint, retry 1 of 2; "
+    assert re.search(rf"#{number} .*from epoch {HELD_AT}'s checkpoint, retry 1 of 2; "
                      rf"error in {result.parent.name}/error.txt$", retry[0]), retry[0]
     assert "Traceback" not in log and "ActorDiedError" not in log, log
     assert "worker process has died" in (result.parent / "error.txt").read_text()
     trials = analysis.load_trials(str(experiment))
     assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
     retried = rows(result)
-    assert retried[-1]["epoch"] == 60 and retried[-1]["pid"] != last["pid"]
+    assert retried[-1]["epoch"] == CRAWL["stop"]["max_epochs"] and retried[-1]["pid"] != victim
     assert len(list(result.parent.glob("checkpoint_*"))) == KEPT_CHECKPOINTS  # the last ones, across the retry
     assert_epochs_continue(experiment)
 
 
 def test_a_trial_killed_before_its_first_checkpoint_is_retried_from_the_start(tmp_path, process_tag,
                                                                                 blob_dataset_dir):
-    storage = tmp_path / "sweeps"
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", 0)  # held before their first epoch
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
     experiment = storage / "c"
-
-    def a_trial_process():
-        return [pid for pid in tagged_pids(process_tag) if cmdline(pid).startswith(b"ray::ImplicitFunc")]
-
-    victim = wait_until(a_trial_process, 180, "a trial's process", interval_s=0.02)[0]
-    reported = sum(len(rows(r)) for r in experiment.glob("trial-*/result.json"))
-    os.kill(victim, signal.SIGKILL)  # while it starts: importing torch takes seconds, a first epoch more
+    ((number, victim), *_) = gate.wait_held(1).items()
+    assert cmdline(victim).startswith(b"ray::ImplicitFunc")  # a trial's Ray worker
+    assert not any(rows(r) for r in experiment.glob("trial-*/result.json"))
+    os.kill(victim, signal.SIGKILL)  # after its start (Ray, torch, the data), before its first epoch
+    gate.open()
     assert driver.wait(300) == 0, (tmp_path / "c.log").read_text()[-3000:]
-    assert reported == 0, "killed too late: a trial had reported already"
     log = (tmp_path / "c.log").read_text()
     retry = re.findall(r"\[\d/3 done\] retry  #\d .*$", log, re.MULTILINE)  # unanchored: see above
-    assert len(retry) == 1 and "from the start (no checkpoint yet), retry 1 of 2" in retry[0], log
+    assert len(retry) == 1 and f"#{number} " in retry[0], log
+    assert "from the start (no checkpoint yet), retry 1 of 2" in retry[0], log
     assert "Traceback" not in log, log
     trials = analysis.load_trials(str(experiment))
     assert len(trials) == 3 and set(trials.status) <= {"reached_target", "max_epochs"}
@@ -172,14 +170,16 @@ def test_a_trial_killed_before_its_first_checkpoint_is_retried_from_the_start(tm
 
 def test_a_second_command_on_a_running_experiment_is_refused_and_harms_nothing(tmp_path, process_tag,
                                                                                blob_dataset_dir):
-    storage = tmp_path / "sweeps"
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", HELD_AT)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
     experiment = storage / "c"
-    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    gate.wait_held(2)
 
-    resume = cli("resume", "c", "--storage", str(storage), tag=process_tag, timeout=60)
+    resume = cli("resume", "c", "--storage", str(storage), tag=process_tag, timeout=180)
     again = cli("run", str(tmp_path / "crawl.yaml"), "--data", blob_dataset_dir, "--storage", str(storage),
-                "--name", "c", tag=process_tag, timeout=60)
+                "--name", "c", tag=process_tag, timeout=180)
+    assert driver.poll() is None  # still running, held at the gate: each command met it mid-sweep
+    gate.open()
     assert resume.returncode == 2 and resume.stderr.count("\n") == 1, resume.stderr
     assert resume.stderr.startswith(f"error: experiment: {experiment} is in use by `instrument-sweep run` "
                                     f"(pid {driver.pid} on "), resume.stderr
@@ -195,12 +195,12 @@ def test_a_second_command_on_a_running_experiment_is_refused_and_harms_nothing(t
 
 
 def test_corrupted_checkpoint_fails_its_trial_only(tmp_path, process_tag, blob_dataset_dir):
-    storage = tmp_path / "sweeps"
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage)
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", HELD_AT)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
     experiment = storage / "c"
-    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    crawlers_held(experiment, gate)
     os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(30)
+    driver.wait(60)
     unfinished = [r.parent for r in experiment.glob("trial-*/result.json") if status_of(r) == "running"]
     victim = unfinished[0]
     for state in victim.glob("checkpoint_*/state.pt"):
@@ -238,14 +238,14 @@ def small_disk(tmp_path):
 
 
 def test_storage_filling_up_stops_safely_and_resumes(tmp_path, process_tag, blob_dataset_dir, small_disk):
-    disk = small_disk(80)
-    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, disk)
+    disk, gate = small_disk(80), EpochGate(tmp_path / "gate", HELD_AT)
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, disk, gate)
     experiment = disk / "c"
-    wait_until(one_done_and_one_running(experiment), 180, "one finished and one running trial")
+    gate.wait_held(2)
     filler = disk / "filler"
     with filler.open("wb") as out:  # leave about 20 MB: under the guard's 32 MB
         out.write(b"\0" * int(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 20e6))
-    assert driver.wait(120) == 2
+    assert driver.wait(300) == 2
     log = (tmp_path / "c.log").read_text()
     assert "--storage: only" in log and "stopped safely" in log and "resume" in log
     for state in experiment.glob("experiment_state-*.json"):
@@ -264,6 +264,6 @@ def test_storage_too_small_or_read_only_is_refused_up_front(tmp_path, process_ta
                                                             small_disk, size_mb, read_only, message):
     disk = small_disk(size_mb, read_only)
     out = cli("run", "--preset", "smoke", "--data", blob_dataset_dir, "--storage", str(disk / "sweeps"),
-              tag=process_tag, timeout=60)
+              tag=process_tag, timeout=180)
     assert out.returncode == 2 and "--storage" in out.stderr and message in out.stderr
     assert not (disk / "sweeps").exists() or not any((disk / "sweeps").iterdir())

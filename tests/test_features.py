@@ -209,7 +209,7 @@ def test_ctrl_c_leaves_no_dataset(tmp_path):
         assert char, f"exited before any progress: {seen}"
         seen += char
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert not out.exists()
     assert not out.parent.exists() or list(out.parent.iterdir()) == []

@@ -5,7 +5,6 @@ import json
 import math
 import re
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 import analysis
-from processes import free_port, http_status, kill_tagged, new_tag, spawn_cli, start_ray_node, wait_until
+from processes import EpochGate, free_port, http_status, kill_tagged, new_tag, spawn_cli, start_ray_node, wait_until
 from trainables.training.report import EpochReport
 from trainables.training.stop import StopRule
 from trainables.tuning.metrics import METRICS, PREFIX, TAG_KEYS, epoch_values, trial_tags
@@ -67,11 +66,11 @@ def test_grafana_dashboard_queries_only_published_metrics():
 
 # -- A real sweep against a Ray head that exports metrics. ---------------------------------
 
-SWEEP = {
+SWEEP = {  # two trials that never reach the target: held after 2 epochs until every metric is scraped
     "name": "live",
-    "train": {"n_hidden": 32, "loader": "dataloader"},  # the seed's slow loop: epochs last long enough
-    "stop": {"threshold": 0.995, "patience": 2, "max_epochs": 12},
-    "views": {"lr": {"lr": [1.0e-4, 1.0e-5], "batch_size": 4}},
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": 0.995, "patience": 2, "max_epochs": 4},
+    "views": {"lr": {"lr": [1.0e-5, 1.0e-6], "batch_size": 64}},
 }
 SAMPLE = re.compile(r"^ray_" + PREFIX + r"(\w+)\{(.*)\} (\S+)$")
 
@@ -97,21 +96,35 @@ def test_a_sweep_publishes_every_metric_with_its_trial_tags(tmp_path, blob_datas
     tag = new_tag()
     temp_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # short: Ray's socket paths have a length limit
     head_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
+    gate = EpochGate(tmp_path / "gate", epochs=2)  # the trials run on the head's workers: its environment
+    samples = []
+
+    def scraped_every_trial() -> bool:
+        """Each trial's every metric (but energy, never measured on a CPU-only host) scraped at least once."""
+        samples.extend(scrape(f"http://127.0.0.1:{metrics_port}/metrics"))
+        names = {}
+        for name, labels, _ in samples:
+            names.setdefault(labels["trial"], set()).add(name)
+        return len(names) == 2 and all(set(METRICS) - ENERGY_METRICS <= found for found in names.values())
+
     try:
         # Ray pushes metrics every 10 s by default; every second keeps this test short.
         start_ray_node(tag, temp_dir, head_port, head=True, dashboard_port=dashboard_port,
-                       metrics_port=metrics_port, metrics_interval_ms=1000, log=Path(temp_dir) / "head.log")
+                       metrics_port=metrics_port, metrics_interval_ms=1000, log=Path(temp_dir) / "head.log",
+                       env=gate.env)
         wait_until(lambda: http_status(f"http://127.0.0.1:{dashboard_port}/api/jobs/") in (200, 401), 120, "the head")
         spec = tmp_path / "live.yaml"
         spec.write_text(yaml.safe_dump(SWEEP))
         log = tmp_path / "run.log"
         run = spawn_cli("run", str(spec), "--data", blob_dataset_dir, "--address", f"127.0.0.1:{head_port}",
                         "--storage", str(tmp_path), "--name", "live", "--no-analyze", tag=tag, log=log)
-        samples = []
-        while run.poll() is None:
-            samples += scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-            time.sleep(0.5)
-        assert run.returncode == 0, log.read_text()[-3000:]
+        gate.wait_held(2)
+        try:  # held after two epochs (their metrics set in their workers) until Ray has pushed them all
+            wait_until(scraped_every_trial, 120, "every metric of both trials at the head's metrics port")
+        except TimeoutError:
+            pass  # asserted below, naming what is missing
+        gate.open()
+        assert run.wait(300) == 0, log.read_text()[-3000:]
     finally:
         kill_tagged(tag)
 

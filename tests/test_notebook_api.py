@@ -51,7 +51,7 @@ def test_keyword_overrides_set_spec_fields_like_set():
 
 def test_importing_the_package_loads_neither_the_api_nor_ray():
     code = "import sys, tune_jobs.cli; print(json.dumps(['tune_jobs.api' in sys.modules, 'ray' in sys.modules]))"
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=180)
     assert json.loads(out.stdout) == [False, False], out.stderr
 
 

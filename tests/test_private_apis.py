@@ -220,13 +220,20 @@ with open(os.environ["STARTS_FILE"], "a+") as f:  # the driver imports it first
     f.seek(0)
     before = len(f.read().split())
     f.write(f"{os.getpid()}\\n")
-# Actors that start in 2.5, 4, 5.5 and 7 s (Ray, torch and the dataset), far longer than their trials.
-time.sleep(1.0 + 1.5 * min(before, 4))
+# The first actor starts at once, the others (as Ray, torch and the dataset can take) only once
+# trials have run FIRST_RUNS times: on the first actor, the only one up (2 minutes at most).
+deadline = time.monotonic() + 120
+while before >= 2 and time.monotonic() < deadline:
+    with open(os.environ["RUNS_FILE"]) as runs:
+        if len(runs.read().split()) >= int(os.environ["FIRST_RUNS"]):
+            break
+    time.sleep(0.05)
 
 
 def trial(config):
     from ray import tune
-    time.sleep(0.05)
+    with open(os.environ["RUNS_FILE"], "a") as runs:
+        runs.write(f"{os.getpid()}\\n")
     tune.report({"pid": os.getpid()})
 '''
 
@@ -234,11 +241,12 @@ def trial(config):
 @pytest.mark.slow
 @pytest.mark.parametrize("kept", [True, False])
 def test_tune_kills_starting_actors_to_reuse_cached_ones_unless_kept(tmp_path, kept):
-    """16 trials of 50 ms on 4 slots, actors that take 2.5-7 s to start: inside `starting_actors_kept`,
-    each started process runs trials (all 4 slots in use); Tune alone kills starting actors
-    to hand their trials to the first actor up."""
+    """16 trials on 4 slots; one actor up at once, the other three starting until it has run 3
+    trials: inside `starting_actors_kept`, each started process runs trials (all 4 slots in use);
+    Tune alone kills starting actors to hand their trials to the first actor up."""
     (tmp_path / "slow_start.py").write_text(SLOW_START_TRIAL)
-    starts = tmp_path / "starts.txt"
+    starts, runs = tmp_path / "starts.txt", tmp_path / "runs.txt"
+    runs.touch()
     out = python(f"""
         import contextlib, json, os
         import ray
@@ -252,7 +260,7 @@ def test_tune_kills_starting_actors_to_reuse_cached_ones_unless_kept(tmp_path, k
         with ray_private.starting_actors_kept() if {kept} else contextlib.nullcontext():
             grid = tuner.fit()
         print("RESULT", json.dumps([os.getpid(), len(grid.errors), sorted({{r.metrics["pid"] for r in grid}})]))
-    """, PYTHONPATH=python_path(tmp_path, ROOT), STARTS_FILE=str(starts))
+    """, PYTHONPATH=python_path(tmp_path, ROOT), STARTS_FILE=str(starts), RUNS_FILE=str(runs), FIRST_RUNS="3")
     assert out.returncode == 0, out.stderr[-3000:]
     driver, errors, ran = json.loads(out.stdout.split("RESULT", 1)[1])
     started = [int(pid) for pid in starts.read_text().split() if int(pid) != driver]
@@ -348,10 +356,21 @@ def logged_epochs(out, experiment) -> tuple[list[int], list[int]]:
     return logged, [int(row["epoch"]) for row in csv.DictReader((trial_dir / "progress.csv").open())]
 
 
+# For `python`'s scripts: Tune uploads each snapshot of its experiment (its staging directory) to
+# storage in the driver's step that takes it, as Tune's own `wait` does, not in the background: what
+# is on storage then follows the trial's reports in order, however fast or loaded the machine.
+SNAPSHOTS_AWAITED = """
+        from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+        sync_up = _ExperimentCheckpointManager.sync_up_experiment_state
+        _ExperimentCheckpointManager.sync_up_experiment_state = (
+            lambda manager, save_fn, force=False, wait=False: sync_up(manager, save_fn, force=force, wait=True))
+"""
+
+
 def dying_trial(died, checkpoint_at: str) -> str:
     """A function trainable's code for `python`: epochs 1-6 from its checkpoint's, a checkpoint at each
-    epoch where `checkpoint_at` (an expression of `epoch`) holds, a pause after epoch 3 (Tune syncs
-    its staging directory to storage then), and its process dies once after epoch 5 (`died` marks it)."""
+    epoch where `checkpoint_at` (an expression of `epoch`) holds, and its process dies once after
+    epoch 5 (`died` marks it)."""
     return f"""
         def trial(config):
             start = 0
@@ -363,8 +382,6 @@ def dying_trial(died, checkpoint_at: str) -> str:
                     open(os.path.join(path, "epoch"), "w").write(str(epoch))
                     checkpoint = tune.Checkpoint.from_directory(path) if {checkpoint_at} else None
                     tune.report({{"epoch": epoch}}, checkpoint=checkpoint)
-                if epoch == 3:
-                    time.sleep(1.0)
                 if epoch == 5 and not os.path.exists({str(died)!r}):
                     open({str(died)!r}, "w").close()
                     os._exit(1)
@@ -379,11 +396,11 @@ def test_tune_overwrites_a_retried_trials_newer_log_rows_with_storages_copy_unle
     result.json and progress.csv from storage over the driver's newer ones: epochs 4 and 5 are
     lost unless `driver_logs_kept`."""
     out = python(f"""
-        import contextlib, json, os, tempfile, time
+        import contextlib, json, os, tempfile
         import ray
         from ray import tune
         from tune_jobs import ray_private
-
+{SNAPSHOTS_AWAITED}
 {dying_trial(tmp_path / "died", checkpoint_at="True")}
 
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -410,11 +427,11 @@ def test_tune_deletes_its_stored_snapshots_checkpoint_before_the_next_snapshot_u
     registers (a driver killed then resumes from it): Tune alone snapshots every 4th, so the 8th
     deletes the 4th while the stored snapshot still names it."""
     out = python(f"""
-        import contextlib, glob, hashlib, json, os, tempfile, time
+        import contextlib, glob, hashlib, json, os, tempfile
         import ray
         from ray import tune
         from tune_jobs import ray_private
-
+{SNAPSHOTS_AWAITED}
         def stored_snapshot():
             return [hashlib.sha1(open(f, "rb").read()).hexdigest()
                     for f in glob.glob({str(tmp_path / "s" / "experiment_state-*.json")!r})]
@@ -424,7 +441,9 @@ def test_tune_deletes_its_stored_snapshots_checkpoint_before_the_next_snapshot_u
             for i in range(1, 13):
                 with tempfile.TemporaryDirectory() as path:
                     tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_directory(path))
-                time.sleep(0.4)  # the driver registers it, deletes the oldest, maybe snapshots
+                # Returns once the driver has taken another step: the one that registered checkpoint i,
+                # deleted the oldest and maybe snapshotted (and uploaded the snapshot) is over.
+                tune.report({{"i": i}})
                 if stored_snapshot() != seen:
                     seen = stored_snapshot()
                     synced_at.append(i)
@@ -452,44 +471,49 @@ def test_tune_deletes_its_stored_snapshots_checkpoint_before_the_next_snapshot_u
 @pytest.mark.slow
 @pytest.mark.parametrize("whole", [True, False])
 def test_tune_rewrites_its_stored_experiment_state_in_place_unless_uploads_whole(tmp_path, whole):
-    """A trial checkpoints 12 times, each time forcing a snapshot. Tune alone copies the snapshot
-    over the stored experiment state in place (one inode throughout: a driver killed mid-copy
-    leaves it truncated); inside `local_uploads_whole` each upload renames a whole copy in."""
+    """A trial checkpoints 12 times, each time forcing a snapshot, and notes the stored experiment
+    state's inode once each snapshot is there. Tune alone copies the snapshot over the stored
+    experiment state in place (one inode throughout: a driver killed mid-copy leaves it truncated);
+    inside `local_uploads_whole` each upload renames a whole copy in."""
+    noted = tmp_path / "inodes.json"
     out = python(f"""
-        import contextlib, glob, json, os, tempfile, threading, time
+        import contextlib, glob, json, os, tempfile, time
         import ray
         from ray import tune
         from tune_jobs import ray_private
 
+        def stored():
+            found = {{}}
+            for f in glob.glob({str(tmp_path / "w" / "experiment_state-*.json")!r}):
+                try:
+                    with open(f, "rb") as state:
+                        found[f] = (os.fstat(state.fileno()).st_ino, state.read())
+                except FileNotFoundError:  # replaced meanwhile
+                    pass
+            return found
+
         def trial(config):
+            inodes = []
             for i in range(12):
+                before, deadline = stored(), time.monotonic() + 120
                 with tempfile.TemporaryDirectory() as path:
                     tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_directory(path))
-                time.sleep(0.2)
+                while stored() == before and time.monotonic() < deadline:  # this checkpoint's snapshot
+                    time.sleep(0.01)
+                inodes += [inode for inode, _ in stored().values()]
+            with open({str(noted)!r}, "w") as f:
+                json.dump(inodes, f)
 
-        inodes, done = set(), threading.Event()
-
-        def watch():
-            while not done.is_set():
-                for f in glob.glob({str(tmp_path / "w" / "experiment_state-*.json")!r}):
-                    try:
-                        inodes.add(os.stat(f).st_ino)
-                    except FileNotFoundError:
-                        pass
-                time.sleep(0.01)
-
-        threading.Thread(target=watch, daemon=True).start()
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         tuner = tune.Tuner(trial, run_config=tune.RunConfig(
             name="w", storage_path={str(tmp_path)!r}, verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         with ray_private.local_uploads_whole() if {whole} else contextlib.nullcontext():
             grid = tuner.fit()
-        done.set()
-        print("RESULT", json.dumps([len(grid.errors), len(inodes)]))
+        print("RESULT", json.dumps(len(grid.errors)))
     """, TUNE_GLOBAL_CHECKPOINT_S="1000")
     assert out.returncode == 0, out.stderr[-3000:]
-    errors, inodes = json.loads(out.stdout.split("RESULT", 1)[1])
+    errors, inodes = json.loads(out.stdout.split("RESULT", 1)[1]), len(set(json.loads(noted.read_text())))
     experiment = tmp_path / "w"
     (trial_dir,) = experiment.glob("trial*")
     assert errors == 0 and len((trial_dir / "result.json").read_text().splitlines()) == 12
@@ -514,11 +538,21 @@ def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deat
     driver, whose listener prints it; inside `node_deaths_unprinted` those two kinds are dropped
     and every other error is printed as before. One driver of each kind, one after the other."""
     out = python("""
-        import time
+        import sys, time
         import ray
         from ray._private import utils, worker
         from tune_jobs import ray_private
 
+        class Printed:  # the driver's stdout, and what has been printed on it
+            def __init__(self, stream):
+                self.stream, self.text = stream, ""
+            def write(self, text):
+                self.text += text
+                return self.stream.write(text)
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+        sys.stdout = printed = Printed(sys.stdout)
         before = worker.listen_error_messages
         for quiet in (True, False):
             with ray_private.node_deaths_unprinted(quiet):
@@ -526,7 +560,10 @@ def test_ray_prints_every_error_the_gcs_publishes_on_the_driver_unless_node_deat
             client = worker.global_worker.gcs_client
             for kind in ("node_removed", "raylet_died", "worker_died"):
                 utils.publish_error_to_driver(kind, f"MESSAGE-{quiet}-{kind}", gcs_client=client)
-            time.sleep(3)
+            # The GCS hands a driver its errors in the order published: the last printed, all were seen.
+            deadline = time.monotonic() + 120
+            while f"MESSAGE-{quiet}-worker_died" not in printed.text and time.monotonic() < deadline:
+                time.sleep(0.05)
             ray.shutdown()
         print("RESTORED", worker.listen_error_messages is before)
     """)
@@ -626,7 +663,7 @@ def test_tunes_loggers_log_the_epochs_a_restarted_trial_trains_again_twice_unles
     and 5 again. Tune's own loggers (with `driver_logs_kept`) log them twice; the project's
     (launch.EpochJsonLogger, EpochCsvLogger: `restore_trial_log` on a resume) once."""
     out = python(f"""
-        import json, os, tempfile, time
+        import json, os, tempfile
         import ray
         from ray import tune
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback

@@ -441,7 +441,7 @@ def test_run_resume_and_the_notebook_api_stop_on_a_changed_fix_unless_run_withou
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.strip().splitlines()[-1].startswith(refused_line)
     assert not (storage / "s").exists()  # nothing written
-    wait_until(lambda: not tagged_pids(process_tag), 10, "its local Ray to stop", interval_s=0.2)
+    wait_until(lambda: not tagged_pids(process_tag), 60, "its local Ray to stop", interval_s=0.2)
 
     ran = run(*smoke, "--without-ray-fixes")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]

@@ -9,13 +9,12 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from processes import tagged_env, tagged_pids
+from processes import EpochGate, tagged_env, tagged_pids, wait_until
 from trainables.errors import InputError
 from tune_jobs import cli
 from tune_jobs.ray_private import ray_on_loopback
@@ -183,32 +182,43 @@ def test_a_local_run_listens_on_loopback_only_and_leaves_a_private_token(tmp_pat
     """A real sweep's Ray processes, sampled while it runs: none listens outside 127.0.0.0/8."""
     home = tmp_path / "home"
     token = write_token(home / ".ray" / "auth_token", 0o644)  # as an earlier Ray left it
-    env = tagged_env(process_tag, HOME=str(home), PYTHONUSERBASE=site.getuserbase())
+    gate = EpochGate(tmp_path / "gate", epochs=1)  # trials wait until the sampling has seen Ray at work
+    env = tagged_env(process_tag, HOME=str(home), PYTHONUSERBASE=site.getuserbase(), **gate.env)
     for name in RAY_TOKEN_ENV + ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",):
         env.pop(name, None)
     stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
     seen: set[tuple[str, int, str]] = set()
+    # Ray at work: its GCS, raylet, runtime-env agent, dashboard, the driver and a trial's worker, each
+    # under its command line or the title Ray gives it later. (Not always the dashboard agent: another
+    # Ray on this machine can hold its port 52365 for seconds.)
+    processes = ("gcs_server", "raylet", "runtime_env/agent/main.py|ray::RuntimeEnvAgent", "dashboard.py",
+                 "-m tune_jobs", "default_worker.py|ray::IDLE|ray::ImplicitFunc")
+
+    def unseen() -> list[str]:
+        names = " ".join(name for _, _, name in seen)
+        return [process for process in processes if not any(title in names for title in process.split("|"))]
+
+    def sample(done) -> bool:
+        seen.update(listening_sockets(process_tag))
+        return done()
+
     with stdout.open("w") as out_file, stderr.open("w") as err_file:
         run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", "--preset", "smoke", "--data",
-                                blob_dataset_dir, "--set", "stop.threshold=null", "--set", "stop.max_epochs=20",
+                                blob_dataset_dir, "--set", "stop.threshold=null", "--set", "stop.max_epochs=2",
                                 "--no-analyze", "--dashboard", "--storage", str(tmp_path / "sweeps"), "--name", "s"],
                                stdout=out_file, stderr=err_file, env=env)
-        deadline = time.monotonic() + 300
-        while run.poll() is None and time.monotonic() < deadline:
-            seen |= listening_sockets(process_tag)
-            time.sleep(0.2)
-        run.wait(timeout=60)
+        try:
+            wait_until(lambda: sample(lambda: not unseen()), 300, "a listening socket of each of Ray's processes",
+                       interval_s=0.2)
+        except TimeoutError:
+            pass  # asserted below, naming the processes not seen
+        gate.open()
+        wait_until(lambda: sample(lambda: run.poll() is not None), 300, "the sweep to end", interval_s=0.2)
     out, err = stdout.read_text(), stderr.read_text()
     assert run.returncode == 0, out[-3000:] + err[-3000:]
     outside = sorted((ip, port, name[:120]) for ip, port, name in seen if not is_loopback(ip))
     assert not outside, outside
-    # The sampling saw Ray at work: its GCS, raylet, runtime-env agent, dashboard, the driver and a worker,
-    # each under its command line or the title Ray gives it later. (Not always the dashboard agent:
-    # another Ray on this machine can hold its port 52365 for seconds.)
-    names = " ".join(name for _, _, name in seen)
-    for process in ("gcs_server", "raylet", "runtime_env/agent/main.py|ray::RuntimeEnvAgent", "dashboard.py",
-                    "-m tune_jobs", "default_worker.py|ray::IDLE|ray::ImplicitFunc"):
-        assert any(title in names for title in process.split("|")), f"no listening socket of {process}: {sorted(seen)}"
+    assert not unseen(), f"no listening socket of {unseen()}: {sorted(seen)}"
     assert mode(token) == 0o600 and token.read_text() == "ab" * 32  # Ray used it, did not replace it
     assert "~/.ray/auth_token" in err and "0644" in err and "0600" in err
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+\ntoken: .*`ray get-auth-token`", out)

@@ -74,7 +74,7 @@ def test_checkpoints_come_every_checkpoint_every_s_and_after_the_last_epoch(tiny
         checkpoints = sorted(trial_dir.glob("checkpoint_*"))
         mine = epochs[epochs.trial_id == trial_dir.name.rsplit("-", 1)[1]]
         assert list(mine.epoch) == [1, 2, 3, 4]  # every epoch reported
-        assert len(checkpoints) == 1  # 4 epochs within checkpoint_every_s = 60: only the last is saved
+        assert len(checkpoints) == 1  # 4 epochs within checkpoint_every_s = 3600: only the last is saved
         assert json.loads((checkpoints[0] / "result.json").read_text())["epoch"] == 4
 
 
@@ -83,7 +83,7 @@ def test_a_trial_reports_its_epochs_since_the_last_report_at_once_and_files_keep
     for trial_dir in Path(tiny_fixed_experiment).glob("trial-*"):
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-        # Within report_every_s = 60: epochs 1-3 in one report, the last alone with its checkpoint.
+        # Within report_every_s = 3600: epochs 1-3 in one report, the last alone with its checkpoint.
         assert [r["training_iteration"] for r in rows] == [1, 1, 1, 2]
         assert not any("earlier_epochs" in r for r in rows)
         checkpoint, = trial_dir.glob("checkpoint_*")

@@ -58,7 +58,7 @@ def test_each_trial_is_a_tracked_run_in_mlflow_and_wandb_offline(tmp_path, blob_
                   WANDB_MODE="offline", WANDB_SILENT="true", WANDB_INIT_TIMEOUT="300", WANDB__SERVICE_WAIT="300")
         if out.returncode == 0:  # W&B's own service process may still be flushing its offline files
             try:
-                wait_until(wandb_written, 60, "W&B's offline run files")
+                wait_until(wandb_written, 180, "W&B's offline run files")
             except TimeoutError:
                 pass  # asserted below, file by file, naming what is missing
     finally:

@@ -16,6 +16,9 @@ most that much training, and never continues on other data. (A checkpoint per
 epoch cost 6 ms an epoch here, and Tune snapshots its experiment state as
 checkpoints come.) Reporting and checkpointing fall in the "between" windows,
 timed as overhead.
+
+Tests hold trials between epochs through `EPOCH_GATE_ENV` (`wait_at_epoch_gate`): nothing else
+sets it, and without it a trial never waits.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from trainables.tuning import metrics
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
+# Tests only (tests/processes.py `EpochGate`): a file holding N; trials train N epochs, then wait.
+EPOCH_GATE_ENV = "INSTRUMENT_SWEEP_TEST_EPOCH_GATE"
+GATE_POLL_S = 0.05
 
 if TYPE_CHECKING:
     from trainables.data.dataset import Dataset
@@ -133,6 +139,27 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
+def wait_at_epoch_gate(trial_number: int, epochs_done: int) -> None:
+    """Where the environment names a gate file (`EPOCH_GATE_ENV`, set by tests only): wait while the
+    number it holds is no more than `epochs_done`, having appended "TRIAL EPOCHS PID" to "GATE.held";
+    a gate file that is gone lets every trial on. Called between epochs: a held trial's last report
+    (and checkpoint) has been taken in by Tune, whose driver lets a trial's thread go on only then."""
+    gate = os.environ.get(EPOCH_GATE_ENV)
+    held = False
+    while gate:
+        try:
+            allowed = int(Path(gate).read_text())
+        except FileNotFoundError:
+            return
+        if epochs_done < allowed:
+            return
+        if not held:
+            with open(f"{gate}.held", "a") as listed:  # one small append: whole, even beside other trials'
+                listed.write(f"{trial_number} {epochs_done} {os.getpid()}\n")
+            held = True
+        time.sleep(GATE_POLL_S)
+
+
 def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) -> None:
     """One sweep trial: `trial_config(config["trial"], settings)` (trainables.training.config) says
     what to train (and is what its checkpoints record)."""
@@ -182,6 +209,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     cadence = Cadence(trial)
     try:
         while not run.done:
+            wait_at_epoch_gate(trial["number"], run.epoch)
             report = run.run_epoch()
             state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint_due(run.done) else None
             if run.done:  # too short for the GPU's counter? replay it now, on its own GPU
