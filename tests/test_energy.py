@@ -268,7 +268,7 @@ def test_idle_is_probed_without_a_context_with_one_and_after_and_its_drift_widen
     f = falling["report"]
     assert f.gpu_idle_after_w < f.gpu_idle_w - 15 and f.first_run_energy_j < f.gpu_idle_w * f.first_run_time_s
     assert abs(f.first_run_energy_j - falling["true_first_run_j"]) <= f.first_run_energy_err_j
-    assert f.energy_err_j > (f.gpu_idle_w - f.gpu_idle_after_w) * 0.01 + r.energy_err_j  # waits of 10 ms and more
+    assert f.energy_err_j >= (f.gpu_idle_w - f.gpu_idle_after_w) * 0.01  # over the wait of 10 ms and more after it
     assert not f.energy_uncertain and f.energy_note == ""
 
 

@@ -29,7 +29,8 @@ Environment (read once, at import):
     FAKE_NVML_JITTER_S  each update lands up to this far before or after the period's grid (default 0)
     FAKE_NVML_READ_S    how long a counter read takes (default 0; pynvml.py)
     FAKE_NVML_T0        wall-clock time (Unix seconds) the drift counts from (default: this import)
-    FAKE_NVML_STATS_DIR where each process keeps its counter reads' count and seconds (<pid>.json)
+    FAKE_NVML_STATS_DIR where each process keeps its counter reads' count and seconds (<pid>.json) and
+                        its epochs' wall-clock intervals (<pid>.busy: "start end" lines)
     FAKE_CUDA_SEES      JSON list of the NVML indices CUDA may show this process, as a cgroup (Slurm's
                         ConstrainDevices) or a container allows; CUDA numbers only these (default: all)
 
@@ -102,6 +103,9 @@ class _Busy:
             self.depth -= 1
             if self.depth == 0:
                 self.ends[-1] = time.time()
+                if STATS_DIR:  # the ground truth of a process's epochs, for whoever reads the counters' stats
+                    with open(os.path.join(STATS_DIR, f"{os.getpid()}.busy"), "a") as out:
+                        out.write(f"{self.starts[-1]!r} {self.ends[-1]!r}\n")
 
     def seconds(self, t: float) -> float:
         """Busy seconds up to wall-clock time t."""

@@ -29,15 +29,17 @@ from dataclasses import dataclass
 
 NAN = float("nan")
 POLL_S = 0.0005  # between counter reads while waiting for an update
-PROBE_PERIODS = {"bare": 3, "context": 5}  # idle power over this many counter periods (0.35 s and 0.55 s at 100 ms)
+PROBE_PERIODS = {"bare": 3, "context": 5}  # idle power over this many counter periods (0.35 s and 0.55 s at 100 ms) ...
+PROBE_MIN_S = 0.3  # ... and this many seconds at least (a faster counter: more periods, as cheap)
 
 
 @dataclass(frozen=True)
 class CounterUpdate:
     """An observed change of the counter. Seconds on `time.perf_counter`; the counter in mJ.
 
-    The change happened between the two reads around it; each read is taken to sample the counter
-    at its midpoint, and `at_s` is halfway between those midpoints, off by at most `half_width_s`."""
+    The change happened between the two reads around it: after the first began and before the second
+    returned (each samples the counter somewhere inside its call). `at_s` is halfway, off by at most
+    `half_width_s` (about one read and the pause between reads)."""
 
     at_s: float
     half_width_s: float
@@ -65,26 +67,25 @@ def next_update(read_mj, timeout_s: float = 1.0, not_before_s: float = -math.inf
     deadline = time.perf_counter() + timeout_s
     if not_before_s > time.perf_counter():
         time.sleep(not_before_s - time.perf_counter())
-    began = time.perf_counter()
+    last_began = time.perf_counter()
     last = read_mj()
-    last_mid = (began + time.perf_counter()) / 2
     while time.perf_counter() < deadline:
         time.sleep(POLL_S)
         began = time.perf_counter()
         value = read_mj()
         seen = time.perf_counter()
-        mid = (began + seen) / 2
-        if value != last:
-            return CounterUpdate(at_s=(last_mid + mid) / 2, half_width_s=(mid - last_mid) / 2, mj=float(value),
+        if value != last:  # it changed after the last read began and before this one returned
+            return CounterUpdate(at_s=(last_began + seen) / 2, half_width_s=(seen - last_began) / 2, mj=float(value),
                                  seen_s=seen)
-        last_mid = mid
+        last_began = began
     return None
 
 
-def updates(read_mj, count: int, timeout_s: float) -> list[CounterUpdate]:
-    """`count` consecutive counter updates; [] where the counter stalls for `timeout_s`."""
+def updates(read_mj, count: int, timeout_s: float, min_span_s: float = 0.0) -> list[CounterUpdate]:
+    """At least `count` consecutive counter updates, spanning `min_span_s`; [] where the counter stalls for
+    `timeout_s`."""
     found: list[CounterUpdate] = []
-    while len(found) < count:
+    while len(found) < count or found[-1].at_s - found[0].at_s < min_span_s:
         update = next_update(read_mj, timeout_s)
         if update is None:
             return []
@@ -105,8 +106,8 @@ def power_between(first: CounterUpdate, last: CounterUpdate) -> tuple[float, flo
 def measure_counter(read_mj, periods: int = PROBE_PERIODS["context"], timeout_s: float = 5.0
                     ) -> tuple[float, float, float]:
     """(update period s, mean power W, its error W) of an energy counter read by `read_mj`, over `periods`
-    periods (about (periods + 1) x the period); NaNs where it did not change."""
-    found = updates(read_mj, periods + 1, timeout_s)
+    periods and PROBE_MIN_S at least (about one period more); NaNs where it did not change."""
+    found = updates(read_mj, periods + 1, timeout_s, PROBE_MIN_S)
     if not found:
         return NAN, NAN, NAN
     intervals = [b.at_s - a.at_s for a, b in zip(found, found[1:])]
@@ -125,8 +126,8 @@ def running_contexts(handle) -> int:
 
 @functools.lru_cache(maxsize=None)
 def probe_gpu(gpus, index: int, kind: str = "context", timeout_s: float = 5.0) -> GpuProbe:
-    """Measure the counter period and idle power of GPU `index` of Zeus's GPU list `gpus` over
-    PROBE_PERIODS[kind] periods. Only for a GPU whose counter answers (`trainables.training.gpus.energy_note`)."""
+    """Measure the counter period and idle power of GPU `index` of Zeus's GPU list `gpus` (`measure_counter`
+    over PROBE_PERIODS[kind] periods). Only for a GPU whose counter answers (`trainables.training.gpus.energy_note`)."""
     started = time.perf_counter()
     name = gpus.get_name(index)
     try:

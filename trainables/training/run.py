@@ -343,6 +343,7 @@ class TrainingRun:
             measurement_time_s=self.meter.spent_s,
             energy_source="gpu" if measured else "none",
             energy_note=self.energy_note,
+            gpu_uuids=",".join(self.gpu_uuids),
             status=self.status.value,
             test_acc=test.acc if test else NAN,
             test_loss=test.loss if test else NAN,
