@@ -13,7 +13,8 @@ trains, a slow drift. The fake logs every counter read and every epoch (FAKE_NVM
   trial_setup_s (inside the trials' spans, before and around the run: data, model, ...),
   training_s (the first runs' epochs), reporting_s (between epochs: reports, checkpoints),
   measurement_s (counter reads, waits for counter updates, idle probes: the trials'
-  measurement_time_s; a baseline that lacks it: the fake's summed read time), replays_s (the
+  measurement_time_s; a baseline that lacks it: the fake's summed read time, and the reads it made
+  inside its epoch and between-epoch windows are taken out of those), replays_s (the
   replays' work), analysis_s (the summary line to the command's end), other_s (the rest: Tune's
   scheduling, gaps between trials, Ray's stop). measurement_share = (measurement + replays) / wall.
   Each phase is one entry of an ordered dict, from the trials' rows (kept in the JSON, with each
@@ -114,12 +115,17 @@ def split(sweep: dict) -> dict:
     total = lambda key: sum(_finite(t[key]) for t in trials)  # noqa: E731
     replays_s = sum(_finite(t["replays"]) * _finite(t["time_s"]) for t in trials if t["energy_method"] == "replay")
     measured = [t["measurement_time_s"] for t in trials if math.isfinite(_float(t["measurement_time_s"]))]
-    measurement_s = sum(measured) if measured else sweep["read_s"]
+    training_s, reporting_s = total("first_run_time_s"), total("overhead_time_s")
+    if measured:
+        measurement_s = sum(measured)
+    else:  # a baseline that read the counter at both ends of every epoch: those reads are in its windows
+        measurement_s, read_s = sweep["read_s"], sweep["read_s"] / max(sweep["reads"], 1)
+        inside_s = sum(max(int(t["epoch"]) - 1, 0) for t in trials) * read_s  # one read in each window
+        training_s, reporting_s = training_s - inside_s, reporting_s - inside_s
     spans = sum(t["ended_at_s"] - t["started_at_s"] for t in trials)
     phases = {"ray_start_s": sweep["marks"].get("ready", math.nan),
-              "trial_setup_s": spans - total("first_run_time_s") - total("overhead_time_s") - measurement_s
-              - replays_s,
-              "training_s": total("first_run_time_s"), "reporting_s": total("overhead_time_s"),
+              "trial_setup_s": spans - training_s - reporting_s - measurement_s - replays_s,
+              "training_s": training_s, "reporting_s": reporting_s,
               "measurement_s": measurement_s, "replays_s": replays_s,
               "analysis_s": sweep["wall_s"] - sweep["marks"].get("summary", sweep["wall_s"])}
     phases["other_s"] = sweep["wall_s"] - sum(phases.values())
