@@ -46,7 +46,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_NVML = ROOT / "tests" / "fake_nvml"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(FAKE_NVML))
 
 PROFILE = "H200"
 PHASES = ("ray_start_s", "trial_setup_s", "training_s", "reporting_s", "measurement_s", "replays_s", "analysis_s",
@@ -136,8 +135,11 @@ def truth(sweep: dict) -> list[dict]:
     """Each trial's headline joules against the model's true joules over the same work: the first run's
     epochs (the first 2 x epochs + 1 epoch-loop calls in its span: train and validate each epoch, test
     the last; reporting between them idles) or, replayed, the replays' (the calls after those)."""
-    import fake_node
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("fake_node", FAKE_NVML / "fake_node.py")  # its profiles alone
+    fake_node = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake_node)
     gpu = fake_node.PROFILES[PROFILE]
     idle_w, load_w, drift = gpu["idle_w"], gpu["load_w"], gpu["drift_w_per_s"]
     busy = sweep["busy"]

@@ -1,7 +1,7 @@
 """Everything a GPU machine should show, in one run and one JSON: host facts, idle power, a real sweep
 (twice), NVML's energy counter period, the epoch loops and their baselines, and the GPU tests.
 
-    python benchmarks/gpu_check.py                          # on a GPU machine: about 6-7 min on one H100/H200
+    python benchmarks/gpu_check.py                          # on a GPU machine: about 6 min on one H100/H200
     python benchmarks/gpu_check.py --out /tmp/gpu --skip-tests --budget-s 200
     python benchmarks/gpu_check.py --allow-cpu --epochs 1 --sweep-preset smoke --tests-args tests/test_stop_rule.py
     benchmarks/gpu_node.sh OUT_DIR                          # on a GPU node without internet (gpu_bundle.sh)
@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_epoch  # noqa: E402  (the project's internals are reached through it only)
 
-STAGE_SHARES = {"host": 0.02, "idle": 0.04, "sweep": 0.22, "nvml": 0.02, "epoch": 0.25, "tests": 0.45}
+STAGE_SHARES = {"host": 0.02, "idle": 0.03, "sweep": 0.30, "nvml": 0.01, "epoch": 0.22, "tests": 0.42}
 UIOWA_SHAPE = {"train_rows": 66_247, "test_rows": 14_904, "features": 120, "classes": 10}
 ACCURACY_BATCH, ACCURACY_EPOCHS, ACCURACY_TOLERANCE = 128, 10, 0.005
 # (kind, batch size), run in this order: the fast loop step by step, with a compiled step; baselines beside
@@ -83,6 +83,7 @@ MARKS = {"ready": "results:", "summary": "trial  lr"}  # CLI lines whose time be
 TESTS_ARGS = "tests/test_gpu.py tests/test_energy.py tests/test_gpus.py tests/test_training_core.py " \
              "tests/test_private_fallbacks.py"
 IDLE_PERIODS = 10  # the idle stage's probes span this many counter periods
+IDLE_AFTER_S = 20  # the sweep stage keeps this long for the idle probe after its sweeps
 SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source", "device",
               "gpu_uuids", "energy_note"]
 ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$|replay|first_run|measurement|overhead")
@@ -272,7 +273,8 @@ def child_json(args: list[str], prefix: str, timeout_s: float) -> dict:
                          timeout=max(5.0, timeout_s))
     lines = [line for line in out.stdout.splitlines() if line.startswith(prefix)]
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {(out.stderr or out.stdout)[-1500:]}")
+        last = ((out.stderr or out.stdout).strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {last[-500:]}")
     return json.loads(lines[-1][len(prefix):])
 
 
@@ -649,13 +651,13 @@ def sweep_stage(report: Report, args, deadline: float) -> None:
     devices = {d["uuid"]: d["name"] for d in report.data.get("cuda_devices", []) if d.get("uuid")}
     sweeps = report.data.setdefault("sweeps", {})
     for number, (name, extra) in enumerate(SWEEPS.items()):
-        share = (deadline - time.monotonic() - 30) / (len(SWEEPS) - number)  # the idle probe after: 30 s
+        share = (deadline - time.monotonic() - IDLE_AFTER_S) / (len(SWEEPS) - number)
         sweeps[name] = one_sweep(report, args, name, extra, time.monotonic() + share, devices)
         report.save()
     rows = {name: {row["trial_id"].split("_")[-1]: row for row in sweep.get("trials", [])}
             for name, sweep in sweeps.items()}
     report.data["replays_compared"] = replays_compared(rows.get("defaults", {}), rows.get("replays_off", {}))
-    report.data.setdefault("idle", {}).update(idle_rows(report, ("after_sweep",), max(10.0, deadline - time.monotonic())))
+    report.data.setdefault("idle", {}).update(idle_rows(report, ("after_sweep",), IDLE_AFTER_S))
     report.data["idle_checks"] = idle_checks(report.data["idle"])
 
 
@@ -670,7 +672,7 @@ def one_sweep(report: Report, args, name: str, extra: list[str], deadline: float
         cmd = [sys.executable, "-m", "tune_jobs", "run", "--preset", args.sweep_preset, "--storage", str(storage),
                "--name", "gpu-check", *extra, *itertools.chain.from_iterable(("--set", s) for s in args.sweep_set)]
         report.log(f"sweep {name}: $ {shlex.join(cmd)}")
-        rc, seconds, marks = run_logged(cmd, report.path(f"sweep-{name}.log"), deadline - time.monotonic() - GRACE_S,
+        rc, seconds, marks = run_logged(cmd, report.path(f"sweep-{name}.log"), deadline - time.monotonic(),
                                         marks=MARKS)
         out = {"run": {"command": shlex.join(cmd), "exit_code": rc, "timed_out": rc is None,
                        "wall_s": round(seconds, 1), "marks": marks}}
@@ -876,7 +878,7 @@ def failed_checks(data: dict) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
-    parser.add_argument("--budget-s", type=float, default=400, help="time for all stages (default 400)")
+    parser.add_argument("--budget-s", type=float, default=360, help="time for all stages (default 360)")
     parser.add_argument("--allow-cpu", action="store_true", help="without CUDA, run every stage on the CPU")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per epoch row, median (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
@@ -890,8 +892,8 @@ def main() -> int:
     parser.add_argument("--tests-marker", default="gpu or not (slow or cluster)")
     parser.add_argument("--tests-args", default=TESTS_ARGS, help="pytest arguments: the test files (default: the "
                                                                  "GPU test files)")
-    parser.add_argument("--tests-min-s", type=float, default=240,
-                        help="the tests run this long at least, whatever the budget leaves (default 240)")
+    parser.add_argument("--tests-min-s", type=float, default=150,
+                        help="the tests run this long at least, whatever the budget leaves (default 150)")
     parser.add_argument("--tests-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="pytest-xdist workers where installed (default min(8, cores))")
     parser.add_argument("--variant-child", help=argparse.SUPPRESS)

@@ -37,14 +37,13 @@ def tiny_report(tiny_experiment, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trials(tiny_experiment) -> pd.DataFrame:
     """The tiny sweep's trials as a node that measures no energy reports them."""
-    return load_trials(tiny_experiment).assign(energy_j=np.nan, gpu_energy_j=np.nan, cpu_energy_j=np.nan,
+    return load_trials(tiny_experiment).assign(energy_j=np.nan, first_run_cpu_energy_j=np.nan,
                                                 energy_source="none", energy_uncertain=False)
 
 
 def with_gpu_energy(trials: pd.DataFrame, uncertain_trial: int | None = None) -> pd.DataFrame:
     """The trials as a GPU node reports them: joules measured, optionally one window under 1 s."""
-    measured = trials.assign(energy_j=trials["time_s"] * 250.0, gpu_energy_j=trials["time_s"] * 250.0,
-                             energy_source="gpu", energy_uncertain=False)
+    measured = trials.assign(energy_j=trials["time_s"] * 250.0, energy_source="gpu", energy_uncertain=False)
     if uncertain_trial is not None:
         measured.loc[measured["trial_number"] == uncertain_trial, "energy_uncertain"] = True
     return measured
@@ -338,7 +337,7 @@ def test_node_cpu_energy_counts_for_a_trial_only_where_it_ran_alone(tiny_experim
     """The tiny sweep ran trials two at a time on one node: with the node's RAPL joules written
     in, trials that overlapped another share them (they rank nothing); one alone owns them."""
     trials = load_trials(tiny_experiment).assign(energy_j=np.nan, energy_source="none", cpu_energy_shared=False)
-    trials["cpu_energy_j"] = trials["time_s"] * 30.0
+    trials["first_run_cpu_energy_j"] = trials["time_s"] * 30.0
     both = frames.attribute_cpu_energy(trials)
     spans = list(zip(trials.started_at_s, trials.ended_at_s))
     overlapped = [any(s < e2 and e > s2 for j, (s2, e2) in enumerate(spans) if j != i) for i, (s, e) in enumerate(spans)]
@@ -346,7 +345,7 @@ def test_node_cpu_energy_counts_for_a_trial_only_where_it_ran_alone(tiny_experim
     assert both.cpu_energy_shared.tolist() == overlapped
     assert both.energy_j[both.cpu_energy_shared].isna().all()
     alone = both[~both.cpu_energy_shared]
-    assert (alone.energy_source == "cpu").all() and (alone.energy_j == alone.cpu_energy_j).all()
+    assert (alone.energy_source == "cpu").all() and (alone.energy_j == alone.first_run_cpu_energy_j).all()
     single = frames.attribute_cpu_energy(trials.iloc[[0]])
     assert single.energy_source.tolist() == ["cpu"] and not single.cpu_energy_shared.any()
 

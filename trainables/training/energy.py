@@ -91,11 +91,12 @@ class EnergyMeter:
         self.spent_s = 0.0  # seconds spent reading counters, waiting for updates and probing
         logging.getLogger("zeus").setLevel(logging.WARNING)
         self._monitor = None
-        started = time.perf_counter()
         try:
             self._monitor = zeus_monitor([gpus.gpu] if gpus.measured else [], cpu)
             if self._monitor.gpu_indices:
+                started = time.perf_counter()
                 self.bare_probe = self._probe("bare")
+                self.spent_s += time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 - Zeus could not set up or read the GPU: time (and CPU) go on
             self.note = self.note or one_line(f"Zeus could not measure GPU {self.gpu_uuid or '?'}: {error_text(exc)}")
             self.bare_probe = None
@@ -103,7 +104,6 @@ class EnergyMeter:
                 self._monitor = zeus_monitor([], cpu)
             except Exception:  # noqa: BLE001 - nor anything else: time alone
                 self._monitor = None
-        self.spent_s += time.perf_counter() - started
         self.gpu_indices = list(self._monitor.gpu_indices) if self._monitor else []  # Zeus's indices
         self.cpu_indices = list(self._monitor.cpu_indices) if self._monitor else []
         self.source = energy_source(bool(self.gpu_indices), bool(self.cpu_indices))

@@ -185,7 +185,7 @@ class TrainingRun:
             gpu_j, err_j = window.gpu_j, window.err_j
         return {"time_s": self.time_s - sum(a["time_s"] for a in self.earlier), "gpu_j": gpu_j, "err_j": err_j,
                 "idle_w": probe.idle_w if probe else NAN, "idle_err_w": probe.idle_err_w if probe else NAN,
-                "idle_no_context_w": bare.idle_w if bare and bare.contexts == 0 else NAN,
+                "idle_no_context_w": bare.idle_w if bare and bare.contexts <= 0 else NAN,  # -1: NVML cannot say
                 "max_power_w": probe.max_power_w if probe else NAN,
                 "period_s": probe.update_period_s if probe else NAN}
 
@@ -263,11 +263,13 @@ class TrainingRun:
                                idle_s=now - start.at_s if start else 0.0)
 
     def _end_overhead(self) -> None:
-        """The caller's reporting ended: the window's next segment begins."""
-        window, now = self._window, time.perf_counter()
-        self.overhead_time_s += now - window.between_since_s
-        window.idle_s += now - window.between_since_s
-        window.cpu_mark_mj, window.mark_s = self.meter.read_cpu(), time.perf_counter()
+        """The caller's reporting ended: the window's next segment begins (after the CPU counters' read: the
+        GPU idles through the overhead and the reads, which are measurement, not overhead)."""
+        window = self._window
+        self.overhead_time_s += time.perf_counter() - window.between_since_s
+        window.cpu_mark_mj = self.meter.read_cpu()
+        window.mark_s = time.perf_counter()
+        window.idle_s += window.mark_s - window.between_since_s
         self._between = False
 
     def _read_so_far(self, now: float) -> None:
@@ -276,12 +278,13 @@ class TrainingRun:
         window = self._window
         self._add_cpu(self.meter.read_cpu())
         mj = self.meter.read_gpu()
-        window.between_since_s, self._between = now, True
+        window.between_since_s, self._between = time.perf_counter(), True
+        window.idle_s += window.between_since_s - now  # the reads: the GPU idles
         if window.start is None or not math.isfinite(mj):
             window.gpu_j = window.err_j = NAN
             return
         window.gpu_j = (mj - window.start.mj) / 1000.0 - self.idle_w * window.idle_s
-        window.err_j = self._window_error_j(window.gpu_j, window.start.half_width_s) + step_error_j(
+        window.err_j = self._window_error_j(window.start.half_width_s) + step_error_j(
             window.gpu_j, window.time_s, self.idle_w, self.meter.update_period_s)
 
     def _close_window(self, now: float) -> None:
@@ -295,7 +298,7 @@ class TrainingRun:
         else:
             window.idle_s += end.at_s - now
             window.gpu_j = (end.mj - window.start.mj) / 1000.0 - self.idle_w * window.idle_s
-            window.err_j = self._window_error_j(window.gpu_j, window.start.half_width_s, end.half_width_s)
+            window.err_j = self._window_error_j(window.start.half_width_s, end.half_width_s)
         window.closed = True
 
     def _add_cpu(self, cpu_mj: float) -> None:
@@ -305,7 +308,7 @@ class TrainingRun:
         self.cpu_energy_j += joules
         window.cpu_mark_mj = cpu_mj
 
-    def _window_error_j(self, gpu_j: float, *half_widths_s: float) -> float:
+    def _window_error_j(self, *half_widths_s: float) -> float:
         """The updates' instants (the GPU idling around them) and the idle power over the idle seconds."""
         probe = self.meter.probe
         idle_err_w = probe.idle_err_w if probe and math.isfinite(probe.idle_err_w) else 0.0
@@ -387,8 +390,8 @@ class TrainingRun:
         self.overhead_time_s = float(state["overhead_time_s"])
         # Each attempt so far, with its GPU's figures; this one starts afresh on its own GPU. A checkpoint
         # from before attempts were kept holds one, taken to be on this GPU (as such checkpoints were summed).
-        legacy = {**self._attempt(), "time_s": self.time_s, "gpu_j": float(state.get("gpu_energy_j", NAN)),
-                  "gap_variance": float(state.get("gap_variance", 0.0))}
+        legacy = {**{k: v for k, v in self._attempt().items() if k != "err_j"}, "time_s": self.time_s,
+                  "gpu_j": float(state.get("gpu_energy_j", NAN)), "gap_variance": float(state.get("gap_variance", 0.0))}
         self.earlier = [{k: float(v) for k, v in a.items()} for a in state.get("attempts", [legacy])]
         if not self.meter.gpu_measured:  # energy measured before the retry does not make this one measured
             self.earlier = [{**a, "gpu_j": NAN} for a in self.earlier]
