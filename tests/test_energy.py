@@ -120,24 +120,27 @@ PRELUDE = """
             if not run.done and run.epoch in report_at:
                 time.sleep(gap_s)  # reporting and checkpointing
         run_busy = (busy.starts[first_busy], busy.ends[-1])
-        reads_in_run = [t for t, _ in READS[reads_before:] if run_busy[0] <= t <= run_busy[1]]
+        reads_in_run = [s for t, s in READS[reads_before:] if run_busy[0] <= t <= run_busy[1]]
         replay_busy = len(busy.starts)
         settled = settle_energy(run, report, budget_s)
         mid = sum(run_busy) / 2
         idle_w = GPU.idle_w + GPU.drift_w_per_s * (mid - fake_node.DRIFT_T0_S)
         # A retry's sums continue from the checkpoint's: its attempt as it measured it, then this one's truth.
+        # Between epochs, where the trial reports, and while it reads the counter there, the GPU idles.
         earlier = state or {"attempts": [], "time_s": 0.0, "overhead_time_s": 0.0}
-        overhead_s = settled.overhead_time_s - earlier["overhead_time_s"]
+        overhead_s = settled.overhead_time_s - earlier["overhead_time_s"] + sum(reads_in_run)
         true_first_j = sum(a["gpu_j"] for a in earlier["attempts"]) + GPU.true_energy_j(run_busy[1]) - \
             GPU.true_energy_j(run_busy[0]) - idle_w * overhead_s
         row = {"report": settled.to_dict(), "true_first_run_j": true_first_j,
                "first_run_span_s": earlier["time_s"] + run_busy[1] - run_busy[0] - overhead_s,
                "reads_in_run": len(reads_in_run), "builds": run.loop.epoch_graph.builds,
                "true_idle_w": idle_w, "period_s": fake_node.UPDATE_PERIOD_S, "state": saved}
-        if settled.replays:
+        if settled.replays:  # the replays' epochs draw load_w, the rest of their seconds idle_w
             a, b = busy.starts[replay_busy], busy.ends[-1]
-            row.update(true_replay_j=(GPU.true_energy_j(b) - GPU.true_energy_j(a)) / settled.replays,
-                       replay_work_s=b - a, replay_work_start=a, replay_work_end=b,
+            busy_s = sum(e - s for s, e in zip(busy.starts[replay_busy:], busy.ends[replay_busy:]))
+            true_j = idle_w * settled.replays * settled.time_s + (GPU.load_w - GPU.idle_w) * busy_s
+            row.update(true_replay_j=true_j / settled.replays, replay_busy_s=busy_s, replay_work_span_s=b - a,
+                       replay_work_start=a, replay_work_end=b,
                        updates=[[fake_node.update_s(k), GPU.true_energy_j(fake_node.update_s(k))]
                                 for k in range(math.floor(a / fake_node.UPDATE_PERIOD_S) - 2,
                                                math.ceil(b / fake_node.UPDATE_PERIOD_S) + 4)])
@@ -164,13 +167,13 @@ SHORT = """
 # A GPU whose idle power falls fast after it was probed (as the H200's first runs read 87 W against 124 W).
 FALLING = """
     fake_node.DRIFT_T0_S = time.time()  # before any counter read: its idle falls from here
-    out["falling"] = trial(splits_of(12000), TrainConfig(batch_size=64, n_hidden=16), epochs=60, budget_s=0.0)
+    out["falling"] = trial(splits_of(12000), TrainConfig(batch_size=64, n_hidden=16), epochs=80, budget_s=0.0)
 """
 SCENARIOS = {
     "h200": (H200, fake_gpu_env(FAKE_NVML_PROFILE="H200")),
     "short": (SHORT, fake_gpu_env(FAKE_NVML_PROFILE="H200", FAKE_NVML_READ_S="0.02")),
     "falling": (FALLING, fake_gpu_env(FAKE_NVML_PROFILE="H200", FAKE_NVML_LOAD_W="124",
-                                      FAKE_NVML_DRIFT_W_PER_S="-20")),
+                                      FAKE_NVML_DRIFT_W_PER_S="-10")),
 }
 
 
@@ -216,7 +219,8 @@ def test_every_energy_column_has_a_time_column_over_the_same_window(results):
                                                                r.first_run_energy_err_j)
             assert r.replays == 0 and math.isnan(r.replay_time_s) and math.isnan(r.replay_energy_j)
         else:
-            assert r.replays * r.time_s == pytest.approx(got["replay_work_s"], abs=0.01)  # with each restart
+            # The replays' seconds: their epochs and restarts, not the waits between rounds of them.
+            assert got["replay_busy_s"] <= r.replays * r.time_s <= got["replay_work_span_s"] + 0.001
             assert abs(r.energy_j - got["true_replay_j"]) <= r.energy_err_j, (name, r, got["true_replay_j"])
         assert r.energy_err_j <= 0.05 * r.energy_j
     assert result(results, "short")["report"].energy_method == "replay"
@@ -234,7 +238,7 @@ def test_replays_start_and_end_on_counter_updates_and_take_a_few_periods(results
     pairs = [(a, b) for a in before[-2:] for b in after[:2] if abs(b[1] - a[1] - r.replay_energy_j) < 0.002]
     assert len(pairs) == 1, (r.replay_energy_j, before[-2:], after[:2])
     (a, b), = pairs
-    assert r.replay_time_s == pytest.approx(b[0] - a[0], abs=0.01)
+    assert r.replay_time_s == pytest.approx(b[0] - a[0], abs=0.045)  # each update seen within two 20 ms reads
     assert r.replays >= 2 and r.replay_time_s - r.replays * r.time_s < 2.5 * period_s
 
 
@@ -256,7 +260,7 @@ def test_replays_and_a_retry_reuse_the_epoch_steps_built_once_per_trial(results)
 
 def test_idle_is_probed_without_a_context_with_one_and_after_and_its_drift_widens_the_error(results):
     """80 W before the process opens a CUDA context, 124 W with it (the floor subtracted), and again
-    after the run. A GPU whose idle falls by 20 W a second from its probe on: the drift, measured after
+    after the run. A GPU whose idle falls by 10 W a second from its probe on: the drift, measured after
     the run, widens the error bars to cover the truth, and explains a run below the probed idle (not
     flagged: the floor is not known better than that)."""
     got = result(results, "long")
@@ -266,9 +270,10 @@ def test_idle_is_probed_without_a_context_with_one_and_after_and_its_drift_widen
     assert abs(r.gpu_idle_after_w - got["true_idle_w"]) < 12  # one period's mean, off by its reads' width
     falling = result(results, "falling")
     f = falling["report"]
-    assert f.gpu_idle_after_w < f.gpu_idle_w - 15 and f.first_run_energy_j < f.gpu_idle_w * f.first_run_time_s
+    assert f.gpu_idle_after_w < f.gpu_idle_w - 10 and f.first_run_energy_j < f.gpu_idle_w * f.first_run_time_s
     assert abs(f.first_run_energy_j - falling["true_first_run_j"]) <= f.first_run_energy_err_j
-    assert f.energy_err_j >= (f.gpu_idle_w - f.gpu_idle_after_w) * 0.01  # over the wait of 10 ms and more after it
+    assert f.energy_err_j >= (f.gpu_idle_w - f.gpu_idle_after_w - 12) * 0.01  # the drift beyond the measurements'
+    # errors (one period's mean: 12 W at most here), over the wait of 10 ms and more after the run
     assert not f.energy_uncertain and f.energy_note == ""
 
 

@@ -39,6 +39,7 @@ from trainables.training.gpus import TrialGpus, error_text, one_line, trial_gpus
 NAN = float("nan")
 ERR_SIGMAS = 2.5  # error bars span this many standard deviations of what they cover
 UPDATE_TIMEOUT_PERIODS = 5  # waiting for a counter update gives up after this many periods
+MIN_TAIL_S = 0.01  # a window ends on an update at least this long after the work (a counter lagging what it counts)
 
 
 def update_error_j(idle_w: float, *half_widths_s: float) -> float:

@@ -9,14 +9,15 @@ test; no reporting in between), in one window that starts on the counter update 
 own window ended on and ends on the first update after the last replay. That window's
 joules are exact; only the GPU's idle ends (about a counter period together) are
 subtracted, so its error is about the run's own and a few replays bring it under
-`MAX_REL_ERR` of a run (`replays_needed`), within `budget_s`. The replays reuse what the run
+`MAX_REL_ERR` of a run (`replays_needed`; in up to ROUNDS rounds), within `budget_s`. The replays reuse what the run
 built (its CUDA graph: `TrainingRun.restart` keeps the tensors). The report's `time_s` and
 `energy_j` become the per-replay means; the run's own stay as `first_run_*`. A replay that
 ends at another epoch or status than the run (nondeterministic kernels) is not the same
 work: the replays are dropped, the direct figure stays, and `energy_note` says so.
 
 Then, one counter period of idle with the trial's context still open (`gpu_idle_after_w`):
-against the probed idle power, the drift, which goes into the error bars. And the caveats
+against the probed idle power, the drift (beyond what the two measurements can tell apart), which
+goes into the error bars over the idle seconds. And the caveats
 (`EpochReport.energy_caveats`): `energy_uncertain`, with the reasons in `energy_note`.
 """
 
@@ -26,13 +27,13 @@ import math
 import time
 from dataclasses import replace
 
-from trainables.training.energy import update_error_j
+from trainables.training.energy import MIN_TAIL_S, update_error_j
 from trainables.training.gpu_counter import CounterUpdate, power_between
 from trainables.training.report import MAX_REL_ERR, EpochReport
-from trainables.training.run import MIN_TAIL_S
 
 NAN = float("nan")
 MARGIN = 0.7  # replays enough for MARGIN x MAX_REL_ERR: the run's energy that sizes them is itself off
+ROUNDS = 3  # rounds of replays in one window at most
 
 
 def needs_replay(report: EpochReport) -> bool:
@@ -60,49 +61,59 @@ def settle_energy(run, report: EpochReport, budget_s: float) -> EpochReport:
     after = meter.gpu_update()
     if after is None:
         return _with_caveats(replace(settled, measurement_time_s=meter.spent_s))
-    idle_after_w = power_between(last, after)[0]
-    drift_w = abs(idle_after_w - run.idle_w)  # how far the idle floor may be off: in the idle seconds' error
-    first_err_j = math.hypot(report.first_run_energy_err_j, drift_w * run.idle_s)
+    idle_after_w, idle_after_err_w = power_between(last, after)
+    # The idle floor drifted by what the two measurements tell apart: so far off over the idle seconds.
+    drift_w = max(0.0, abs(idle_after_w - run.idle_w) - idle_after_err_w)
+    first_err_j = report.first_run_energy_err_j + drift_w * run.idle_s
     replay_idle_s = settled.replay_time_s - settled.replays * settled.time_s if settled.replays else 0.0
-    err_j = first_err_j if settled.energy_method == "direct" else math.hypot(
-        settled.energy_err_j, drift_w * replay_idle_s / settled.replays)
+    err_j = first_err_j if settled.energy_method == "direct" else (
+        settled.energy_err_j + drift_w * replay_idle_s / settled.replays)
     return _with_caveats(replace(settled, gpu_idle_after_w=idle_after_w, first_run_energy_err_j=first_err_j,
                                  energy_err_j=err_j, measurement_time_s=meter.spent_s))
 
 
 def _replayed(run, report: EpochReport, budget_s: float, start: CounterUpdate) -> tuple[EpochReport, CounterUpdate]:
     """The report with the replays' per-run means, and the counter update their window ended on; or the
-    report as it was (with a note where the replays did not end as the run did) and `start`."""
+    report as it was (with a note where the replays did not end as the run did) and `start`.
+
+    The replays run in rounds, each ending on a counter update: where a round leaves the per-run error
+    above MARGIN x MAX_REL_ERR (the run's own energy sized it, and a replay may draw less), more
+    replays follow from that update, in the same window (its inner updates cancel), within the budget."""
     meter, rule = run.meter, replace(run.rule, max_epochs=report.epoch)
     probe = meter.probe
     idle_w, idle_err_w = probe.idle_w, probe.idle_err_w if math.isfinite(probe.idle_err_w) else 0.0
-    period_s = meter.update_period_s
-    # The window's idle ends: up to two periods and MIN_TAIL_S; its edges as wide as the run's were; its idle
-    # floor off by the probe's error and by the drift measured after, which is off by its edges over a period.
-    expected_err_j = (update_error_j(idle_w, start.half_width_s, start.half_width_s)
-                      + (idle_err_w + 2 * idle_w * start.half_width_s / period_s) * (2 * period_s + MIN_TAIL_S))
-    wanted = replays_needed(report.energy_j, expected_err_j)
-    replays = max(1, min(wanted, int(budget_s // max(report.time_s, 1e-9))))
-    began = time.perf_counter()
-    for replay in range(1, replays + 1):
-        epochs, status = run.replay(rule)
-        if (epochs, status.value) != (report.epoch, report.status):
-            different = (f"replay {replay} ended at epoch {epochs} ({status.value}), the run at epoch "
-                         f"{report.epoch} ({report.status}): replays not used")
-            # The idle measured after starts on an update after this work too.
-            resumed = meter.gpu_update(not_before_s=time.perf_counter() + MIN_TAIL_S) or start
-            return replace(report, energy_note="; ".join(filter(None, [report.energy_note, different]))), resumed
-    work_s = time.perf_counter() - began
-    end = meter.gpu_update(not_before_s=time.perf_counter() + MIN_TAIL_S)
-    if end is None:
-        return report, start
-    window_s, window_j = end.at_s - start.at_s, (end.mj - start.mj) / 1000.0
-    idle_s = window_s - work_s
-    per_run_s, per_run_j = work_s / replays, (window_j - idle_w * idle_s) / replays
-    err_j = (update_error_j(idle_w, start.half_width_s, end.half_width_s) + idle_err_w * idle_s) / replays
-    return replace(report, time_s=per_run_s, energy_j=per_run_j, energy_err_j=err_j, energy_method="replay",
-                   replays=replays, replay_time_s=window_s, replay_energy_j=window_j,
-                   dynamic_energy_j=per_run_j - idle_w * per_run_s, gpu_idle_w=idle_w,
+    window_err_j = lambda end, idle_s: (update_error_j(idle_w, start.half_width_s, end.half_width_s)  # noqa: E731
+                                        + idle_err_w * idle_s)
+    # Before the first round: its idle ends about a period and MIN_TAIL_S, its end as wide as its start.
+    wanted = replays_needed(report.energy_j, window_err_j(start, meter.update_period_s + MIN_TAIL_S))
+    most = int(budget_s // max(report.time_s, 1e-9))
+    replays, work_s, end = 0, 0.0, start
+    for _ in range(ROUNDS):
+        began = time.perf_counter()
+        for _ in range(max(1, min(wanted, most) - replays)):
+            replays += 1
+            epochs, status = run.replay(rule)
+            if (epochs, status.value) != (report.epoch, report.status):
+                different = (f"replay {replays} ended at epoch {epochs} ({status.value}), the run at epoch "
+                             f"{report.epoch} ({report.status}): replays not used")
+                # The idle measured after starts on an update after this work too.
+                resumed = meter.gpu_update(not_before_s=time.perf_counter() + MIN_TAIL_S) or start
+                return replace(report, energy_note="; ".join(filter(None, [report.energy_note, different]))), resumed
+        work_s += time.perf_counter() - began
+        end = meter.gpu_update(not_before_s=time.perf_counter() + MIN_TAIL_S)
+        if end is None:
+            return report, start
+        window_s, window_j = end.at_s - start.at_s, (end.mj - start.mj) / 1000.0
+        idle_s = window_s - work_s
+        per_run_j = (window_j - idle_w * idle_s) / replays
+        wanted = replays_needed(per_run_j, window_err_j(end, idle_s + meter.update_period_s))
+        if wanted <= replays or replays >= most:
+            break
+    per_run_s = work_s / replays
+    return replace(report, time_s=per_run_s, energy_j=per_run_j, energy_err_j=window_err_j(end, idle_s) / replays,
+                   energy_method="replay",
+                   replays=replays, replay_time_s=window_s,
+                   replay_energy_j=window_j, dynamic_energy_j=per_run_j - idle_w * per_run_s, gpu_idle_w=idle_w,
                    gpu_idle_err_w=probe.idle_err_w, gpu_max_power_w=probe.max_power_w), end
 
 

@@ -30,7 +30,7 @@ import torch
 
 from trainables.data.splits import Splits
 from trainables.training.config import TrainConfig
-from trainables.training.energy import NAN, EnergyMeter, counter_error_j, step_error_j, update_error_j
+from trainables.training.energy import MIN_TAIL_S, NAN, EnergyMeter, counter_error_j, step_error_j, update_error_j
 from trainables.training.gpu_counter import CounterUpdate
 from trainables.training.gpus import TrialGpus, trial_gpus
 from trainables.training.loops import EpochStats, evaluate, make_loop
@@ -38,8 +38,6 @@ from trainables.training.model import InstrumentNet
 from trainables.training.optim import load_state, make_optimizer, reset_state
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status, StopRule
-
-MIN_TAIL_S = 0.01  # a window ends on an update at least this long after the work (a counter lagging what it counts)
 
 
 @dataclass(frozen=True)
