@@ -416,7 +416,7 @@ def test_a_checkpoint_from_before_attempts_were_kept_still_loads(results):
 
 def test_a_replay_that_ends_otherwise_is_reported_not_averaged_in(results):
     same, other = result(results, "replay")
-    assert same[0] == "replay" and same[1] >= 2  # the short run is replayed where replays match
+    assert same[0] == "replay" and same[1] >= 1  # the coarse run is replayed where replays match
     method, replays, energy_j, first_run_j, note = other
     assert method == "direct" and replays == 0 and energy_j == first_run_j
     assert "replay 1 ended at epoch 3 (max_epochs), the run at epoch 3 (reached_target): replays not used" in note
