@@ -154,7 +154,7 @@ def recommend(trials: pd.DataFrame, eta: float | None = None) -> pd.DataFrame:
     the target, by mean over repeats, and with `eta` the lowest Zeus cost (`eta_cost`).
     Index: "fastest", "least_energy", "eta_cost" (a row only where there is one: none when no
     configuration reached, no energy rows when energy was not measured). Columns: lr,
-    batch_size, runs, time_s, energy_j, epochs, test_acc (means), time_s_std, energy_j_std,
+    batch_size, runs, time_s, energy_j, dynamic_energy_j, epochs, test_acc (means), time_s_std, energy_j_std,
     energy_err_j, energy_uncertain, energy_source, cost_j, and `ties`: the other candidates
     whose energy is within both error bars of the pick's (not distinguishable by energy).
     """
@@ -169,8 +169,8 @@ def recommend(trials: pd.DataFrame, eta: float | None = None) -> pd.DataFrame:
     cost = eta_cost(candidates, eta) if eta is not None else pd.Series(math.nan, index=candidates.index)
     if cost.notna().any():
         picks["eta_cost"] = candidates.loc[cost.idxmin()]
-    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "epochs", "test_acc", "time_s_std",
-               "energy_j_std", "energy_err_j", "energy_uncertain", "energy_source", "cost_j", "ties"]
+    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "dynamic_energy_j", "epochs", "test_acc",
+               "time_s_std", "energy_j_std", "energy_err_j", "energy_uncertain", "energy_source", "cost_j", "ties"]
     rows = {
         name: {**{c: row[c] for c in ("lr", "batch_size", "runs", "time_s_std", "energy_j_std", "energy_err_j",
                                       "energy_uncertain", "energy_source")},
