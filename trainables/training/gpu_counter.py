@@ -58,7 +58,6 @@ class GpuProbe:
     idle_err_w: float  # its uncertainty: the updates' instants, each off by up to half a read
     max_power_w: float  # the highest power limit NVML allows (Zeus's MaxPower), NaN where unknown
     contexts: int  # processes NVML listed with a CUDA context on the GPU during the probe (-1: NVML cannot say)
-    seconds: float  # how long the probe took
 
 
 def next_update(read_mj, timeout_s: float = 1.0, not_before_s: float = -math.inf) -> CounterUpdate | None:
@@ -128,7 +127,6 @@ def running_contexts(handle) -> int:
 def probe_gpu(gpus, index: int, kind: str = "context", timeout_s: float = 5.0) -> GpuProbe:
     """Measure the counter period and idle power of GPU `index` of Zeus's GPU list `gpus` (`measure_counter`
     over PROBE_PERIODS[kind] periods). Only for a GPU whose counter answers (`trainables.training.gpus.energy_note`)."""
-    started = time.perf_counter()
     name = gpus.get_name(index)
     try:
         max_power_w = gpus.get_power_management_limit_constraints(index)[1] / 1000.0
@@ -139,4 +137,4 @@ def probe_gpu(gpus, index: int, kind: str = "context", timeout_s: float = 5.0) -
     period_s, idle_w, idle_err_w = measure_counter(lambda: gpus.get_total_energy_consumption(index),
                                                    PROBE_PERIODS[kind], timeout_s)
     contexts = max(before, running_contexts(handle))
-    return GpuProbe(index, name, period_s, idle_w, idle_err_w, max_power_w, contexts, time.perf_counter() - started)
+    return GpuProbe(index, name, period_s, idle_w, idle_err_w, max_power_w, contexts)
