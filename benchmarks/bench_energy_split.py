@@ -137,8 +137,8 @@ def truth(sweep: dict) -> list[dict]:
     the last; reporting between them idles) or, replayed, the replays' (the calls after those)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fake_node", FAKE_NVML / "fake_node.py")  # its profiles alone
-    fake_node = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("fake_node", FAKE_NVML / "fake_node.py")  # not its pynvml
+    fake_node = sys.modules["fake_node"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fake_node)
     gpu = fake_node.PROFILES[PROFILE]
     idle_w, load_w, drift = gpu["idle_w"], gpu["load_w"], gpu["drift_w_per_s"]
