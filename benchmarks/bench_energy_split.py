@@ -86,11 +86,11 @@ def run_sweep(code_root: Path, work: Path, name: str) -> dict:
     epochs = analysis.load_epochs(str(work / name / "seed"))
     rows = [row for _, row in epochs.groupby("trial_id").tail(1).iterrows()]
     reads = [json.loads(path.read_text()) for path in stats.glob("*.json")]
-    busy = [tuple(map(float, line.split())) for path in stats.glob("*.busy") for line in path.read_text().split("\n")
-            if line]
+    intervals = lambda suffix: sorted(tuple(map(float, line.split())) for path in stats.glob(f"*.{suffix}")  # noqa: E731
+                                      for line in path.read_text().split("\n") if line)
     return {"name": name, "wall_s": wall_s, "marks": marks, "trials": [trial_row(r) for r in rows],
             "read_s": sum(r["read_s"] for r in reads), "reads": sum(r["reads"] for r in reads),
-            "busy": sorted(busy), "t0": float(env["FAKE_NVML_T0"])}
+            "busy": intervals("busy"), "read_intervals": intervals("reads"), "t0": float(env["FAKE_NVML_T0"])}
 
 
 TRIAL_KEYS = ("trial_number", "lr", "batch_size", "epoch", "status", "time_s", "energy_j", "energy_err_j",
@@ -134,7 +134,8 @@ def split(sweep: dict) -> dict:
 def truth(sweep: dict) -> list[dict]:
     """Each trial's headline joules against the model's true joules over the same work: the first run's
     epochs (the first 2 x epochs + 1 epoch-loop calls in its span: train and validate each epoch, test
-    the last; reporting between them idles) or, replayed, the replays' (the calls after those)."""
+    the last; where it reports between them, and reads the counter there, the GPU idles) or, replayed,
+    the replays' (the calls after those)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fake_node", FAKE_NVML / "fake_node.py")  # not its pynvml
@@ -152,12 +153,18 @@ def truth(sweep: dict) -> list[dict]:
     for t in sweep["trials"]:
         calls = [(s, e) for s, e in busy if t["started_at_s"] <= s <= t["ended_at_s"]]
         per_run = 2 * int(t["epoch"]) + 1
-        if t["energy_method"] == "replay":
+        if t["energy_method"] == "replay":  # their epochs at load_w, the rest of their seconds idle
             work = calls[per_run:per_run * (1 + int(t["replays"]))]
-            true = true_j(work[0][0], work[-1][1]) / t["replays"] if work else math.nan
+            idle_then_w = idle_w + drift * ((work[0][0] + work[-1][1]) / 2 - sweep["t0"]) if work else math.nan
+            true = (idle_then_w * t["replays"] * t["time_s"] + (load_w - idle_w) * sum(e - s for s, e in work)) / \
+                t["replays"] if work else math.nan
         else:
             first = calls[:per_run]
-            true = true_j(first[0][0], first[-1][1]) - idle_w * _finite(t["overhead_time_s"]) if first else math.nan
+            if first:
+                reads_s = sum(e - s for s, e in sweep.get("read_intervals", []) if first[0][0] <= s <= first[-1][1])
+                true = true_j(first[0][0], first[-1][1]) - idle_w * (_finite(t["overhead_time_s"]) + reads_s)
+            else:
+                true = math.nan
         off = t["energy_j"] - true
         rows.append({"trial": t["trial_number"], "method": t["energy_method"], "replays": t["replays"],
                      "energy_j": round(t["energy_j"], 3), "true_j": round(true, 3), "off_j": round(off, 3),
