@@ -162,7 +162,8 @@ def truth(sweep: dict) -> list[dict]:
             first = calls[:per_run]
             if first:
                 reads_s = sum(e - s for s, e in sweep.get("read_intervals", []) if first[0][0] <= s <= first[-1][1])
-                true = true_j(first[0][0], first[-1][1]) - idle_w * (_finite(t["overhead_time_s"]) + reads_s)
+                idle_then_w = idle_w + drift * ((first[0][0] + first[-1][1]) / 2 - sweep["t0"])
+                true = true_j(first[0][0], first[-1][1]) - idle_then_w * (_finite(t["overhead_time_s"]) + reads_s)
             else:
                 true = math.nan
         off = t["energy_j"] - true

@@ -20,6 +20,7 @@ import pytest
 
 from processes import python_path
 from trainables.training.energy import EnergyMeter, energy_source
+from trainables.training.replay import ROUNDS
 from trainables.training.report import EpochReport
 
 FAKE_NVML = Path(__file__).with_name("fake_nvml")
@@ -219,8 +220,9 @@ def test_every_energy_column_has_a_time_column_over_the_same_window(results):
                                                                r.first_run_energy_err_j)
             assert r.replays == 0 and math.isnan(r.replay_time_s) and math.isnan(r.replay_energy_j)
         else:
-            # The replays' seconds: their epochs and restarts, not the waits between rounds of them.
-            assert got["replay_busy_s"] <= r.replays * r.time_s <= got["replay_work_span_s"] + 0.001
+            # The replays' seconds: their epochs and restarts (a few ms each), not the waits between rounds of
+            # them (a counter update's, 10 ms and more).
+            assert got["replay_busy_s"] <= r.replays * r.time_s <= got["replay_work_span_s"] + 0.005 * r.replays
             assert abs(r.energy_j - got["true_replay_j"]) <= r.energy_err_j, (name, r, got["true_replay_j"])
         assert r.energy_err_j <= 0.05 * r.energy_j
     assert result(results, "short")["report"].energy_method == "replay"
@@ -230,7 +232,8 @@ def test_every_energy_column_has_a_time_column_over_the_same_window(results):
 def test_replays_start_and_end_on_counter_updates_and_take_a_few_periods(results):
     """The replay window's joules are the counter's between two of its updates, to the millijoule: the
     update the run's window ended on, before the first replay, and the first after the last; its seconds
-    are theirs, to within the reads that saw them. It lasts the replays and about a period, not 25."""
+    are theirs, to within the reads that saw them. It lasts the replays and about a period a round (rounds
+    of replays in one window: 3 at most), not 25 periods."""
     got = result(results, "short")
     r, updates, period_s = got["report"], got["updates"], got["period_s"]
     before = [u for u in updates if u[0] <= got["replay_work_start"]]
@@ -239,7 +242,7 @@ def test_replays_start_and_end_on_counter_updates_and_take_a_few_periods(results
     assert len(pairs) == 1, (r.replay_energy_j, before[-2:], after[:2])
     (a, b), = pairs
     assert r.replay_time_s == pytest.approx(b[0] - a[0], abs=0.045)  # each update seen within two 20 ms reads
-    assert r.replays >= 2 and r.replay_time_s - r.replays * r.time_s < 2.5 * period_s
+    assert r.replays >= 2 and r.replay_time_s - r.replays * r.time_s < (ROUNDS + 0.5) * period_s + ROUNDS * 0.05
 
 
 def test_the_counter_is_read_at_report_points_alone_while_epochs_run(results):
@@ -266,7 +269,7 @@ def test_idle_is_probed_without_a_context_with_one_and_after_and_its_drift_widen
     got = result(results, "long")
     r = got["report"]
     assert abs(r.gpu_idle_no_context_w - 80.0) <= 2 * r.gpu_idle_err_w + 0.5
-    assert abs(r.gpu_idle_w - got["true_idle_w"]) <= r.gpu_idle_err_w + 0.5 and r.gpu_idle_err_w < 3
+    assert abs(r.gpu_idle_w - got["true_idle_w"]) <= r.gpu_idle_err_w + 0.5 and r.gpu_idle_err_w < 8  # 3.9 ms reads
     assert abs(r.gpu_idle_after_w - got["true_idle_w"]) < 12  # one period's mean, off by its reads' width
     falling = result(results, "falling")
     f = falling["report"]
