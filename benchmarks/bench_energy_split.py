@@ -86,11 +86,11 @@ def run_sweep(code_root: Path, work: Path, name: str) -> dict:
     epochs = analysis.load_epochs(str(work / name / "seed"))
     rows = [row for _, row in epochs.groupby("trial_id").tail(1).iterrows()]
     reads = [json.loads(path.read_text()) for path in stats.glob("*.json")]
-    intervals = lambda suffix: sorted(tuple(map(float, line.split())) for path in stats.glob(f"*.{suffix}")  # noqa: E731
-                                      for line in path.read_text().split("\n") if line)
+    busy = [tuple(map(float, line.split())) for path in stats.glob("*.busy") for line in path.read_text().split("\n")
+            if line]
     return {"name": name, "wall_s": wall_s, "marks": marks, "trials": [trial_row(r) for r in rows],
             "read_s": sum(r["read_s"] for r in reads), "reads": sum(r["reads"] for r in reads),
-            "busy": intervals("busy"), "read_intervals": intervals("reads"), "t0": float(env["FAKE_NVML_T0"])}
+            "busy": sorted(busy), "t0": float(env["FAKE_NVML_T0"])}
 
 
 TRIAL_KEYS = ("trial_number", "lr", "batch_size", "epoch", "status", "time_s", "energy_j", "energy_err_j",
@@ -133,9 +133,9 @@ def split(sweep: dict) -> dict:
 
 def truth(sweep: dict) -> list[dict]:
     """Each trial's headline joules against the model's true joules over the same work: the first run's
-    epochs (the first 2 x epochs + 1 epoch-loop calls in its span: train and validate each epoch, test
-    the last; where it reports between them, and reads the counter there, the GPU idles) or, replayed,
-    the replays' (the calls after those)."""
+    (the span of its first 2 x epochs + 1 epoch-loop calls: train and validate each epoch, test the last;
+    less its seconds outside first_run_time_s, where it reported and read the counter: the GPU idled) or,
+    replayed, the replays' (the calls after those)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fake_node", FAKE_NVML / "fake_node.py")  # not its pynvml
@@ -160,10 +160,10 @@ def truth(sweep: dict) -> list[dict]:
                 t["replays"] if work else math.nan
         else:
             first = calls[:per_run]
-            if first:
-                reads_s = sum(e - s for s, e in sweep.get("read_intervals", []) if first[0][0] <= s <= first[-1][1])
+            if first:  # the span less the run's seconds: where it reported, and read the counter there
                 idle_then_w = idle_w + drift * ((first[0][0] + first[-1][1]) / 2 - sweep["t0"])
-                true = true_j(first[0][0], first[-1][1]) - idle_then_w * (_finite(t["overhead_time_s"]) + reads_s)
+                true = true_j(first[0][0], first[-1][1]) - idle_then_w * (first[-1][1] - first[0][0] -
+                                                                          t["first_run_time_s"])
             else:
                 true = math.nan
         off = t["energy_j"] - true

@@ -29,8 +29,8 @@ Environment (read once, at import):
     FAKE_NVML_JITTER_S  each update lands up to this far before or after the period's grid (default 0)
     FAKE_NVML_READ_S    how long a counter read takes (default 0; pynvml.py)
     FAKE_NVML_T0        wall-clock time (Unix seconds) the drift counts from (default: this import)
-    FAKE_NVML_STATS_DIR where each process keeps its counter reads' count and seconds (<pid>.json), their
-                        wall-clock intervals (<pid>.reads) and its epochs' (<pid>.busy): "start end" lines
+    FAKE_NVML_STATS_DIR where each process keeps its counter reads' count and seconds (<pid>.json) and
+                        its epochs' wall-clock intervals (<pid>.busy: "start end" lines)
     FAKE_CUDA_SEES      JSON list of the NVML indices CUDA may show this process, as a cgroup (Slurm's
                         ConstrainDevices) or a container allows; CUDA numbers only these (default: all)
 
@@ -213,17 +213,15 @@ class Device:
 _reads = {"reads": 0, "read_s": 0.0}
 
 
-def count_read(began: float, ended: float) -> None:
-    """One counter read (wall clock), counted in FAKE_NVML_STATS_DIR/<pid>.json and logged in <pid>.reads
-    (every read: a killed process has written them all)."""
+def count_read(seconds: float) -> None:
+    """One counter read of `seconds`, kept in FAKE_NVML_STATS_DIR/<pid>.json (every read: a killed process
+    has written them all)."""
     if not STATS_DIR:
         return
     _reads["reads"] += 1
-    _reads["read_s"] += ended - began
+    _reads["read_s"] += seconds
     with open(os.path.join(STATS_DIR, f"{os.getpid()}.json"), "w") as out:
         json.dump(_reads, out)
-    with open(os.path.join(STATS_DIR, f"{os.getpid()}.reads"), "a") as out:
-        out.write(f"{began!r} {ended!r}\n")
 
 
 def _devices() -> list[Device]:

@@ -147,14 +147,14 @@ def nvmlDeviceGetTotalEnergyConsumption(handle):
     """Millijoules since start, updated every period like the real counter, read in FAKE_NVML_READ_S
     (the value is the counter's as the read ends). NotSupported on a MIG instance and where the GPU has
     no counter (older than Volta, or a driver without it)."""
-    began = time.time()
+    began = time.perf_counter()
     if fake_node.READ_S:
         time.sleep(fake_node.READ_S)
     device = _readable(handle)
     if device.parent is not None or not device.counter or device.rank < fake_node.ARCH_RANK["VOLTA"]:
         raise _error("NOT_SUPPORTED")
     value = device.energy_mj()
-    fake_node.count_read(began, time.time())
+    fake_node.count_read(time.perf_counter() - began)
     return value
 
 
