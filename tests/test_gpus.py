@@ -394,9 +394,10 @@ def test_a_retry_on_another_gpu_continues_the_sums_probes_its_own_gpu_and_lists_
     assert abs(moved["energy_j"] - true_j) <= moved["energy_err_j"]  # the sums continue across the GPUs
     share = on_first_s / total_s
     assert abs(moved["idle_w"] / (share * first["power_w"] + (1 - share) * second["power_w"]) - 1) < 0.05
-    # The L4's idle power for the whole run would leave the H100's excess, (500 - 70) W x its seconds.
-    assert abs(moved["dynamic_energy_j"]) < 0.25 * (first["power_w"] - second["power_w"]) * on_first_s
+    # Within the error bar (the checkpoint's energy read at its report point: up to a step behind); the L4's
+    # idle power for the whole run would leave the H100's excess, (500 - 70) W x its seconds, beyond it.
     assert abs(moved["dynamic_energy_j"]) < moved["energy_err_j"]
+    assert abs(moved["energy_j"] - second["power_w"] * total_s) > moved["energy_err_j"]
     assert moved["dynamic_energy_j"] == pytest.approx(moved["energy_j"] - moved["idle_w"] * total_s)
     assert moved["max_power_w"] == pytest.approx(share * first["max_power_w"] + (1 - share) * second["max_power_w"])
     assert before[-1]["energy_err_j"] < moved["energy_err_j"] < math.inf
