@@ -17,9 +17,9 @@ Semantics (DESIGN.md, "Energy semantics"):
   window's boundaries, and a window that must be precise starts and ends on counter updates
   (`gpu_update`); the GPU idles (with the trial's CUDA context) between the work and those
   updates, and that idle time's joules (`probe.idle_w` x seconds) are subtracted. Its error:
-  the updates' instants, off by up to half a read each (`update_error_j`), and the idle
-  power's own error and drift over those seconds. Any other read (`read_gpu`) is up to a step
-  late: `step_error_j`.
+  the updates' instants, each within about one read (`update_error_j`), and the idle power's
+  own error and drift over those seconds. Any other read (`read_gpu`) is up to a step late:
+  `step_error_j`.
 - CPU counters (RAPL) count continuously: `read_cpu` reads them exactly at any boundary.
 - GPU and CPU (package + DRAM, the whole node's) joules are kept apart; a trial's headline
   energy is its GPU's, as Zeus's `total_energy` (see `TrainingRun`).

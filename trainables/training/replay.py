@@ -9,15 +9,16 @@ test; no reporting in between), in one window that starts on the counter update 
 own window ended on and ends on the first update after the last replay. That window's
 joules are exact; only the GPU's idle ends (about a counter period together) are
 subtracted, so its error is about the run's own and a few replays bring it under
-`MAX_REL_ERR` of a run (`replays_needed`; in up to ROUNDS rounds), within `budget_s`. The replays reuse what the run
-built (its CUDA graph: `TrainingRun.restart` keeps the tensors). The report's `time_s` and
-`energy_j` become the per-replay means; the run's own stay as `first_run_*`. A replay that
-ends at another epoch or status than the run (nondeterministic kernels) is not the same
-work: the replays are dropped, the direct figure stays, and `energy_note` says so.
+`MAX_REL_ERR` of a run (`replays_needed`, in up to ROUNDS rounds), within `budget_s`. The
+replays reuse what the run built (its CUDA graph: `TrainingRun.restart` keeps the tensors).
+The report's `time_s` and `energy_j` become the per-replay means; the run's own stay as
+`first_run_*`. A replay that ends at another epoch or status than the run (nondeterministic
+kernels) is not the same work: the replays are dropped, the direct figure stays, and
+`energy_note` says so.
 
 Then, one counter period of idle with the trial's context still open (`gpu_idle_after_w`):
-against the probed idle power, the drift (beyond what the two measurements can tell apart), which
-goes into the error bars over the idle seconds. And the caveats
+against the probed idle power, the drift (beyond what the two measurements can tell apart),
+which goes into the error bars over the idle seconds. And the caveats
 (`EpochReport.energy_caveats`): `energy_uncertain`, with the reasons in `energy_note`.
 """
 
@@ -31,7 +32,6 @@ from trainables.training.energy import MIN_TAIL_S, update_error_j
 from trainables.training.gpu_counter import CounterUpdate, power_between
 from trainables.training.report import MAX_REL_ERR, EpochReport
 
-NAN = float("nan")
 MARGIN = 0.7  # replays enough for MARGIN x MAX_REL_ERR: the run's energy that sizes them is itself off
 ROUNDS = 3  # rounds of replays in one window at most
 
@@ -111,9 +111,8 @@ def _replayed(run, report: EpochReport, budget_s: float, start: CounterUpdate) -
             break
     per_run_s = work_s / replays
     return replace(report, time_s=per_run_s, energy_j=per_run_j, energy_err_j=window_err_j(end, idle_s) / replays,
-                   energy_method="replay",
-                   replays=replays, replay_time_s=window_s,
-                   replay_energy_j=window_j, dynamic_energy_j=per_run_j - idle_w * per_run_s, gpu_idle_w=idle_w,
+                   energy_method="replay", replays=replays, replay_time_s=window_s, replay_energy_j=window_j,
+                   dynamic_energy_j=per_run_j - idle_w * per_run_s, gpu_idle_w=idle_w,
                    gpu_idle_err_w=probe.idle_err_w, gpu_max_power_w=probe.max_power_w), end
 
 
