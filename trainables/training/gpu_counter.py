@@ -44,7 +44,6 @@ class CounterUpdate:
     at_s: float
     half_width_s: float
     mj: float
-    seen_s: float  # when the read that saw it returned: work that must follow the update starts after this
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class GpuProbe:
     name: str
     update_period_s: float  # median time between counter updates
     idle_w: float  # mean power between the first and last of the probe's updates
-    idle_err_w: float  # its uncertainty: the updates' instants, each off by up to half a read
+    idle_err_w: float  # its uncertainty: the first and last updates' instants, each within about one read
     max_power_w: float  # the highest power limit NVML allows (Zeus's MaxPower), NaN where unknown
     contexts: int  # processes NVML listed with a CUDA context on the GPU during the probe (-1: NVML cannot say)
 
@@ -74,8 +73,7 @@ def next_update(read_mj, timeout_s: float = 1.0, not_before_s: float = -math.inf
         value = read_mj()
         seen = time.perf_counter()
         if value != last:  # it changed after the last read began and before this one returned
-            return CounterUpdate(at_s=(last_began + seen) / 2, half_width_s=(seen - last_began) / 2, mj=float(value),
-                                 seen_s=seen)
+            return CounterUpdate(at_s=(last_began + seen) / 2, half_width_s=(seen - last_began) / 2, mj=float(value))
         last_began = began
     return None
 
