@@ -17,8 +17,9 @@ kernels) is not the same work: the replays are dropped, the direct figure stays,
 `energy_note` says so.
 
 Then, one counter period of idle with the trial's context still open (`gpu_idle_after_w`):
-against the probed idle power, the drift (beyond what the two measurements can tell apart),
-which goes into the error bars over the idle seconds. And the caveats
+against the probed idle power, the drift: where it exceeds what one period's mean can tell
+(its own error, about two reads' worth of a period), it goes into the error bars over the
+idle seconds, whole. And the caveats
 (`EpochReport.energy_caveats`): `energy_uncertain`, with the reasons in `energy_note`.
 """
 
@@ -62,8 +63,9 @@ def settle_energy(run, report: EpochReport, budget_s: float) -> EpochReport:
     if after is None:
         return _with_caveats(replace(settled, measurement_time_s=meter.spent_s))
     idle_after_w, idle_after_err_w = power_between(last, after)
-    # The idle floor drifted by what the two measurements tell apart: so far off over the idle seconds.
-    drift_w = max(0.0, abs(idle_after_w - run.idle_w) - idle_after_err_w)
+    # The idle floor moved, beyond what one period's mean can tell (its own error): so far off over the idle seconds.
+    drift_w = abs(idle_after_w - run.idle_w)
+    drift_w = drift_w if drift_w > idle_after_err_w else 0.0
     first_err_j = report.first_run_energy_err_j + drift_w * run.idle_s
     replay_idle_s = settled.replay_time_s - settled.replays * settled.time_s if settled.replays else 0.0
     err_j = first_err_j if settled.energy_method == "direct" else (
@@ -84,8 +86,11 @@ def _replayed(run, report: EpochReport, budget_s: float, start: CounterUpdate) -
     idle_w, idle_err_w = probe.idle_w, probe.idle_err_w if math.isfinite(probe.idle_err_w) else 0.0
     window_err_j = lambda end, idle_s: (update_error_j(idle_w, start.half_width_s, end.half_width_s)  # noqa: E731
                                         + idle_err_w * idle_s)
+    # Sized for the drift measured after too: one period's mean, off by its two updates' widths at most.
+    drift_w = 2 * idle_w * start.half_width_s / meter.update_period_s
+    sized_err_j = lambda end, idle_s: window_err_j(end, idle_s) + drift_w * idle_s  # noqa: E731
     # Before the first round: its idle ends about a period and MIN_TAIL_S, its end as wide as its start.
-    wanted = replays_needed(report.energy_j, window_err_j(start, meter.update_period_s + MIN_TAIL_S))
+    wanted = replays_needed(report.energy_j, sized_err_j(start, meter.update_period_s + MIN_TAIL_S))
     most = int(budget_s // max(report.time_s, 1e-9))
     replays, work_s, end = 0, 0.0, start
     for _ in range(ROUNDS):
@@ -106,7 +111,7 @@ def _replayed(run, report: EpochReport, budget_s: float, start: CounterUpdate) -
         window_s, window_j = end.at_s - start.at_s, (end.mj - start.mj) / 1000.0
         idle_s = window_s - work_s
         per_run_j = (window_j - idle_w * idle_s) / replays
-        wanted = replays_needed(per_run_j, window_err_j(end, idle_s + meter.update_period_s))
+        wanted = replays_needed(per_run_j, sized_err_j(end, idle_s + meter.update_period_s))
         if wanted <= replays or replays >= most:
             break
     per_run_s = work_s / replays
