@@ -84,7 +84,10 @@ def test_every_trial_reports_its_own_gpus_joules(four_gpu_node, data_dir):
         nvml_index = CUDA_ORDER[int(gpu_id)]  # the GPU CUDA calls gpu_id, fastest first
         power_w = MIXED[nvml_index]["power_w"]
         assert trial.gpu_uuids == uuid(nvml_index) and trial.device == MIXED[nvml_index]["name"]
-        assert trial.energy_source == "gpu" and trial.energy_method == "direct" and pd.isna(trial.energy_note)
+        assert trial.energy_source == "gpu" and trial.energy_method == "direct"
+        # Reporting and checkpointing after every epoch, with no replays: where the idle floor's error over those
+        # seconds (4 trials and Ray on 2 loaded cores) passes 5%, the trial says so; nothing else.
+        assert pd.isna(trial.energy_note) or trial.energy_note.startswith("energy error ±"), trial.energy_note
         # The run's window, on the counter's updates at both ends, holds the GPU's power x its time (these GPUs
         # draw one power), within its error bar.
         assert abs(trial.energy_j - power_w * trial.time_s) <= trial.energy_err_j, (trial.gpu_uuids, trial)
