@@ -22,9 +22,9 @@ from trainables.training.config import trial_config
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status
 
-MAX_REL_ERR = 0.05  # energy_uncertain: energy_err_j above this share of energy_j
-ENERGY_COLUMNS = ("energy_err_j", "energy_resolution_s", "replays", "first_run_time_s", "first_run_energy_j",
-                  "gpu_energy_j", "cpu_energy_j", "gpu_idle_w", "gpu_idle_err_w", "dynamic_energy_j",
+ENERGY_COLUMNS = ("energy_err_j", "energy_resolution_s", "replays", "replay_time_s", "replay_energy_j",
+                  "first_run_time_s", "first_run_energy_j", "first_run_energy_err_j", "first_run_cpu_energy_j",
+                  "gpu_idle_w", "gpu_idle_err_w", "gpu_idle_no_context_w", "gpu_idle_after_w", "dynamic_energy_j",
                   "gpu_max_power_w")  # copied from the trial's last report
 LAST_REPORT = None  # a trial column that is its last epoch report's field of that name (documented in EpochReport)
 # load_trials' columns, in order, each with its one-line doc (LAST_REPORT: EpochReport's).
@@ -44,10 +44,13 @@ TRIAL_COLUMNS: dict[str, str | None] = {
     **dict.fromkeys(ENERGY_COLUMNS, LAST_REPORT),
     "energy_source": "what energy_j holds: gpu, cpu (the node's CPU joules, attributed) or none",
     "energy_method": LAST_REPORT,
-    "energy_note": LAST_REPORT,
-    "energy_uncertain": f"energy_err_j above {MAX_REL_ERR:.0%} of energy_j",
-    "cpu_energy_shared": "cpu_energy_j was shared with other trials on the node: it ranks nothing",
+    "energy_note": "its last report's energy_note, with any reason for energy_uncertain it lacks (an older "
+                   "experiment's)",
+    "energy_uncertain": "the trial's energy is flagged (EpochReport.energy_caveats: an error above 5%, or a window "
+                        "below the GPU's idle power beyond the errors), recomputed from its last report",
+    "cpu_energy_shared": "first_run_cpu_energy_j was shared with other trials on the node: it ranks nothing",
     "overhead_time_s": LAST_REPORT,
+    "measurement_time_s": LAST_REPORT,
     "test_acc": LAST_REPORT,
     "test_loss": LAST_REPORT,
     "val_acc": LAST_REPORT,
@@ -150,12 +153,15 @@ def load_trials(experiment: str) -> pd.DataFrame:
 
     `energy_j` is the trial's GPU joules; on nodes without GPUs it is filled from the node's
     CPU joules where attributable (`attribute_cpu_energy`). `energy_note` says why a trial's GPU
-    energy is not measured; `gpu_uuids` lists every GPU it ran on (several after a retry moved it).
+    energy is not measured or why it is flagged (`energy_uncertain`, decided by
+    `EpochReport.energy_caveats` for old experiments too); `gpu_uuids` lists every GPU it ran on
+    (several after a retry moved it). An older experiment's rows load too: columns it lacks are NaN.
     """
     rows = []
     for trial_id, config, results, error in _load(experiment):
         last = EpochReport.from_dict(results[-1] if results else {})
         status = _status(results, error)
+        caveats = last.energy_caveats()
         rows.append({
             "trial_id": trial_id,
             "trial_number": config.get("number"),
@@ -171,9 +177,12 @@ def load_trials(experiment: str) -> pd.DataFrame:
             **{column: getattr(last, column) for column in ENERGY_COLUMNS},
             "energy_source": last.energy_source,
             "energy_method": last.energy_method,
-            "energy_note": last.energy_note,
+            "energy_note": "; ".join(filter(None, [last.energy_note, *(c for c in caveats
+                                                                          if c not in last.energy_note)])),
+            "energy_uncertain": bool(caveats),
             "cpu_energy_shared": False,
             "overhead_time_s": last.overhead_time_s,
+            "measurement_time_s": last.measurement_time_s,
             "test_acc": last.test_acc,
             "test_loss": last.test_loss,
             "val_acc": last.val_acc,
@@ -188,13 +197,12 @@ def load_trials(experiment: str) -> pd.DataFrame:
             "error": _error_message(error) if status is Status.ERROR else "",
         })
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
-    numeric = ("time_s", "overhead_time_s", "energy_j", *ENERGY_COLUMNS, "test_acc", "test_loss", "val_acc", "lr",
-               "started_at_s", "ended_at_s")
+    numeric = ("time_s", "overhead_time_s", "measurement_time_s", "energy_j", *ENERGY_COLUMNS, "test_acc",
+               "test_loss", "val_acc", "lr", "started_at_s", "ended_at_s")
     for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    frame = attribute_cpu_energy(frame)
-    frame["energy_uncertain"] = frame["energy_err_j"] > MAX_REL_ERR * frame["energy_j"]
-    return frame
+    frame["energy_uncertain"] = frame["energy_uncertain"].astype(bool)
+    return attribute_cpu_energy(frame)
 
 
 def attribute_cpu_energy(trials: pd.DataFrame) -> pd.DataFrame:
@@ -202,7 +210,7 @@ def attribute_cpu_energy(trials: pd.DataFrame) -> pd.DataFrame:
     if no other trial ran on that node meanwhile (`energy_source` "cpu"); otherwise they are
     shared (`cpu_energy_shared`) and rank nothing. Decided after the fact, from the trials' spans."""
     trials = trials.copy()
-    candidates = trials["energy_j"].isna() & trials["cpu_energy_j"].notna()
+    candidates = trials["energy_j"].isna() & trials["first_run_cpu_energy_j"].notna()
     for i in trials.index[candidates]:
         me = trials.loc[i]
         others = trials[(trials.index != i) & (trials["node_id"] == me["node_id"])]
@@ -210,7 +218,8 @@ def attribute_cpu_energy(trials: pd.DataFrame) -> pd.DataFrame:
         if overlap.any() or not math.isfinite(me["started_at_s"]):
             trials.loc[i, "cpu_energy_shared"] = True
         else:
-            trials.loc[i, ["energy_j", "energy_source", "energy_method"]] = [me["cpu_energy_j"], "cpu", "direct"]
+            trials.loc[i, ["energy_j", "energy_source", "energy_method"]] = [me["first_run_cpu_energy_j"], "cpu",
+                                                                             "direct"]
     return trials
 
 

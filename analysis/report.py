@@ -15,6 +15,7 @@ one it is rebuilt from the trials' own configs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import time
@@ -324,6 +325,7 @@ def render_report(trials: pd.DataFrame, info: ExperimentInfo, figures: dict[str,
     lines += _overview(trials, info, experiment)
     if trials.empty:
         return "\n".join([*lines, "No trial has started yet: nothing to analyze.", ""])
+    dynamic = idle_floor_share(trials) > IDLE_FLOOR_SHARE  # the idle floor is most of the energy: show the rest
     lines += ["## Recommendation", "", *recommendation_text(trials, info), ""]
     if "pareto.png" in figures:
         lines += ["## Time vs energy", "", f"![{figures['pareto.png']}](pareto.png)", ""]
@@ -331,13 +333,13 @@ def render_report(trials: pd.DataFrame, info: ExperimentInfo, figures: dict[str,
     for name, axes in views_with_trials(trials, info):
         x = summary.axes_title(axes) if axes else "one configuration"
         table = summary.view_table(trials, name, axes)
-        lines += [f"## View `{name}` (x: {x})", "", *_view_table(table, info), ""]
+        lines += [f"## View `{name}` (x: {x})", "", *_view_table(table, info, dynamic), ""]
         file = f"view-{_safe(name)}.png"
         if file in figures:
             lines += [f"![{figures[file]}]({file})", ""]
     lines += ["## Per-epoch curves", ""]
     lines += [f"![{caption}]({file})\n" for file, caption in figures.items() if file in ("loss.png", "accuracy.png")]
-    lines += ["## All trials", "", *_trials_table(trials), ""]
+    lines += ["## All trials", "", *_trials_table(trials, dynamic), ""]
     errors = trials[trials["status"] == Status.ERROR.value]
     if len(errors):
         lines += ["## Errors", ""] + [f"- trial {_num(r.trial_number)} (`{r.trial_id}`): {r.error or 'see error.txt'}"
@@ -386,20 +388,59 @@ def _energy_line(trials: pd.DataFrame) -> str:
     replayed = int((trials["energy_method"] == "replay").sum())
     if replayed:
         line += (f". {replayed} trial(s) were too short for the GPU's energy counter and were replayed back to back "
-                 "in one window: their time and energy are per-run means of the replays")
+                 "in one window on the counter's updates: their time and energy are per-run means of the replays")
+    line += _idle_line(trials)
     low = int(trials["energy_uncertain"].sum())
     if low:
-        line += (f". {low} trial(s) have an energy error above 5% even so (the counter's steps, see energy_err_j): "
-                 "their joules are shown hatched and marked †")
+        line += (f". {low} trial(s) are flagged (energy_uncertain: an energy error above 5%, or joules below the "
+                 "GPU's idle power beyond the error bars; their notes say which): their joules are shown hatched "
+                 "and marked †")
     shared = int(trials["cpu_energy_shared"].sum())
     if shared:
         line += (f". {shared} trial(s) without a GPU shared their node's CPU energy with other trials running "
-                 "at the same time: it is kept as cpu_energy_j but ranks nothing (resources.exclusive_node: true "
+                 "at the same time: it is kept as first_run_cpu_energy_j but ranks nothing (resources.exclusive_node: true "
                  "runs one trial per node)")
     missing = int((trials["energy_source"] == "none").sum()) - shared
     if missing > 0:
         line += f". {missing} trial(s) have no energy counter that measured them: {NOT_MEASURED}"
     return line + _energy_notes(trials)
+
+
+IDLE_FLOOR_SHARE = 0.5  # above this share of the GPU joules, the report says energy ranks as time does
+
+
+def idle_floor_share(trials: pd.DataFrame) -> float:
+    """The share of the trials' GPU joules that is the GPU's idle floor (gpu_idle_w x time_s); NaN where
+    not measured."""
+    gpu = trials[(trials["energy_source"].astype(str) == "gpu") & trials["energy_j"].notna()]
+    if "gpu_idle_w" not in gpu or gpu.empty:
+        return float("nan")
+    floor_j = (gpu["gpu_idle_w"] * gpu["time_s"]).sum(min_count=1)
+    return float(floor_j / gpu["energy_j"].sum()) if gpu["energy_j"].sum() > 0 else float("nan")
+
+
+def _idle_line(trials: pd.DataFrame) -> str:
+    """Which idle power is subtracted (and the others probed); where the idle floor is most of the
+    energy, one sentence saying so."""
+    measured = trials[trials["gpu_idle_w"].notna()] if "gpu_idle_w" in trials else trials.iloc[:0]
+    if measured.empty:
+        return ""
+    watts = lambda column: f"{measured[column].median():.0f} W" if column in measured and \
+        measured[column].notna().any() else ""  # noqa: E731
+    line = (f". Idle floor subtracted (dynamic_energy_j = energy_j - gpu_idle_w x time_s): {watts('gpu_idle_w')}, "
+            "the GPU's draw with the trial's CUDA context open, probed in its process before its first trial")
+    if watts("gpu_idle_no_context_w"):
+        line += f"; without a context it drew {watts('gpu_idle_no_context_w')}"
+    after = measured.dropna(subset=["gpu_idle_after_w"]) if "gpu_idle_after_w" in measured else measured.iloc[:0]
+    if len(after):
+        last = after.loc[after["ended_at_s"].idxmax()] if after["ended_at_s"].notna().any() else after.iloc[-1]
+        line += (f"; after the last trial {last['gpu_idle_after_w']:.0f} W (drift "
+                 f"{last['gpu_idle_after_w'] - last['gpu_idle_w']:+.1f} W, counted in the error bars)")
+    share = idle_floor_share(trials)
+    if share > IDLE_FLOOR_SHARE:
+        line += (f". {share:.0%} of the GPU joules are that idle floor, so energy ranks the configurations as "
+                 "time does: the tables show the dynamic energy beside it")
+    return line
 
 
 def _energy_notes(trials: pd.DataFrame) -> str:
@@ -431,6 +472,8 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
         return ["No configuration reached the target "
                 + ("in all of its runs " if repeats > 1 else "") + f"({info.target}); see the tables below."]
     fastest = picks.loc["fastest"]
+    dynamic = idle_floor_share(trials) > IDLE_FLOOR_SHARE
+    _pick = functools.partial(_picked, dynamic=dynamic)
     lines = [scope, "", f"- **Fastest to the target:** {_pick(fastest)}"]
     if "least_energy" in picks.index:
         least = picks.loc["least_energy"]
@@ -440,8 +483,9 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
         if least["ties"]:
             lines.append(f"  - not distinguishable by energy, within the counter's error bars, from: {least['ties']}")
         if bool(least["energy_uncertain"]):
-            lines.append("  - † its energy error is above 5% (the GPU counter's ~100 ms steps): treat the joules "
-                         "as indicative only; longer epochs, more data or a larger replay budget give reliable figures.")
+            lines.append("  - † its energy is flagged (an error above 5%, or joules below the GPU's idle power: "
+                         "see its note): treat the joules as indicative only; longer epochs, more data or a larger "
+                         "replay budget give reliable figures.")
     else:
         lines.append(f"- **Least energy to the target:** {NOT_MEASURED} on this run (no GPU energy counter or "
                      "readable RAPL), so no least-energy pick; run on NVIDIA GPUs to measure it.")
@@ -456,10 +500,13 @@ def recommendation_text(trials: pd.DataFrame, info: ExperimentInfo) -> list[str]
     return lines
 
 
-def _pick(row: pd.Series) -> str:
+def _picked(row: pd.Series, dynamic: bool = False) -> str:
+    """A recommended configuration's figures; with `dynamic`, its dynamic energy beside its energy."""
+    beside = (f" (dynamic {row['dynamic_energy_j']:.3g} J)"
+              if dynamic and pd.notna(row.get("dynamic_energy_j", float("nan"))) else "")
     return (f"{_config(row)}: {row['time_s']:.3g} s{_spread(row, 'time_s_std', 's')}, "
             f"{_joules(row['energy_j'], row['energy_uncertain'])}"
-            f"{_error_bar(row)}{_spread(row, 'energy_j_std', 'J') if pd.notna(row['energy_j']) else ''}, "
+            f"{_error_bar(row)}{_spread(row, 'energy_j_std', 'J') if pd.notna(row['energy_j']) else ''}{beside}, "
             f"{row['epochs']:.3g} epochs, test accuracy {row['test_acc']:.4f}" + _runs(row))
 
 
@@ -512,13 +559,16 @@ def _stat(row: pd.Series, metric: str, digits: str = ".3g") -> str:
     return text
 
 
-def _view_table(table: pd.DataFrame, info: ExperimentInfo) -> list[str]:
+def _view_table(table: pd.DataFrame, info: ExperimentInfo, dynamic: bool = False) -> list[str]:
+    """A view's configurations; with `dynamic`, their dynamic energy beside their energy."""
     fixed = info.fixed_epochs
     headers = ["lr", "batch size", "runs", "status", "epochs",
                "time (s)" if fixed else "time to accuracy (s)",
-               "energy (J)" if fixed else "energy to accuracy (J)", "test accuracy"]
+               "energy (J)" if fixed else "energy to accuracy (J)", *(["dynamic energy (J)"] if dynamic else []),
+               "test accuracy"]
     rows = [[f"{r['lr']:g}", str(int(r["batch_size"])), str(int(r["runs"])), r["statuses"],
-             _stat(r, "epochs"), _stat(r, "time_s"), _stat(r, "energy_j"), _stat(r, "test_acc", ".4f")]
+             _stat(r, "epochs"), _stat(r, "time_s"), _stat(r, "energy_j"),
+             *([_stat(r, "dynamic_energy_j")] if dynamic else []), _stat(r, "test_acc", ".4f")]
             for _, r in table.iterrows()]
     note = []
     if len(table) and int(table["runs"].max()) > 1:
@@ -550,9 +600,10 @@ def _front_table(trials: pd.DataFrame) -> list[str]:
                           rows), ""]
 
 
-def _trials_table(trials: pd.DataFrame) -> list[str]:
+def _trials_table(trials: pd.DataFrame, dynamic: bool = False) -> list[str]:
+    """Every trial; with `dynamic`, its dynamic energy beside its energy."""
     headers = ["#", "lr", "batch size", "seed", "views", "status", "epochs", "time (s)", "energy (J)",
-               "test accuracy", "device", "node"]
+               *(["dynamic (J)"] if dynamic else []), "test accuracy", "device", "node"]
     at_least = lambda r, text: (summary.AT_LEAST + text  # noqa: E731
                                 if r.status == Status.OUTPACED.value and text[:1].isdigit() else text)
     rows = [[_num(r.trial_number), f"{r.lr:g}", _num(r.batch_size), _num(r.seed), r.sweep, r.status,
@@ -560,6 +611,7 @@ def _trials_table(trials: pd.DataFrame) -> list[str]:
              "–" if pd.isna(r.time_s) else at_least(r, f"{r.time_s:.3g}"),
              "–" if not r.epochs else at_least(r, _joules(r.energy_j, r.energy_uncertain).replace(" J", "")
                                                  .replace("energy ", "")),
+             *([f"{r.dynamic_energy_j:.3g}" if pd.notna(r.dynamic_energy_j) else "–"] if dynamic else []),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.4f}", r.device or "–", r.node or "–"]
             for r in trials.itertuples()]
     outpaced = (trials["status"] == Status.OUTPACED.value).any()

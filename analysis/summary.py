@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 POINT = ("lr", "batch_size")  # what identifies a configuration
-METRICS = ("time_s", "energy_j", "epochs", "test_acc")  # summarised per configuration
+METRICS = ("time_s", "energy_j", "dynamic_energy_j", "epochs", "test_acc")  # summarised per configuration
 AXIS_TITLES = {"lr": "learning rate", "batch_size": "batch size"}
 AT_LEAST = "≥ "  # race mode: an outpaced trial stopped early, so its time, energy and epochs are lower bounds
 LOWER_BOUND_METRICS = ("time_s", "energy_j", "epochs")
@@ -94,7 +94,7 @@ def aggregate(trials: pd.DataFrame, by: tuple[str, ...] = POINT) -> pd.DataFrame
         row["statuses"] = ", ".join(f"{s} x{n}" if n > 1 else str(s) for s, n in counts.items())
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"].dropna().unique()))
         for metric in METRICS:
-            row.update(describe(group[metric], metric))
+            row.update(describe(group[metric] if metric in group else pd.Series(math.nan, index=group.index), metric))
         row["energy_source"] = ",".join(sorted(set(group["energy_source"].astype(str))))
         row["energy_uncertain"] = bool(group["energy_uncertain"].any())
         errors = pd.to_numeric(group.get("energy_err_j", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -154,7 +154,7 @@ def recommend(trials: pd.DataFrame, eta: float | None = None) -> pd.DataFrame:
     the target, by mean over repeats, and with `eta` the lowest Zeus cost (`eta_cost`).
     Index: "fastest", "least_energy", "eta_cost" (a row only where there is one: none when no
     configuration reached, no energy rows when energy was not measured). Columns: lr,
-    batch_size, runs, time_s, energy_j, epochs, test_acc (means), time_s_std, energy_j_std,
+    batch_size, runs, time_s, energy_j, dynamic_energy_j, epochs, test_acc (means), time_s_std, energy_j_std,
     energy_err_j, energy_uncertain, energy_source, cost_j, and `ties`: the other candidates
     whose energy is within both error bars of the pick's (not distinguishable by energy).
     """
@@ -169,8 +169,8 @@ def recommend(trials: pd.DataFrame, eta: float | None = None) -> pd.DataFrame:
     cost = eta_cost(candidates, eta) if eta is not None else pd.Series(math.nan, index=candidates.index)
     if cost.notna().any():
         picks["eta_cost"] = candidates.loc[cost.idxmin()]
-    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "epochs", "test_acc", "time_s_std",
-               "energy_j_std", "energy_err_j", "energy_uncertain", "energy_source", "cost_j", "ties"]
+    columns = ["lr", "batch_size", "runs", "time_s", "energy_j", "dynamic_energy_j", "epochs", "test_acc",
+               "time_s_std", "energy_j_std", "energy_err_j", "energy_uncertain", "energy_source", "cost_j", "ties"]
     rows = {
         name: {**{c: row[c] for c in ("lr", "batch_size", "runs", "time_s_std", "energy_j_std", "energy_err_j",
                                       "energy_uncertain", "energy_source")},

@@ -9,6 +9,8 @@ true energy is 250 W x time. Prints one JSON line per method:
 - `direct`: the sum of epoch windows (what a trial measured before replay);
 - `direct+approx`: the same with Zeus's approx_instant_energy (windows that saw no
   counter step get instant power x time);
+- `direct (trial)`: the trial's own run, a window from one counter update to another, read at each
+  report point, the GPU's idle power subtracted over the gaps;
 - `settled`: what a trial reports now (replayed in one window when too coarse);
 with the ratio measured/true (min, median, max), how often `energy_err_j` covered the
 true error, and the median err / observed 95th-percentile error.
@@ -70,7 +72,7 @@ def one_trial() -> dict:
     run = TrainingRun(splits, TrainConfig(batch_size=256, n_hidden=64), StopRule(threshold=None, max_epochs=EPOCHS),
                       meter=EnergyMeter(cpu=False))
     while True:
-        report = run.run_epoch()
+        report = run.run_epoch(report_point=True)  # the trial reports after every epoch, for GAP_S
         if run.done:
             break
         time.sleep(GAP_S)

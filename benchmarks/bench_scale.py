@@ -108,9 +108,10 @@ def lean_trial(config: dict, dataset, settings: dict | None = None) -> None:
                              epoch_time_s=epoch_s, time_s=time_s, status=status.value, overhead_time_s=0.0,
                              **labels, started_at_s=started_at_s, ended_at_s=time.time(), rss_mib=resident_mib())
         state = {"epoch": epoch}
+        cadence.due(done)
         cadence.send(report.to_dict(),  # as sweep_trial
                      (lambda path: Path(path, STATE_FILE).write_text(json.dumps(state)))
-                     if cadence.checkpoint_due(done) else None)
+                     if cadence.checkpoint else None)
 
 
 def drive(args: argparse.Namespace) -> None:

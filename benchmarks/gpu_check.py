@@ -1,32 +1,41 @@
-"""Everything a GPU machine should show, in one run and one JSON: host facts, NVML's energy counter
-period, the epoch loops, a real sweep and the tests.
+"""Everything a GPU machine should show, in one run and one JSON: host facts, idle power, a real sweep
+(twice), NVML's energy counter period, the epoch loops and their baselines, and the GPU tests.
 
-    python benchmarks/gpu_check.py                          # on a GPU machine: under 5 min on one H100
+    python benchmarks/gpu_check.py                          # on a GPU machine: about 6 min on one H100/H200
     python benchmarks/gpu_check.py --out /tmp/gpu --skip-tests --budget-s 200
     python benchmarks/gpu_check.py --allow-cpu --epochs 1 --sweep-preset smoke --tests-args tests/test_stop_rule.py
     benchmarks/gpu_node.sh OUT_DIR                          # on a GPU node without internet (gpu_bundle.sh)
 
 Writes OUT/gpu-check-<gpu name>.json (OUT: --out, default benchmarks/results) after every stage
 (temp file + rename), and beside it the raw logs: <stem>.log (this script's progress),
-<stem>-variants.log, <stem>-sweep.log, <stem>-pytest.log and <stem>-sweep-analysis/ (the sweep's
-tables, figures and report.md). Stages, in order, each within its share of --budget-s (time a stage
-leaves unused passes to the next):
-  host   gpu_name, driver (NVML), torch, cuda, versions; cuda_devices: each CUDA device's name beside
-         the UUID (GPU-... or MIG-...), NVML index and name of the GPU NVML finds by torch's UUID, as a
-         trial finds it; and CUDA_DEVICE_ORDER
+<stem>-variants.log, <stem>-sweep-<name>.log, <stem>-pytest.log and <stem>-sweep-<name>-analysis/
+(each sweep's tables, figures and report.md). Stages, in order, each within its share of --budget-s
+(time a stage leaves unused passes to the next). This process opens no CUDA context before the nvml
+stage (what needs one runs in a child), so the idle and sweep stages see the GPU as trials do:
+  host   commit (git, or INSTRUMENT_SWEEP_COMMIT), gpu_name, driver (NVML), torch, cuda, versions;
+         cuda_devices: each CUDA device's name beside the UUID (GPU-... or MIG-...), NVML index and
+         name of the GPU NVML finds by torch's UUID, as a trial finds it; and CUDA_DEVICE_ORDER
+  idle   the GPU's idle power over 10 counter periods, in a child without a CUDA context (no_context)
+         and in one with a context open (context); checks: no context at most the context's
+  sweep  `python -m tune_jobs run --preset seed` twice (a temporary storage each): as the defaults
+         are, and with replays off (energy.replay_budget_s=0), each read back from its analysis
+         folder: one row per trial, per-trial checks that compare independent things (`sweep_checks`:
+         the joules over each window at least the idle power over its time, within the error bars;
+         a trial's windows agree; its GPU is the one it trained on; ...), the wall split as
+         bench_energy_split.py splits it; then the two compared per trial (replays_compared: what
+         replays cost and change) and the idle power again without a context (after_sweep: drift)
   nvml   nvml_energy_update_s: NVML's energy counter polled in a tight loop for --nvml-s seconds while
          matmuls load the GPU, median interval between changes; idle and loaded power
   epoch  bench_epoch.py's rows (both loops, ratio) for batch 32/128/512/2048 on the built-in data and
          on UIowa-shaped random data (66,247 + 14,904 rows, 120 features, 10 classes); test accuracy
          of both loops after 10 epochs at batch 128; then, in a child process so a failure cannot
-         take this one down, the fast loop other ways, to show what its CUDA graph pays: step by
-         step without the graph (batch 32 and 128), and with torch.compile'd forward_backward_fn (128)
-  sweep  `python -m tune_jobs run --preset seed` (a temporary storage), read back from its analysis
-         folder: one row per trial (with its device and the UUID of the GPU it measured), and checks
-         (GPU joules, epoch windows adding up, Ray GPU ids, each trial's measured GPU UUID one of
-         this host's CUDA devices, of the model torch named, no two trials on one GPU at once, the
-         report's energy measured)
-  tests  pytest -m "gpu or not (slow or cluster)" (-n 8 where pytest-xdist is installed): counts
+         take this one down, the fast loop other ways and its baselines (VARIANTS): step by step
+         without the graph, torch.compile'd forward_backward_fn, the whole training step (autograd,
+         fused capturable Adam) as one CUDA graph, torch.compile(mode="reduce-overhead") of that
+         step, and a profile of one graphed epoch (kernels, microseconds per kernel)
+  tests  pytest -rA --durations=15 -m "gpu or not (slow or cluster)" on the GPU test files (-n 8 where
+         pytest-xdist is installed), for at least --tests-min-s: counts, every test's outcome, the
+         slowest durations
 Exit codes: 0 every stage ran and every check passed; 1 otherwise; 2 no CUDA (without --allow-cpu).
 """
 
@@ -37,6 +46,7 @@ import importlib.util
 import itertools
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -61,13 +71,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_epoch  # noqa: E402  (the project's internals are reached through it only)
 
-STAGE_SHARES = {"host": 0.04, "nvml": 0.04, "epoch": 0.34, "sweep": 0.32, "tests": 0.26}
+STAGE_SHARES = {"host": 0.02, "idle": 0.03, "sweep": 0.30, "nvml": 0.01, "epoch": 0.22, "tests": 0.42}
 UIOWA_SHAPE = {"train_rows": 66_247, "test_rows": 14_904, "features": 120, "classes": 10}
 ACCURACY_BATCH, ACCURACY_EPOCHS, ACCURACY_TOLERANCE = 128, 10, 0.005
-VARIANTS = [("eager", 128), ("eager", 32), ("compile", 128)]  # (kind, batch size), run in this order
+# (kind, batch size), run in this order: the fast loop step by step, with a compiled step; baselines beside
+# it (the whole step in one CUDA graph; torch.compile reduce-overhead); a profile of one graphed epoch.
+VARIANTS = [("eager", 128), ("eager", 32), ("compile", 128), ("step_graph", 128), ("step_graph", 2048),
+            ("profile", 128), ("compile_reduce_overhead", 128), ("compile_reduce_overhead", 2048)]
+SWEEPS = {"defaults": [], "replays_off": ["--set", "energy.replay_budget_s=0"]}  # name: extra `run` arguments
+MARKS = {"ready": "results:", "summary": "trial  lr"}  # CLI lines whose time bench_energy_split's split reads
+TESTS_ARGS = "tests/test_gpu.py tests/test_energy.py tests/test_gpus.py tests/test_training_core.py " \
+             "tests/test_private_fallbacks.py"
+IDLE_PERIODS = 10  # the idle stage's probes span this many counter periods
+IDLE_AFTER_S = 20  # the sweep stage keeps this long for the idle probe after its sweeps
 SWEEP_BASE = ["trial_id", "lr", "batch_size", "status", "epochs", "time_s", "energy_j", "energy_source", "device",
               "gpu_uuids", "energy_note"]
-ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$")
+ENERGY_COLUMN = re.compile(r"energy|gpu|idle|_err|method|_w$|replay|first_run|measurement|overhead")
 TERMINAL = {"reached_target", "max_epochs", "diverged", "outpaced"}
 GRACE_S = 15  # after the interrupt, before a stage's subprocess is killed
 
@@ -116,16 +135,31 @@ def clean(value):
     return value
 
 
-def run_logged(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int | None, float]:
+def run_logged(cmd: list[str], log_path: Path, timeout_s: float, marks: dict[str, str] | None = None,
+               env: dict | None = None) -> tuple[int | None, float, dict[str, float]]:
     """Run `cmd` in its own process group, output to `log_path`; at `timeout_s` interrupt it (Ctrl-C: the
-    CLI saves its sweep, pytest prints its counts), then kill the group. (exit code or None, seconds)."""
+    CLI saves its sweep, pytest prints its counts), then kill the group. (exit code or None, seconds,
+    {mark: seconds from the start to the first line starting with `marks[mark]`})."""
     started = time.perf_counter()
+    seen: dict[str, float] = {}
     with log_path.open("w") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout first
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if marks else log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})})
+
+        def copy() -> None:  # the output to the log, noting when each mark's line came
+            for line in proc.stdout:
+                log.write(line)
+                for mark, start in (marks or {}).items():
+                    if mark not in seen and line.startswith(start):
+                        seen[mark] = time.perf_counter() - started
+
+        reader = threading.Thread(target=copy, daemon=True)
+        if marks:
+            reader.start()
         try:
             rc = proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
@@ -135,9 +169,12 @@ def run_logged(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int | 
             except subprocess.TimeoutExpired:
                 pass
             rc = None
+        seconds = time.perf_counter() - started
         kill_group(proc.pid)
         proc.wait()
-    return rc, time.perf_counter() - started
+        if marks:
+            reader.join(timeout=5)
+    return rc, seconds, seen
 
 
 def kill_group(pgid: int) -> None:
@@ -222,6 +259,94 @@ def host_facts(device, nvml) -> dict:
     }
 
 
+def host_child() -> None:
+    """In a child (CUDA's context stays out of this process until the nvml stage): `host_facts` as JSON."""
+    import torch
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    print("HOST " + json.dumps(clean(host_facts(device, nvml_device()))), flush=True)
+
+
+def child_json(args: list[str], prefix: str, timeout_s: float) -> dict:
+    """Run this script with `args` in a child; the JSON of its output line starting with `prefix`."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT,
+                         timeout=max(5.0, timeout_s))
+    lines = [line for line in out.stdout.splitlines() if line.startswith(prefix)]
+    if out.returncode != 0 or not lines:
+        last = ((out.stderr or out.stdout).strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {last[-500:]}")
+    return json.loads(lines[-1][len(prefix):])
+
+
+def commit() -> dict:
+    """The commit this checkout is at (git), or INSTRUMENT_SWEEP_COMMIT where it has no .git (a copy)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return {"commit": head, "commit_source": "git", "commit_dirty": bool(dirty)}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": os.environ.get("INSTRUMENT_SWEEP_COMMIT"), "commit_source": "INSTRUMENT_SWEEP_COMMIT"}
+
+
+# -- stage idle --------------------------------------------------------------------------------------------
+def idle_child(kind: str, uuid: str) -> None:
+    """In a child: the GPU's idle power over IDLE_PERIODS counter periods (trainables' gpu_counter), with
+    no CUDA context in this process ("no_context") or with one open ("context"); which processes NVML
+    listed with a context on the GPU before and after."""
+    import pynvml
+
+    from trainables.training.gpu_counter import measure_counter, running_contexts
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else pynvml.nvmlDeviceGetHandleByIndex(0)
+    if kind == "context":
+        import torch
+
+        torch.zeros(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+    before = running_contexts(handle)
+    started = time.perf_counter()
+    period_s, idle_w, idle_err_w = measure_counter(lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle),
+                                                   IDLE_PERIODS)
+    row = {"kind": kind, "idle_w": idle_w, "idle_err_w": idle_err_w, "period_s": period_s,
+           "seconds": time.perf_counter() - started, "contexts_before": before,
+           "contexts_after": running_contexts(handle)}
+    print("IDLE " + json.dumps(clean(row)), flush=True)
+
+
+def idle_rows(report: Report, kinds: tuple[str, ...], timeout_s: float) -> dict:
+    """`idle_child` of each kind, on the GPU the host stage named (a failure: that row's error)."""
+    devices = report.data.get("cuda_devices") or [{}]
+    rows = {}
+    for kind in kinds:
+        try:
+            rows[kind] = child_json(["--idle-child", kind, devices[0].get("uuid", "")], "IDLE ", timeout_s)
+        except Exception as exc:  # noqa: BLE001 - recorded: the check on it fails
+            rows[kind] = {"kind": kind, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
+        report.log(f"idle {kind}: {rows[kind]}")
+    return rows
+
+
+def idle_checks(idle: dict) -> dict:
+    """Without a CUDA context the GPU draws at most what it draws with one (within both errors), and
+    no process held a context while it was probed; after the sweep, within 10% of before (the drift)."""
+    bare, ctx, after = (idle.get(k, {}) for k in ("no_context", "context", "after_sweep"))
+    value = lambda row, key: row.get(key) if isinstance(row.get(key), numbers.Real) else math.nan  # noqa: E731
+    checks = {
+        "idle_no_context_at_most_context": value(bare, "idle_w") <= value(ctx, "idle_w") + value(bare, "idle_err_w")
+        + value(ctx, "idle_err_w"),
+        # -1: NVML cannot list them here (a container): nothing seen
+        "idle_no_context_had_no_context": value(bare, "contexts_before") in (0, -1) and
+        value(bare, "contexts_after") in (0, -1),
+    }
+    if after:
+        checks["idle_after_sweep_within_10_percent"] = abs(value(after, "idle_w") - value(bare, "idle_w")) <= \
+            0.1 * value(bare, "idle_w")
+    return checks
+
+
 # -- stage nvml --------------------------------------------------------------------------------------------
 def nvml_energy_update(device, nvml, seconds: float) -> dict:
     """Poll the energy counter (mJ) in a tight loop while matmuls load the device; median interval between
@@ -279,7 +404,7 @@ def nvml_energy_update(device, nvml, seconds: float) -> dict:
 # -- stage epoch -------------------------------------------------------------------------------------------
 def builtin_data(report: Report, timeout_s: float) -> dict:
     """The built-in dataset's arrays, through the CLI (generated first if not cached) and its npy files."""
-    rc, seconds = run_logged([sys.executable, "-m", "tune_jobs", "data", "info", "synthetic"],
+    rc, seconds, _ = run_logged([sys.executable, "-m", "tune_jobs", "data", "info", "synthetic"],
                              report.path("data.log"), timeout_s)
     found = re.search(r"^dataset:\s+(.+)$", report.path("data.log").read_text(), re.M)
     if rc != 0 or not found:
@@ -364,7 +489,7 @@ def epoch_stage(report: Report, device, args, deadline: float) -> None:
         Path(tmp, "plan.json").write_text(json.dumps(plan))
         report.log(f"variants in a child process: {len(plan['variants'])} rows, "
                    f"up to {deadline - time.monotonic():.0f} s")
-        rc, _ = run_logged([sys.executable, __file__, "--variant-child", str(Path(tmp, "plan.json"))],
+        rc, _, _ = run_logged([sys.executable, __file__, "--variant-child", str(Path(tmp, "plan.json"))],
                            report.path("variants.log"), deadline - time.monotonic() - GRACE_S)
     done = [json.loads(line[4:]) for line in report.path("variants.log").read_text().splitlines()
             if line.startswith("ROW ")]
@@ -383,14 +508,19 @@ def epoch_stage(report: Report, device, args, deadline: float) -> None:
 
 
 def variant_epoch(kind: str, model, optimizer, x, y, n_classes: int, batch_size: int, device):
-    """The fast loop's epoch, other ways, to show what its CUDA graph pays: `eager` launches every step's
-    kernels one by one (the fast loop without its graph); `compile` runs the model's torch.compile'd
-    forward_backward_fn eagerly. Returns epoch() -> training accuracy; the setup (compilation) happens in
-    the first epochs."""
+    """The fast loop's epoch, other ways, to show what its CUDA graph pays and what else could: `eager`
+    launches every step's kernels one by one (the fast loop without its graph); `compile` runs the
+    model's torch.compile'd forward_backward_fn eagerly; `step_graph` captures the whole training step
+    (autograd's forward and backward, torch's fused capturable Adam) as one CUDA graph, replayed per
+    batch; `compile_reduce_overhead` is that step through torch.compile(mode="reduce-overhead"). The last
+    two drop an epoch's last partial batch (a graph has one shape). Returns epoch() -> training accuracy;
+    the setup (capture, compilation) happens in the first epochs."""
     import torch
 
     from trainables.training.loops import make_loop
 
+    if kind in ("step_graph", "compile_reduce_overhead"):
+        return whole_step_epoch(kind, model, x, y, batch_size, device)
     loop = make_loop("fast", x, y, batch_size, device, seed=0)
     loop.epoch_graph = None  # step by step
     if kind == "compile":
@@ -399,6 +529,79 @@ def variant_epoch(kind: str, model, optimizer, x, y, n_classes: int, batch_size:
     elif kind != "eager":
         raise ValueError(f"unknown variant {kind!r}")
     return lambda: loop.train_epoch(model, optimizer).acc
+
+
+def whole_step_epoch(kind: str, model, x, y, batch_size: int, device):
+    """`variant_epoch`'s baselines: the whole step (autograd, fused capturable Adam) as one CUDA graph, or
+    through torch.compile(mode="reduce-overhead")."""
+    import torch
+
+    if device.type != "cuda":
+        raise RuntimeError("a CUDA graph of the whole step needs CUDA")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    static_x, static_y = x[:batch_size].clone(), y[:batch_size].clone()
+
+    def step(xb, yb):
+        optimizer.zero_grad(set_to_none=False)
+        logits = model(xb)
+        loss_fn(logits, yb).backward()
+        optimizer.step()
+        return (logits.argmax(1) == yb).sum()
+
+    if kind == "compile_reduce_overhead":
+        run = torch.compile(step, mode="reduce-overhead")
+    else:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up before the capture, as torch advises
+                step(static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_hits = step(static_x, static_y)
+
+        def run(xb, yb):
+            static_x.copy_(xb)
+            static_y.copy_(yb)
+            graph.replay()
+            return static_hits
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = len(y) // batch_size
+
+    def epoch() -> float:
+        perm = torch.randperm(len(y), device=device, generator=generator)
+        hits = torch.zeros((), device=device, dtype=torch.int64)
+        for b in range(batches):
+            index = perm[b * batch_size:(b + 1) * batch_size]
+            hits += run(x.index_select(0, index), y.index_select(0, index))
+        return hits.item() / (batches * batch_size)
+
+    return epoch
+
+
+def profile_graphed_epoch(model, optimizer, x, y, batch_size: int, device) -> dict:
+    """One epoch of the fast loop replaying its CUDA graph under torch.profiler: the GPU kernels it ran
+    and their mean microseconds."""
+    import torch
+
+    from trainables.training.loops import make_loop
+
+    if device.type != "cuda":
+        raise RuntimeError("profiling the graphed epoch needs CUDA")
+    loop = make_loop("fast", x, y, batch_size, device, seed=0)
+    for _ in range(3):  # warm-up, capture, one replay
+        loop.train_epoch(model, optimizer)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        loop.train_epoch(model, optimizer)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.device_time for e in kernels)
+    return {"kernels": len(kernels), "kernel_us_total": round(total_us, 1),
+            "us_per_kernel": round(total_us / len(kernels), 2) if kernels else None,
+            "steps": -(-len(y) // batch_size)}
 
 
 def variant_child(plan_path: str) -> None:
@@ -416,12 +619,16 @@ def variant_child(plan_path: str) -> None:
             y = torch.as_tensor(np.load(variant["y"]), device=device)
             row["rows"] = int(len(y))
             model, optimizer = bench_epoch.fresh_model("fast", x.shape[1], variant["n_classes"], device)
+            if variant["loader"] == "fast+profile":
+                row.update(profile_graphed_epoch(model, optimizer, x, y, variant["batch_size"], device))
+                print("ROW " + json.dumps(row), flush=True)
+                continue
             sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
             sync()
             started = time.perf_counter()
             epoch = variant_epoch(variant["loader"].split("+")[1], model, optimizer, x, y, variant["n_classes"],
                                   variant["batch_size"], device)
-            for _ in range(2 if variant["loader"].endswith("compile") else 1):  # warm-up, compilation
+            for _ in range(2 if "compile" in variant["loader"] else 1):  # warm-up, compilation
                 epoch()
             sync()
             row["setup_s"] = round(time.perf_counter() - started, 3)
@@ -440,29 +647,53 @@ def variant_child(plan_path: str) -> None:
 
 # -- stage sweep -------------------------------------------------------------------------------------------
 def sweep_stage(report: Report, args, deadline: float) -> None:
+    """Each of SWEEPS, then the two compared per trial, then the idle power again (after_sweep)."""
+    devices = {d["uuid"]: d["name"] for d in report.data.get("cuda_devices", []) if d.get("uuid")}
+    sweeps = report.data.setdefault("sweeps", {})
+    for number, (name, extra) in enumerate(SWEEPS.items()):
+        share = (deadline - time.monotonic() - IDLE_AFTER_S) / (len(SWEEPS) - number)
+        sweeps[name] = one_sweep(report, args, name, extra, time.monotonic() + share, devices)
+        report.save()
+    rows = {name: {row["trial_id"].split("_")[-1]: row for row in sweep.get("trials", [])}
+            for name, sweep in sweeps.items()}
+    report.data["replays_compared"] = replays_compared(rows.get("defaults", {}), rows.get("replays_off", {}))
+    report.data.setdefault("idle", {}).update(idle_rows(report, ("after_sweep",), IDLE_AFTER_S))
+    report.data["idle_checks"] = idle_checks(report.data["idle"])
+
+
+def one_sweep(report: Report, args, name: str, extra: list[str], deadline: float, devices: dict) -> dict:
+    """`python -m tune_jobs run` once, read back from its analysis folder: its rows, checks and wall split."""
     import pandas as pd
+
+    from bench_energy_split import split, trial_row
 
     storage = Path(tempfile.mkdtemp(prefix="gpu-check-sweep-"))
     try:
         cmd = [sys.executable, "-m", "tune_jobs", "run", "--preset", args.sweep_preset, "--storage", str(storage),
-               "--name", "gpu-check", *itertools.chain.from_iterable(("--set", s) for s in args.sweep_set)]
-        report.log(f"$ {shlex.join(cmd)}")
-        rc, seconds = run_logged(cmd, report.path("sweep.log"), deadline - time.monotonic() - GRACE_S - 20)
-        report.data["sweep_run"] = {"command": shlex.join(cmd), "exit_code": rc, "timed_out": rc is None,
-                                    "wall_s": round(seconds, 1)}
+               "--name", "gpu-check", *extra, *itertools.chain.from_iterable(("--set", s) for s in args.sweep_set)]
+        report.log(f"sweep {name}: $ {shlex.join(cmd)}")
+        rc, seconds, marks = run_logged(cmd, report.path(f"sweep-{name}.log"), deadline - time.monotonic(),
+                                        marks=MARKS)
+        out = {"run": {"command": shlex.join(cmd), "exit_code": rc, "timed_out": rc is None,
+                       "wall_s": round(seconds, 1), "marks": marks}}
         experiment, analysis = storage / "gpu-check", storage / "gpu-check" / "analysis"
         if not (analysis / "trials.csv").exists() and experiment.exists():  # interrupted: analyze what is there
-            run_logged([sys.executable, "-m", "tune_jobs", "analyze", str(experiment)], report.path("analyze.log"), 20)
+            run_logged([sys.executable, "-m", "tune_jobs", "analyze", str(experiment)],
+                       report.path(f"analyze-{name}.log"), 20)
         if not (analysis / "trials.csv").exists():
-            raise RuntimeError(f"no trials.csv: the sweep left nothing to analyze (exit {rc}); "
-                               f"see {report.path('sweep.log')}")
+            raise RuntimeError(f"no trials.csv: sweep {name} left nothing to analyze (exit {rc}); "
+                               f"see {report.path(f'sweep-{name}.log')}")
         trials = pd.read_csv(analysis / "trials.csv")
         epochs = pd.read_parquet(analysis / "epochs.parquet")
         report_md = (analysis / "report.md").read_text() if (analysis / "report.md").exists() else ""
-        report.data["sweep"] = sweep_rows(trials, epochs)
-        devices = {d["uuid"]: d["name"] for d in report.data.get("cuda_devices", [])}
-        report.data["sweep_checks"] = sweep_checks(trials, epochs, report_md, devices)
-        shutil.copytree(analysis, report.path("sweep-analysis"), dirs_exist_ok=True)
+        out["trials"] = sweep_rows(trials, epochs)
+        out["checks"] = sweep_checks(trials, epochs, report_md, devices, error_bar=name == "defaults")
+        last = [trial_row(row) for _, row in last_epochs(epochs).reset_index().iterrows()]
+        out["split"] = split({"wall_s": seconds, "marks": marks, "trials": last, "read_s": math.nan})
+        out["measurement_share"] = round((out["split"]["measurement_s"] + out["split"]["replays_s"]) / seconds, 3)
+        report.log(f"sweep {name}: {out['run']}; split {out['split']}; checks {out['checks']}")
+        shutil.copytree(analysis, report.path(f"sweep-{name}-analysis"), dirs_exist_ok=True)
+        return out
     finally:
         shutil.rmtree(storage, ignore_errors=True)
 
@@ -487,29 +718,86 @@ def sweep_rows(trials, epochs) -> list[dict]:
     return rows
 
 
-def sweep_checks(trials, epochs, report_md: str, cuda_devices: dict[str, str] | None = None) -> dict:
-    """The issue's checks on a GPU sweep, each a bool, with the trials that failed it. `cuda_devices`
-    (UUID -> torch's name, this host's): each trial measured one of them, of the model it trained on."""
-    failures = {key: [] for key in ("finished", "gpu_joules", "epoch_sums", "gpu_ids", "gpu_uuid")}
+def replays_compared(defaults: dict, replays_off: dict) -> list[dict]:
+    """Per trial of both sweeps (by its number): what the replays changed (the headline against the
+    run's own figure) and what they cost (the replays' window)."""
+    rows = []
+    for number, on in defaults.items():
+        off = replays_off.get(number)
+        if off is None:
+            continue
+        rows.append({"trial": number, "lr": on.get("lr"), "batch_size": on.get("batch_size"),
+                     "method": on.get("energy_method"), "replays": on.get("replays"),
+                     "replay_time_s": on.get("replay_time_s"), "energy_j": on.get("energy_j"),
+                     "energy_err_j": on.get("energy_err_j"), "energy_j_replays_off": off.get("energy_j"),
+                     "energy_err_j_replays_off": off.get("energy_err_j"), "time_s": on.get("time_s"),
+                     "time_s_replays_off": off.get("time_s")})
+    return rows
+
+
+CHECKS = {  # a sweep's per-trial checks: what each compares
+    "finished": "the trial ended by its stop rule",
+    "gpu_joules": "its energy is GPU joules, finite and positive",
+    "at_least_idle": "each window's joules (its own run's, the replays') at least the GPU's idle power (with a "
+                     "context, probed apart) over that window's seconds, within both error bars",
+    "error_bar": "energy_err_j at most 5% of energy_j",
+    "windows_agree": "direct: the headline is its own run's; replayed: the replays' window holds the replays and "
+                     "at most 3 counter periods more, and the run's own mean power is the replays', within the "
+                     "error bars and 5%; the idle power after the trial within 10% of before",
+    "gpu_ids": "Ray gave it GPU ids",
+    "gpu_uuid": "the GPU it measured (by UUID) is one of this host's CUDA devices, of the model it trained on",
+}
+
+
+def trial_failures(trial: dict, cuda_devices: dict[str, str] | None) -> set[str]:
+    """The CHECKS one trial (a trials.csv row, with its gpu_ids) fails (a column it lacks fails them)."""
+    value = lambda key: float(trial[key]) if isinstance(trial.get(key), numbers.Real) else math.nan  # noqa: E731
+    failed = set()
+    if trial.get("status") not in TERMINAL:
+        failed.add("finished")
+    if not ("gpu" in str(trial.get("energy_source")) and 0 < value("energy_j") < math.inf):
+        failed.add("gpu_joules")
+    replayed = trial.get("energy_method") == "replay"
+    windows = [("first_run_energy_j", "first_run_time_s", "first_run_energy_err_j")]
+    windows += [("energy_j", "time_s", "energy_err_j")] if replayed else []
+    idle_w, idle_err_w = value("gpu_idle_w"), value("gpu_idle_err_w")
+    if not all(value(j) >= (idle_w - idle_err_w) * value(t) - value(e) for j, t, e in windows):
+        failed.add("at_least_idle")
+    if not value("energy_err_j") <= 0.05 * value("energy_j"):
+        failed.add("error_bar")
+    if replayed:
+        period_s, work_s = value("energy_resolution_s"), value("replays") * value("time_s")
+        own_w, own_err_w = value("first_run_energy_j") / value("first_run_time_s"), \
+            value("first_run_energy_err_j") / value("first_run_time_s")
+        replay_w, replay_err_w = value("energy_j") / value("time_s"), value("energy_err_j") / value("time_s")
+        agree = (work_s <= value("replay_time_s") <= work_s + 3 * period_s
+                 and abs(own_w - replay_w) <= own_err_w + replay_err_w + 0.05 * replay_w)
+    else:
+        agree = (value("time_s"), value("energy_j")) == (value("first_run_time_s"), value("first_run_energy_j"))
+    if not (agree and abs(value("gpu_idle_after_w") - idle_w) <= 0.1 * idle_w):
+        failed.add("windows_agree")
+    if str(trial.get("gpu_ids", "")) in ("", "nan", "None"):
+        failed.add("gpu_ids")
+    measured = str(trial.get("gpu_uuids", "")).split(",")
+    if len(measured) != 1 or not measured[0].startswith("GPU-") or (
+            cuda_devices is not None and cuda_devices.get(measured[0]) != trial.get("device")):
+        failed.add("gpu_uuid")
+    return failed
+
+
+def sweep_checks(trials, epochs, report_md: str, cuda_devices: dict[str, str] | None = None,
+                 error_bar: bool = True) -> dict:
+    """The issue's checks on a GPU sweep, each a bool (CHECKS, every trial passing; no two trials on one
+    GPU at once; the report's energy measured), with the trials that failed each. `cuda_devices` (UUID ->
+    torch's name, this host's): each trial measured one of them, of the model it trained on. Without
+    `error_bar` (replays off) the 5% error bar is not asked for."""
     last = last_epochs(epochs)
+    failures: dict[str, list] = {key: [] for key in CHECKS if error_bar or key != "error_bar"}
     for trial in trials.to_dict("records"):
         tid = trial["trial_id"]
-        if trial["status"] not in TERMINAL:
-            failures["finished"].append(tid)
-        gpu_j = trial.get("gpu_energy_j", math.nan)
-        if not ("gpu" in str(trial["energy_source"]) and math.isfinite(gpu_j) and gpu_j > 0):
-            failures["gpu_joules"].append(tid)
-        windows = epochs.loc[epochs.trial_id == tid, "epoch_energy_j"].astype(float)
-        total = float(trial.get("first_run_energy_j", trial["energy_j"]))  # after a replay: the first run's
-        if not (len(windows) and math.isfinite(total)
-                and math.isclose(windows.sum(), total, rel_tol=1e-6, abs_tol=1e-6)):
-            failures["epoch_sums"].append(tid)
-        if tid not in last.index or str(last.loc[tid].get("gpu_ids", "")) in ("", "nan", "None"):
-            failures["gpu_ids"].append(tid)
-        measured = str(trial.get("gpu_uuids", "")).split(",")
-        if len(measured) != 1 or not measured[0].startswith("GPU-") or (
-                cuda_devices is not None and cuda_devices.get(measured[0]) != trial.get("device")):
-            failures["gpu_uuid"].append(tid)
+        final = last.loc[tid].to_dict() if tid in last.index else {}
+        for check in trial_failures({**trial, "gpu_ids": final.get("gpu_ids", "")}, cuda_devices) & set(failures):
+            failures[check].append(tid)
     overlaps = []
     if len(epochs) and {"started_at_s", "ended_at_s", "gpu_ids", "node_id"} <= set(epochs.columns):
         attempts = (epochs.groupby(["trial_id", "started_at_s"])
@@ -522,12 +810,7 @@ def sweep_checks(trials, epochs, report_md: str, cuda_devices: dict[str, str] | 
                 overlaps.append([a["trial_id"], b["trial_id"]])
     else:
         overlaps.append("epochs.parquet lacks started_at_s/ended_at_s/gpu_ids/node_id")
-    return {"trials": len(trials),
-            "all_finished": not failures["finished"],
-            "gpu_joules_positive_finite": not failures["gpu_joules"],
-            "epoch_energy_sums_match_total": not failures["epoch_sums"],
-            "gpu_ids_on_every_trial": not failures["gpu_ids"],
-            "gpu_uuid_is_the_trained_on_device": not failures["gpu_uuid"],
+    return {"trials": len(trials), **{f"every_trial_{key}": not ids for key, ids in failures.items()},
             "no_two_trials_on_a_gpu_at_once": not overlaps,
             "report_energy_measured": bool(report_md) and "not measured" not in report_md,
             "failing_trials": {key: ids for key, ids in failures.items() if ids}, "overlaps": overlaps}
@@ -535,14 +818,30 @@ def sweep_checks(trials, epochs, report_md: str, cuda_devices: dict[str, str] | 
 
 # -- stage tests -------------------------------------------------------------------------------------------
 def tests_stage(report: Report, args, deadline: float) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", args.tests_marker,
-           *shlex.split(args.tests_args)]
+    """The GPU test files, every test named and timed, for at least --tests-min-s (none killed)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "--durations=15", "-p", "no:cacheprovider",
+           "-m", args.tests_marker, *shlex.split(args.tests_args)]
     if importlib.util.find_spec("xdist") and args.tests_workers > 1:
         cmd += ["-n", str(args.tests_workers)]
-    report.log(f"$ {shlex.join(cmd)}")
-    rc, seconds = run_logged(cmd, report.path("pytest.log"), deadline - time.monotonic() - GRACE_S)
+    limit_s = max(deadline - time.monotonic() - GRACE_S, args.tests_min_s)
+    report.log(f"$ {shlex.join(cmd)}  (limit {limit_s:.0f} s)")
+    rc, seconds, _ = run_logged(cmd, report.path("pytest.log"), limit_s)
+    output = report.path("pytest.log").read_text()
     report.data["tests"] = {"command": shlex.join(cmd), "exit_code": rc, "timed_out": rc is None,
-                            "wall_s": round(seconds, 1), **pytest_counts(report.path("pytest.log").read_text())}
+                            "limit_s": round(limit_s), "wall_s": round(seconds, 1), **pytest_counts(output),
+                            **pytest_outcomes(output)}
+
+
+def pytest_outcomes(output: str) -> dict:
+    """-rA's outcome of every test, and --durations' slowest (seconds, phase, test)."""
+    outcomes = {}
+    for line in output.splitlines():
+        found = re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)", line)
+        if found:
+            outcomes[found.group(2)] = found.group(1).lower()
+    durations = [[float(seconds), phase, test] for seconds, phase, test in
+                 re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)", output, re.M)]
+    return {"outcomes": outcomes, "durations": durations}
 
 
 def pytest_counts(output: str) -> dict:
@@ -559,28 +858,57 @@ def pytest_counts(output: str) -> dict:
 
 
 # -- driver ------------------------------------------------------------------------------------------------
+def failed_checks(data: dict) -> list[str]:
+    """What keeps a run from all_ok, one line each: a stage that failed, a sweep's or the idle stage's
+    check, a test that failed or errored or a test run cut short, the fast loop off the seed's accuracy."""
+    failed = [f"stage {stage}: {info['status']}" for stage, info in data.get("stages", {}).items()
+              if not info["status"].startswith("ok") and info["status"] != "skipped"]
+    for name, sweep in data.get("sweeps", {}).items():
+        failed += [f"sweep {name}: {key}" for key, value in sweep.get("checks", {}).items()
+                   if isinstance(value, bool) and not value]
+    failed += [f"idle: {key}" for key, value in data.get("idle_checks", {}).items() if not value]
+    tests = data.get("tests", {})
+    failed += [f"tests: {tests[key]} {key}" for key in ("failed", "errors") if tests.get(key)]
+    failed += ["tests: cut short (timed out)"] if tests.get("timed_out") else []
+    failed += [f"epoch accuracy: {row.get('data')} off by more than {ACCURACY_TOLERANCE:g}"
+               for row in data.get("epoch_accuracy", []) if not row.get("within_0_5_points", True)]
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
-    parser.add_argument("--budget-s", type=float, default=270, help="time for all stages (default 270)")
+    parser.add_argument("--budget-s", type=float, default=360, help="time for all stages (default 360)")
     parser.add_argument("--allow-cpu", action="store_true", help="without CUDA, run every stage on the CPU")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per epoch row, median (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     parser.add_argument("--nvml-s", type=float, default=3.0, help="seconds to poll the energy counter")
-    parser.add_argument("--skip-variants", action="store_true", help="no step-by-step / torch.compile rows")
+    parser.add_argument("--skip-variants", action="store_true",
+                        help="no rows of the fast loop other ways, its baselines or its profile")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--sweep-preset", default="seed")
     parser.add_argument("--sweep-set", action="append", default=[], metavar="KEY=VALUE", help="passed as --set")
     parser.add_argument("--tests-marker", default="gpu or not (slow or cluster)")
-    parser.add_argument("--tests-args", default="", help="more pytest arguments, e.g. test paths")
+    parser.add_argument("--tests-args", default=TESTS_ARGS, help="pytest arguments: the test files (default: the "
+                                                                 "GPU test files)")
+    parser.add_argument("--tests-min-s", type=float, default=150,
+                        help="the tests run this long at least, whatever the budget leaves (default 150)")
     parser.add_argument("--tests-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="pytest-xdist workers where installed (default min(8, cores))")
     parser.add_argument("--variant-child", help=argparse.SUPPRESS)
+    parser.add_argument("--host-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--idle-child", nargs=2, metavar=("KIND", "UUID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant_child:
         variant_child(args.variant_child)
+        return 0
+    if args.host_child:
+        host_child()
+        return 0
+    if args.idle_child:
+        idle_child(*args.idle_child)
         return 0
 
     import torch
@@ -593,35 +921,38 @@ def main() -> int:
     report, started = Report(args.out), time.monotonic()
     skipped = {"sweep": args.skip_sweep, "tests": args.skip_tests}
     shares = {stage: share for stage, share in STAGE_SHARES.items() if not skipped.get(stage)}
-    ok = True
-    nvml = (None, "not opened")
     for number, stage in enumerate(STAGE_SHARES):
         status = "skipped"
         stage_started = time.monotonic()
         if stage in shares:
             upto = list(shares)[: list(shares).index(stage) + 1]
             deadline = started + args.budget_s * sum(shares[s] for s in upto) / sum(shares.values())
-            report.log(f"stage {number + 1}/5 {stage}: until +{deadline - started:.0f} s of {args.budget_s:.0f} s")
+            report.log(f"stage {number + 1}/{len(STAGE_SHARES)} {stage}: until +{deadline - started:.0f} s of "
+                       f"{args.budget_s:.0f} s")
             try:
                 if stage == "host":
-                    nvml = nvml_device()
-                    report.data.update(host_facts(device, nvml), budget_s=args.budget_s, complete=False)
+                    report.data.update(commit(), **child_json(["--host-child"], "HOST ", 120),
+                                       budget_s=args.budget_s, complete=False)
                     report.name(report.data["gpu_name"])
                     report.log(f"{report.data['gpu_name']}, driver {report.data['driver']}, torch "
-                               f"{report.data['torch']}, CUDA {report.data['cuda']}; writing {report.path('json')}")
-                elif stage == "nvml":
-                    report.data.update(nvml_energy_update(device, nvml, args.nvml_s))
+                               f"{report.data['torch']}, CUDA {report.data['cuda']}, commit {report.data['commit']}; "
+                               f"writing {report.path('json')}")
+                elif stage == "idle":
+                    report.data["idle"] = idle_rows(report, ("no_context", "context"),
+                                                    max(30.0, deadline - time.monotonic()))
+                    report.data["idle_checks"] = idle_checks(report.data["idle"])
+                elif stage == "sweep":
+                    sweep_stage(report, args, deadline)
+                elif stage == "nvml":  # from here on, this process holds a CUDA context
+                    report.data.update(nvml_energy_update(device, nvml_device(), args.nvml_s))
                     report.log(f"nvml_energy_update_s {report.data['nvml_energy_update_s']}: {report.data['nvml']}")
                 elif stage == "epoch":
                     epoch_stage(report, device, args, deadline)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-                elif stage == "sweep":
-                    sweep_stage(report, args, deadline)
-                    report.log(f"sweep: {report.data['sweep_run']}; checks {report.data['sweep_checks']}")
                 else:
                     tests_stage(report, args, deadline)
-                    report.log(f"tests: {report.data['tests']}")
+                    report.log(f"tests: {({k: v for k, v in report.data['tests'].items() if k != 'outcomes'})}")
                 status = "ok" if time.monotonic() <= deadline else "ok, over budget"
             except Exception as exc:  # noqa: BLE001 - record it, go on with the next stage
                 status = f"failed: {type(exc).__name__}: {exc}"
@@ -629,17 +960,15 @@ def main() -> int:
                     report.name("unknown")
         report.data.setdefault("stages", {})[stage] = {"status": status,
                                                        "seconds": round(time.monotonic() - stage_started, 1)}
-        ok &= status == "ok" or status == "skipped"
         report.log(f"stage {stage}: {status}")
         report.save()
-    checks = report.data.get("sweep_checks", {})
-    ok &= all(value for key, value in checks.items() if isinstance(value, bool))
-    ok &= not report.data.get("tests", {}).get("failed") and not report.data.get("tests", {}).get("errors")
-    ok &= all(row.get("within_0_5_points", True) for row in report.data.get("epoch_accuracy", []))
-    report.data.update(complete=True, total_s=round(time.monotonic() - started, 1), all_ok=ok)
+    failed = failed_checks(report.data)
+    report.data.update(complete=True, total_s=round(time.monotonic() - started, 1), all_ok=not failed,
+                       failed_checks=failed)
     report.save()
-    report.log(f"done in {report.data['total_s']} s: {report.path('json')} ({'all ok' if ok else 'NOT all ok'})")
-    return 0 if ok else 1
+    report.log(f"done in {report.data['total_s']} s: {report.path('json')} "
+               f"({'all ok' if not failed else 'NOT all ok: ' + '; '.join(failed)})")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@
 # /tmp/instrument-sweep-bundle; again only when the bundle is newer), puts this checkout and the
 # bundle's site/ on PYTHONPATH, points the built-in dataset cache at the bundle's cache/, checks that
 # $PYTHON (default python3) is the bundle's version and has torch, tries importing Ray, Zeus and
-# librosa (a failure is only reported), then runs `python3 -m benchmarks.gpu_check --out OUT_DIR`.
+# librosa (a failure is only reported), then runs `python3 -m benchmarks.gpu_check --out OUT_DIR` (about
+# 6 minutes: its --budget-s 360 and the tests' --tests-min-s 150). The JSON records the commit: git's, or
+# $INSTRUMENT_SWEEP_COMMIT where this copy has no .git (set it where the copy was made:
+# INSTRUMENT_SWEEP_COMMIT=<git rev-parse HEAD there> benchmarks/gpu_node.sh OUT_DIR).
 # The run leaves four files in OUT_DIR (a device machine hands back only a few): gpu-check-<gpu>.json,
 # its progress log gpu-check-<gpu>.log, gpu_node.log (all output) and gpu-check-<gpu>-logs.tar.gz
-# (the run's other logs, the sweep's analysis folder with report.md, Ray's session logs; other files
+# (the run's other logs, the sweeps' analysis folders with report.md, Ray's session logs; other files
 # in OUT_DIR are left alone). Exit code: gpu_check's (2: no CUDA), or 2 when the Python does not fit.
 set -euo pipefail
 
@@ -59,6 +62,8 @@ if [ ! -d "$unpack/site" ] || [ "$bundle" -nt "$unpack/site" ]; then
     touch "$unpack/site"
 fi
 export PYTHONPATH="$repo:$unpack/site${PYTHONPATH:+:$PYTHONPATH}"
+INSTRUMENT_SWEEP_COMMIT=${INSTRUMENT_SWEEP_COMMIT:-$(git -C "$repo" rev-parse HEAD 2> /dev/null || true)}
+export INSTRUMENT_SWEEP_COMMIT
 export INSTRUMENT_SWEEP_CACHE="$unpack/cache"
 
 want=$(basename "$bundle" | sed -n 's/.*-cp\([0-9]\)\([0-9]*\)\.tar\.xz$/\1.\2/p')
@@ -86,6 +91,7 @@ echo "$preflight"
 cmd=("$python" -m benchmarks.gpu_check --out "$out" "$@")
 echo "PYTHONPATH=$PYTHONPATH"
 echo "INSTRUMENT_SWEEP_CACHE=$INSTRUMENT_SWEEP_CACHE"
+echo "INSTRUMENT_SWEEP_COMMIT=$INSTRUMENT_SWEEP_COMMIT"
 echo "\$ (cd $repo && ${cmd[*]})"
 [ -z "$dry_run" ] || exit 0
 

@@ -37,14 +37,13 @@ def tiny_report(tiny_experiment, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trials(tiny_experiment) -> pd.DataFrame:
     """The tiny sweep's trials as a node that measures no energy reports them."""
-    return load_trials(tiny_experiment).assign(energy_j=np.nan, gpu_energy_j=np.nan, cpu_energy_j=np.nan,
+    return load_trials(tiny_experiment).assign(energy_j=np.nan, first_run_cpu_energy_j=np.nan,
                                                 energy_source="none", energy_uncertain=False)
 
 
 def with_gpu_energy(trials: pd.DataFrame, uncertain_trial: int | None = None) -> pd.DataFrame:
     """The trials as a GPU node reports them: joules measured, optionally one window under 1 s."""
-    measured = trials.assign(energy_j=trials["time_s"] * 250.0, gpu_energy_j=trials["time_s"] * 250.0,
-                             energy_source="gpu", energy_uncertain=False)
+    measured = trials.assign(energy_j=trials["time_s"] * 250.0, energy_source="gpu", energy_uncertain=False)
     if uncertain_trial is not None:
         measured.loc[measured["trial_number"] == uncertain_trial, "energy_uncertain"] = True
     return measured
@@ -347,7 +346,7 @@ def test_node_cpu_energy_counts_for_a_trial_only_where_it_ran_alone(tiny_experim
     """The tiny sweep ran trials two at a time on one node: with the node's RAPL joules written
     in, trials that overlapped another share them (they rank nothing); one alone owns them."""
     trials = load_trials(tiny_experiment).assign(energy_j=np.nan, energy_source="none", cpu_energy_shared=False)
-    trials["cpu_energy_j"] = trials["time_s"] * 30.0
+    trials["first_run_cpu_energy_j"] = trials["time_s"] * 30.0
     both = frames.attribute_cpu_energy(trials)
     spans = list(zip(trials.started_at_s, trials.ended_at_s))
     overlapped = [any(s < e2 and e > s2 for j, (s2, e2) in enumerate(spans) if j != i) for i, (s, e) in enumerate(spans)]
@@ -355,7 +354,7 @@ def test_node_cpu_energy_counts_for_a_trial_only_where_it_ran_alone(tiny_experim
     assert both.cpu_energy_shared.tolist() == overlapped
     assert both.energy_j[both.cpu_energy_shared].isna().all()
     alone = both[~both.cpu_energy_shared]
-    assert (alone.energy_source == "cpu").all() and (alone.energy_j == alone.cpu_energy_j).all()
+    assert (alone.energy_source == "cpu").all() and (alone.energy_j == alone.first_run_cpu_energy_j).all()
     single = frames.attribute_cpu_energy(trials.iloc[[0]])
     assert single.energy_source.tolist() == ["cpu"] and not single.cpu_energy_shared.any()
 
@@ -371,3 +370,58 @@ def test_recommendation_says_when_energies_are_within_error_bars_and_ranks_by_et
     now = energy[energy.reached_target]
     assert picks.loc["eta_cost", "cost_j"] == pytest.approx((0.5 * now.energy_j + 0.5 * 700.0 * now.time_s).min())
     assert "eta_cost" not in summary.recommend(trials, eta=0.5).index  # no GPU energy: no cost ranking
+
+
+# -- an older experiment: the H200's seed sweep, before one window per figure -------------------------
+
+
+def h200_experiment(folder: Path) -> str:
+    """The committed H200 run's seed sweep (benchmarks/results), its epochs written back as the trials'
+    params.json and result.json: an experiment as the code before one window per figure left it."""
+    import tarfile
+
+    logs = Path(__file__).parents[1] / "benchmarks" / "results" / "gpu-check-NVIDIA-H200-logs.tar.gz"
+    with tarfile.open(logs) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("sweep-analysis/epochs.parquet"))
+        epochs = pd.read_parquet(tar.extractfile(member))
+    for trial_id, rows in epochs.groupby("trial_id"):
+        trial_dir = folder / f"trial-{trial_id}"
+        trial_dir.mkdir(parents=True)
+        (trial_dir / "params.json").write_text(json.dumps(json.loads(rows.config.iloc[0])))
+        lines = rows.drop(columns=["config", "sweep"]).to_json(orient="records", lines=True)
+        (trial_dir / "result.json").write_text(lines)
+    return str(folder)
+
+
+def test_an_older_experiment_loads_and_its_runs_below_idle_power_are_flagged(tmp_path):
+    """Its columns load under today's names (cpu_energy_j as first_run_cpu_energy_j; those gone are
+    dropped), and the 4 of its 9 trials whose first run read below the GPU's idle power (93, 87, 114
+    and 92 W against 124 W: the per-epoch windows' artefact) are flagged, the reason in the note."""
+    trials = load_trials(h200_experiment(tmp_path / "h200"))
+    assert len(trials) == 9 and list(trials.columns) == list(frames.TRIAL_COLUMNS)
+    assert trials.first_run_cpu_energy_j.isna().all() and trials.energy_j.notna().all()
+    flagged = trials[trials.energy_uncertain]
+    assert sorted(zip(flagged.lr, flagged.batch_size)) == [(0.001, 32), (0.001, 128), (0.1, 128), (1.0, 128)]
+    assert all(note.startswith("first run: ") and "below the GPU's idle 124 W" in note for note in flagged.energy_note)
+    assert (trials[~trials.energy_uncertain].energy_note.fillna("") == "").all()
+
+
+def test_where_the_idle_floor_is_most_of_the_energy_the_report_says_so_and_shows_the_dynamic_energy(tmp_path):
+    """The H200's seed sweep: 93% of its GPU joules are the 124 W idle floor. The report says which idle it
+    subtracts, says that energy then ranks as time does, and shows the dynamic energy beside the energy in
+    the tables and the recommendation; a sweep whose floor is a small share shows none of it."""
+    from analysis.report import idle_floor_share, render_report
+
+    experiment = h200_experiment(tmp_path / "h200")
+    trials, epochs = load_trials(experiment), load_epochs(experiment)
+    info = experiment_info(experiment, trials, epochs)
+    assert round(idle_floor_share(trials), 2) == 0.93
+    text = render_report(trials, info, {}, experiment)
+    assert "Idle floor subtracted (dynamic_energy_j = energy_j - gpu_idle_w x time_s): 124 W, the GPU's draw with " \
+           "the trial's CUDA context open" in text
+    assert "93% of the GPU joules are that idle floor, so energy ranks the configurations as time does" in text
+    assert "| dynamic energy (J) |" in text and "| dynamic (J) |" in text
+    assert "8.765 J ± 0.35 J (counter) (dynamic 0.469 J)" in text  # lr 0.01, batch 128: the least energy
+    busy = trials.assign(energy_j=trials.energy_j * 20, dynamic_energy_j=trials.energy_j * 19)  # a floor of 5%
+    plain = render_report(busy, info, {}, experiment)
+    assert "idle floor, so energy ranks" not in plain and "dynamic" not in plain.split("## Recommendation")[1]

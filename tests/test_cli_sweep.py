@@ -19,8 +19,10 @@ def test_run_smoke_preset_end_to_end(tmp_path, process_tag):
     assert len(trials) == 2 and set(trials.status) <= {"reached_target", "max_epochs"}
     assert (tmp_path / "smoke" / "analysis" / "report.md").is_file()
     table = pd.read_csv(tmp_path / "smoke" / "analysis" / "trials.csv")
-    for column in ("energy_j", "energy_err_j", "energy_method", "replays", "first_run_energy_j", "cpu_energy_j",
-                   "cpu_energy_shared", "gpu_idle_w", "dynamic_energy_j", "energy_source"):
+    for column in ("energy_j", "energy_err_j", "energy_method", "replays", "replay_time_s", "replay_energy_j",
+                   "first_run_time_s", "first_run_energy_j", "first_run_cpu_energy_j", "cpu_energy_shared",
+                   "gpu_idle_w", "gpu_idle_no_context_w", "gpu_idle_after_w", "dynamic_energy_j", "energy_source",
+                   "energy_uncertain", "measurement_time_s"):
         assert column in table.columns, column
     if (table.energy_source == "none").all():  # a host without a GPU counter or readable RAPL
         assert (table.energy_method == "none").all() and table.energy_j.isna().all()

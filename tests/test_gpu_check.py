@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.py's pieces that need no GPU: pytest counts, the sweep checks, JSON output,
-and the exit code without CUDA. (The whole script runs on a GPU machine; `--allow-cpu` tries it here.)"""
+"""benchmarks/gpu_check.py's pieces that need no GPU: pytest counts and outcomes, every check (each fed
+a bad case it must fail), JSON output, and the exit code without CUDA. (The whole script runs on a GPU
+machine; `--allow-cpu` tries it here.)"""
 
 import json
 import math
@@ -23,44 +24,78 @@ def test_pytest_counts_come_from_the_summary_or_else_the_progress_characters():
     assert (killed["passed"], killed["failed"], killed["skipped"], killed["errors"]) == (7, 1, 1, 1)
 
 
+H100, UUID = "NVIDIA H100 80GB HBM3", "GPU-6e3d2d4c-1111-2222-3333-444455556666"
+
+
 def frames(second_start_s: float, second_gpu: str = "0"):
-    """Two trials of two epochs on one node: the second starts at `second_start_s` on `second_gpu`."""
+    """Two trials of two epochs on one node, as a GPU sweep reports them: "a" direct (its own run), "b"
+    replayed 4 times; the second starts at `second_start_s` on `second_gpu`."""
     epochs = pd.DataFrame({
-        "trial_id": ["a", "a", "b", "b"], "epoch": [1, 2, 1, 2],
-        "epoch_energy_j": [10.0, 12.0, 5.0, 6.0], "energy_j": [10.0, 22.0, 5.0, 11.0],
+        "trial_id": ["a", "a", "b", "b"], "epoch": [1, 2, 1, 2], "energy_j": [math.nan, 140.0, math.nan, 9.0],
         "started_at_s": [100.0, 100.0, second_start_s, second_start_s],
         "ended_at_s": [101.0, 102.0, second_start_s + 1, second_start_s + 2],
-        "gpu_ids": ["0", "0", second_gpu, second_gpu], "node_id": ["n1"] * 4, "energy_method": ["window"] * 4,
+        "gpu_ids": ["0", "0", second_gpu, second_gpu], "node_id": ["n1"] * 4, "energy_method": ["direct", "direct",
+                                                                                               "direct", "replay"],
     })
-    trials = pd.DataFrame({"trial_id": ["a", "b"], "lr": [1e-3, 1e-2], "batch_size": [128, 128],
-                           "status": ["reached_target", "max_epochs"], "epochs": [2, 2], "time_s": [2.0, 2.0],
-                           "energy_j": [22.0, 11.0], "gpu_energy_j": [22.0, 11.0], "energy_source": ["gpu", "gpu"],
-                           "device": [H100, H100], "gpu_uuids": [UUID, UUID], "energy_note": ["", ""]})
+    trials = pd.DataFrame({
+        "trial_id": ["a", "b"], "lr": [1e-3, 1e-2], "batch_size": [128, 128], "status": ["reached_target", "max_epochs"],
+        "epochs": [2, 2], "time_s": [1.0, 0.05], "energy_j": [140.0, 9.0], "energy_err_j": [1.0, 0.3],
+        "energy_source": ["gpu", "gpu"], "energy_method": ["direct", "replay"], "energy_resolution_s": [0.1, 0.1],
+        "replays": [0, 4], "replay_time_s": [math.nan, 0.3], "replay_energy_j": [math.nan, 48.0],
+        "first_run_time_s": [1.0, 0.06], "first_run_energy_j": [140.0, 10.5], "first_run_energy_err_j": [1.0, 1.0],
+        "gpu_idle_w": [124.0, 124.0], "gpu_idle_err_w": [1.0, 1.0], "gpu_idle_after_w": [125.0, 123.0],
+        "device": [H100, H100], "gpu_uuids": [UUID, UUID], "energy_note": ["", ""]})
     return trials, epochs
-
-
-H100, UUID = "NVIDIA H100 80GB HBM3", "GPU-6e3d2d4c-1111-2222-3333-444455556666"
 
 
 def test_sweep_checks_pass_for_back_to_back_gpu_trials_and_rows_carry_gpu_ids_and_energy_columns():
     trials, epochs = frames(second_start_s=103.0)
-    checks = gpu_check.sweep_checks(trials, epochs, "# report\nenergy to accuracy: 22 J\n", {UUID: H100})
+    checks = gpu_check.sweep_checks(trials, epochs, "# report\nenergy to accuracy: 140 J\n", {UUID: H100})
     assert all(value for value in checks.values() if isinstance(value, bool)), checks
+    assert set(checks) >= {f"every_trial_{key}" for key in gpu_check.CHECKS}
     rows = gpu_check.sweep_rows(trials, epochs)
     assert [row["gpu_ids"] for row in rows] == ["0", "0"]
     assert [(row["device"], row["gpu_uuids"]) for row in rows] == [(H100, UUID)] * 2  # the GPU run's proof
-    assert rows[0]["energy_method"] == "window" and "epoch_energy_j" not in rows[0]
+    assert rows[1]["energy_method"] == "replay" and rows[1]["replay_time_s"] == 0.3
 
 
-def test_sweep_checks_catch_overlaps_missing_joules_and_windows_that_do_not_add_up():
+BAD = [  # (check, trial, {column: a value that must fail it, and that alone})
+    ("finished", "a", {"status": "running"}),
+    ("gpu_joules", "a", {"energy_source": "none"}),
+    ("at_least_idle", "a", {"energy_j": 120.0, "first_run_energy_j": 120.0}),  # 120 W over 1 s, idle 124 +- 1 W
+    ("at_least_idle", "b", {"energy_j": 5.0, "energy_err_j": 0.2, "first_run_energy_j": 6.0}),  # both at 100 W
+    ("error_bar", "b", {"energy_err_j": 0.5}),  # 5.6% of 9 J
+    ("windows_agree", "b", {"replay_time_s": 0.55}),  # the replays (0.2 s) and 3.5 periods more
+    ("windows_agree", "b", {"replay_time_s": 0.15}),  # shorter than the replays it holds
+    ("windows_agree", "a", {"time_s": 0.9}),  # direct, yet the headline is not its own run's
+    ("windows_agree", "b", {"first_run_energy_j": 13.0}),  # its own run at 217 W, the replays at 180 W
+    ("windows_agree", "a", {"gpu_idle_after_w": 140.0}),  # the idle power drifted by 13%
+    ("gpu_ids", "a", {"gpu_ids": ""}),
+    ("gpu_uuid", "a", {"gpu_uuids": "GPU-99999999-1111-2222-3333-444455556666"}),  # an A100's
+]
+
+
+@pytest.mark.parametrize("check, trial, values", BAD)
+def test_each_sweep_check_fails_on_a_bad_trial(check, trial, values):
+    trials, epochs = frames(second_start_s=103.0)
+    for column, value in values.items():
+        frame = epochs if column == "gpu_ids" else trials
+        frame.loc[frame.trial_id == trial, column] = value
+    other = "GPU-99999999-1111-2222-3333-444455556666"
+    checks = gpu_check.sweep_checks(trials, epochs, "x", {UUID: H100, other: "NVIDIA A100-SXM4-80GB"})
+    assert checks["failing_trials"] == {check: [trial]}, checks
+    assert not checks[f"every_trial_{check}"]
+    assert {check for check, *_ in BAD} == set(gpu_check.CHECKS)  # every check has its bad cases
+
+
+def test_sweep_checks_catch_overlaps_and_an_unmeasured_report_and_spare_the_5_percent_without_replays():
     trials, epochs = frames(second_start_s=101.5)
-    assert gpu_check.sweep_checks(trials, epochs, "x")["overlaps"] == [["a", "b"]]
-    assert gpu_check.sweep_checks(*frames(101.5, second_gpu="1"), "x")["no_two_trials_on_a_gpu_at_once"]
-    trials.loc[1, ["gpu_energy_j", "energy_source"]] = [math.nan, "none"]
-    epochs.loc[0, "epoch_energy_j"] = 9.0
     checks = gpu_check.sweep_checks(trials, epochs, "energy not measured")
-    assert checks["failing_trials"] == {"gpu_joules": ["b"], "epoch_sums": ["a"]}
+    assert checks["overlaps"] == [["a", "b"]] and not checks["no_two_trials_on_a_gpu_at_once"]
     assert not checks["report_energy_measured"]
+    assert gpu_check.sweep_checks(*frames(101.5, second_gpu="1"), "x")["no_two_trials_on_a_gpu_at_once"]
+    trials.loc[1, "energy_err_j"] = 0.5
+    assert "every_trial_error_bar" not in gpu_check.sweep_checks(trials, epochs, "x", error_bar=False)
 
 
 def test_sweep_checks_catch_a_trial_that_measured_another_gpu_than_it_trained_on():
@@ -68,7 +103,66 @@ def test_sweep_checks_catch_a_trial_that_measured_another_gpu_than_it_trained_on
     other = "GPU-99999999-1111-2222-3333-444455556666"
     trials["gpu_uuids"] = [other, f"{UUID},{other}"]  # another host GPU (an A100's), two GPUs
     checks = gpu_check.sweep_checks(trials, epochs, "x", {UUID: H100, other: "NVIDIA A100-SXM4-80GB"})
-    assert checks["failing_trials"] == {"gpu_uuid": ["a", "b"]} and not checks["gpu_uuid_is_the_trained_on_device"]
+    assert checks["failing_trials"] == {"gpu_uuid": ["a", "b"]} and not checks["every_trial_gpu_uuid"]
+
+
+IDLE = {"no_context": {"idle_w": 80.1, "idle_err_w": 1.0, "contexts_before": 0, "contexts_after": 0},
+        "context": {"idle_w": 124.0, "idle_err_w": 1.0, "contexts_before": 1, "contexts_after": 1},
+        "after_sweep": {"idle_w": 82.0, "idle_err_w": 1.0, "contexts_before": 0, "contexts_after": 0}}
+
+
+@pytest.mark.parametrize("check, probes", [
+    ("idle_no_context_at_most_context", {"no_context": {"idle_w": 130.0}, "after_sweep": {"idle_w": 130.0}}),
+    ("idle_no_context_at_most_context", {"context": {"idle_w": None, "error": "no CUDA"}}),  # a probe that failed
+    ("idle_no_context_had_no_context", {"no_context": {"contexts_before": 1}}),
+    ("idle_no_context_had_no_context", {"no_context": {"contexts_after": 2}}),
+    ("idle_after_sweep_within_10_percent", {"after_sweep": {"idle_w": 90.0}}),
+])
+def test_each_idle_check_fails_on_a_bad_probe(check, probes):
+    assert all(gpu_check.idle_checks(IDLE).values())
+    checks = gpu_check.idle_checks({kind: {**IDLE[kind], **probes.get(kind, {})} for kind in IDLE})
+    assert [k for k, ok in checks.items() if not ok] == [check]
+
+
+GOOD_RUN = {"stages": {"host": {"status": "ok"}, "tests": {"status": "ok, over budget"}, "epoch": {"status": "skipped"}},
+            "sweeps": {"defaults": {"checks": {"trials": 9, "every_trial_finished": True}}}, "idle_checks": IDLE and
+            {"idle_no_context_at_most_context": True}, "tests": {"passed": 90, "failed": 0, "errors": 0,
+                                                                 "timed_out": False},
+            "epoch_accuracy": [{"data": "uiowa", "within_0_5_points": True}]}
+
+
+@pytest.mark.parametrize("path, value, says", [
+    (("stages", "nvml"), {"status": "failed: RuntimeError: no NVML"}, "stage nvml"),
+    (("sweeps", "replays_off"), {"checks": {"every_trial_at_least_idle": False}}, "sweep replays_off: every_trial"),
+    (("idle_checks", "idle_no_context_had_no_context"), False, "idle: idle_no_context_had_no_context"),
+    (("tests", "failed"), 2, "tests: 2 failed"),
+    (("tests", "errors"), 1, "tests: 1 errors"),
+    (("tests", "timed_out"), True, "tests: cut short"),
+    (("epoch_accuracy",), [{"data": "uiowa", "within_0_5_points": False}], "epoch accuracy: uiowa"),
+])
+def test_all_ok_fails_on_each_thing_that_is_not(path, value, says):
+    import copy
+
+    assert gpu_check.failed_checks(GOOD_RUN) == []
+    data = copy.deepcopy(GOOD_RUN)
+    *parents, key = path
+    target = data
+    for parent in parents:
+        target = target.setdefault(parent, {})
+    target[key] = value
+    failed = gpu_check.failed_checks(data)
+    assert len(failed) == 1 and failed[0].startswith(says), failed
+
+
+def test_pytest_outcomes_name_and_time_every_test():
+    output = ("12.31s call     tests/test_gpus.py::test_a\n0.50s setup    tests/test_gpu.py::test_b\n"
+              "PASSED tests/test_gpus.py::test_a\nFAILED tests/test_gpu.py::test_b - AssertionError: x\n"
+              "SKIPPED [1] tests/test_gpu.py:20: needs an NVIDIA GPU\n")
+    got = gpu_check.pytest_outcomes(output)
+    assert got["outcomes"] == {"tests/test_gpus.py::test_a": "passed", "tests/test_gpu.py::test_b": "failed",
+                               "[1]": "skipped"}
+    assert got["durations"] == [[12.31, "call", "tests/test_gpus.py::test_a"],
+                                [0.5, "setup", "tests/test_gpu.py::test_b"]]
 
 
 def test_json_output_is_strict_and_written_whole(tmp_path):

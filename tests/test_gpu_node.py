@@ -31,8 +31,8 @@ SWEEP = {
     "train": {"n_hidden": 16},
     "stop": {"threshold": None, "max_epochs": 30},
     "views": {"lr": {"lr": [0.05, 0.01, 0.001, 0.0001], "batch_size": 64}},  # four trials: one per GPU
-    "energy": {"replay_budget_s": 0},  # the trials' own windows, not replays: contiguous, so checkable exactly
-    "resources": {"checkpoint_every_s": 0, "report_every_s": 0},  # between windows of a few ms each: trials of ~1 s
+    "energy": {"replay_budget_s": 0},  # the trials' own windows, not replays
+    "resources": {"checkpoint_every_s": 0, "report_every_s": 0},  # a report point after every epoch: trials of ~1 s
 }
 POWERS_W = sorted({gpu["power_w"] for gpu in MIXED})
 
@@ -84,14 +84,14 @@ def test_every_trial_reports_its_own_gpus_joules(four_gpu_node, data_dir):
         nvml_index = CUDA_ORDER[int(gpu_id)]  # the GPU CUDA calls gpu_id, fastest first
         power_w = MIXED[nvml_index]["power_w"]
         assert trial.gpu_uuids == uuid(nvml_index) and trial.device == MIXED[nvml_index]["name"]
-        assert trial.energy_source == "gpu" and trial.energy_method == "direct" and pd.isna(trial.energy_note)
-        # Epoch and between windows are contiguous: together, the GPU's power x their time, within the counter's
-        # step at either end, and 5% for a window's end read late (4 trials and Ray on 2 loaded cores).
-        last = epochs[epochs.trial_id == trial.trial_id].iloc[-1]
-        total_j, total_s = last.energy_j + last.overhead_energy_j, last.time_s + last.overhead_time_s
-        assert abs(total_j - power_w * total_s) <= 2 * power_w * PERIOD_S + 0.05 * power_w * total_s + 1, \
-            (trial.gpu_uuids, total_j, total_s)
-        assert min(POWERS_W, key=lambda w: abs(w - total_j / total_s)) == power_w  # no other GPU's joules
+        assert trial.energy_source == "gpu" and trial.energy_method == "direct"
+        # Reporting and checkpointing after every epoch, with no replays: where the idle floor's error over those
+        # seconds (4 trials and Ray on 2 loaded cores) passes 5%, the trial says so; nothing else.
+        assert pd.isna(trial.energy_note) or trial.energy_note.startswith("energy error ±"), trial.energy_note
+        # The run's window, on the counter's updates at both ends, holds the GPU's power x its time (these GPUs
+        # draw one power), within its error bar.
+        assert abs(trial.energy_j - power_w * trial.time_s) <= trial.energy_err_j, (trial.gpu_uuids, trial)
+        assert min(POWERS_W, key=lambda w: abs(w - trial.energy_j / trial.time_s)) == power_w  # no other GPU's
         assert abs(trial.gpu_idle_w / power_w - 1) < 0.2  # probed on its own GPU
     report = (Path(experiment) / "analysis" / "report.md").read_text()
     assert "joules from Zeus (gpu)" in report and "not measured" not in report
@@ -108,7 +108,7 @@ def test_a_trial_given_no_gpu_on_a_gpu_node_trains_on_the_cpu_and_measures_no_gp
 
     (trial,) = analysis.load_trials(experiment).itertuples()
     assert trial.device == "cpu" and trial.gpu_uuids == "" and trial.energy_note == ""
-    assert "gpu" not in trial.energy_source and math.isnan(trial.gpu_energy_j)
+    assert "gpu" not in trial.energy_source and math.isnan(trial.energy_j)
 
 
 def test_a_local_ray_numbers_gpus_in_pci_bus_order(process_tag):

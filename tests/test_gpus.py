@@ -73,17 +73,18 @@ PRELUDE = """
         return StopRule(threshold=None, max_epochs=epochs)
 
     def train(run, epochs, gap_s=0.0):
+        \"\"\"`epochs` epochs; where `gap_s`, the trial reports (a report point: the counter is read) and then
+        reports and checkpoints for gap_s after each; the last is a report point (a checkpoint's).\"\"\"
         rows = []
-        for _ in range(epochs):
-            rows.append(run.run_epoch())
+        for epoch in range(epochs):
+            rows.append(run.run_epoch(report_point=bool(gap_s) or epoch == epochs - 1))
             time.sleep(gap_s)  # reporting and checkpointing between epochs
         return rows
 
     def rows_of(run, reports):
         return [{"device": str(run.device), "epoch": r.epoch, "time_s": r.time_s, "energy_j": r.energy_j,
-                 "overhead_time_s": r.overhead_time_s, "overhead_energy_j": r.overhead_energy_j,
-                 "epoch_energy_j": r.epoch_energy_j, "energy_source": r.energy_source, "idle_w": r.gpu_idle_w,
-                 "dynamic_energy_j": r.dynamic_energy_j, "energy_err_j": r.energy_err_j,
+                 "overhead_time_s": r.overhead_time_s, "energy_source": r.energy_source, "idle_w": r.gpu_idle_w,
+                 "dynamic_energy_j": r.dynamic_energy_j, "energy_err_j": r.energy_err_j, "idle_err_w": r.gpu_idle_err_w,
                  "max_power_w": r.gpu_max_power_w,
                  "energy_note": getattr(r, "energy_note", None), "gpu_uuids": getattr(r, "gpu_uuids", None),
                  "gpu_indices": run.meter.gpu_indices} for r in reports]
@@ -141,10 +142,10 @@ ZEUS_OTHERWISE = """
 
 # Retried on another GPU, in a new process as Ray retries: 40 epochs on Ray's GPU "0" and a
 # checkpoint; then, from it, 40 more on GPU "1"; and 2 from it as a checkpoint written before the
-# attempts were kept (no "attempts"). No pause between epochs: the counter's steps fall into the
-# epochs' windows, and only each attempt's two ends are off by up to a step, which is 10 ms here:
-# 40 epochs take 0.15 s on 2 cores, and a 100 ms step of the H100's 500 W (50 J) would hide the
-# 430 W x 0.15 s that weighing each GPU's idle power by its time is about.
+# attempts were kept (no "attempts", its sums whole). No pause between epochs. The checkpoint's
+# energy is read at its report point, up to a counter step behind, which is 10 ms here: 40 epochs
+# take 0.15 s on 2 cores, and a 100 ms step of the H100's 500 W (50 J) would hide the 430 W x 0.15 s
+# that weighing each GPU's idle power by its time is about.
 RETRY_PERIOD_S = "0.01"
 RETRY_FIRST = """
     import torch
@@ -161,7 +162,9 @@ RETRY_SECOND = """
     again.load_state_dict(state)
     out["retry-second"] = rows_of(again, train(again, 40))
     legacy = TrainingRun(splits, CONFIG, rule(80), gpus=trial_gpus(["1"]))
-    legacy.load_state_dict({k: v for k, v in state.items() if k != "attempts"})
+    (attempt,) = state["attempts"]
+    legacy.load_state_dict({**{k: v for k, v in state.items() if k != "attempts"}, "gpu_energy_j": attempt["gpu_j"],
+                            "gap_variance": 0.0})
     out["retry-legacy"] = rows_of(legacy, train(legacy, 2))
 """
 
@@ -182,7 +185,8 @@ REPLAY = """
     for status in (None, "reached_target"):
         run = TrainingRun(splits, CONFIG, rule(3))
         report = train(run, 3)[-1]
-        settled = settle_energy(run, replace(report, status=status or report.status), budget_s=5.0)
+        coarse = replace(report, energy_err_j=report.energy_j)  # the run's own window: too coarse to stand
+        settled = settle_energy(run, replace(coarse, status=status or report.status), budget_s=5.0)
         results.append([settled.energy_method, settled.replays, settled.energy_j, settled.first_run_energy_j,
                         getattr(settled, "energy_note", None)])
     out["replay"] = results
@@ -272,11 +276,9 @@ def result(results: dict, name: str):
 
 
 def assert_own_joules(last: dict, power_w: float) -> None:
-    """Epoch and between windows are contiguous: together they hold power x time, to within the
-    counter's step at either end."""
-    total_j = last["energy_j"] + last["overhead_energy_j"]
-    total_s = last["time_s"] + last["overhead_time_s"]
-    assert abs(total_j - power_w * total_s) <= 2 * power_w * PERIOD_S + 1, (total_j, power_w, total_s)
+    """The run's window, on counter updates at both ends, holds power x its time, within its error bar
+    (the GPUs here draw one power, idle or not)."""
+    assert abs(last["energy_j"] - power_w * last["time_s"]) <= last["energy_err_j"], (last, power_w)
 
 
 def assert_not_measured(rows: list[dict], note: str) -> None:
@@ -381,19 +383,22 @@ def test_a_retry_on_another_gpu_continues_the_sums_probes_its_own_gpu_and_lists_
     are each GPU's share (the fake GPUs draw their idle power: dynamic about 0), and the error adds
     the new attempt's to the first's."""
     before, after = result(results, "retry-first"), result(results, "retry-second")
-    rows, moved = before + after, after[-1]
+    moved = after[-1]
     first, second = (MIXED[CUDA_ORDER[k]] for k in (0, 1))  # the H100, then the L4
     assert abs(before[-1]["idle_w"] / first["power_w"] - 1) < 0.2
     assert before[-1]["gpu_uuids"] == uuid(CUDA_ORDER[0])
     assert moved["gpu_uuids"] == f"{uuid(CUDA_ORDER[0])},{uuid(CUDA_ORDER[1])}" and moved["epoch"] == 80
-    assert moved["energy_j"] == pytest.approx(sum(r["epoch_energy_j"] for r in rows))
     assert "ran on 2 GPUs" in moved["energy_note"] and moved["energy_source"] == "gpu"
     on_first_s, total_s = before[-1]["time_s"], moved["time_s"]
+    true_j = first["power_w"] * on_first_s + second["power_w"] * (total_s - on_first_s)
+    assert abs(moved["energy_j"] - true_j) <= moved["energy_err_j"]  # the sums continue across the GPUs
     share = on_first_s / total_s
     assert abs(moved["idle_w"] / (share * first["power_w"] + (1 - share) * second["power_w"]) - 1) < 0.05
-    # The L4's idle power for the whole run would leave the H100's excess, (500 - 70) W x its seconds.
-    assert abs(moved["dynamic_energy_j"]) < 0.25 * (first["power_w"] - second["power_w"]) * on_first_s
-    assert abs(moved["dynamic_energy_j"]) < moved["energy_err_j"]
+    # Within the error bars of the energy (the checkpoint's read at its report point: up to a step behind) and
+    # of the idle powers; the L4's idle power for the whole run would leave the H100's excess, (500 - 70) W x
+    # its seconds, beyond them.
+    assert abs(moved["dynamic_energy_j"]) < moved["energy_err_j"] + moved["idle_err_w"] * total_s
+    assert abs(moved["energy_j"] - second["power_w"] * total_s) > moved["energy_err_j"]
     assert moved["dynamic_energy_j"] == pytest.approx(moved["energy_j"] - moved["idle_w"] * total_s)
     assert moved["max_power_w"] == pytest.approx(share * first["max_power_w"] + (1 - share) * second["max_power_w"])
     assert before[-1]["energy_err_j"] < moved["energy_err_j"] < math.inf
@@ -404,14 +409,16 @@ def test_a_checkpoint_from_before_attempts_were_kept_still_loads(results):
     before, after = result(results, "retry-first"), result(results, "retry-legacy")
     last = after[-1]
     assert [r["epoch"] for r in before + after] == list(range(1, 43))
-    assert last["energy_j"] == pytest.approx(sum(r["epoch_energy_j"] for r in before + after))
+    on_l4_s = last["time_s"] - before[-1]["time_s"]  # its sums whole, then 2 epochs on the L4, read at a report point
+    added_j = last["energy_j"] - before[-1]["energy_j"]
+    assert abs(added_j - MIXED[CUDA_ORDER[1]]["power_w"] * on_l4_s) <= last["energy_err_j"]
     assert abs(last["idle_w"] / MIXED[CUDA_ORDER[1]]["power_w"] - 1) < 0.2 and math.isfinite(last["energy_err_j"])
     assert last["dynamic_energy_j"] == pytest.approx(last["energy_j"] - last["idle_w"] * last["time_s"])
 
 
 def test_a_replay_that_ends_otherwise_is_reported_not_averaged_in(results):
     same, other = result(results, "replay")
-    assert same[0] == "replay" and same[1] >= 2  # the short run is replayed where replays match
+    assert same[0] == "replay" and same[1] >= 1  # the coarse run is replayed where replays match
     method, replays, energy_j, first_run_j, note = other
     assert method == "direct" and replays == 0 and energy_j == first_run_j
     assert "replay 1 ended at epoch 3 (max_epochs), the run at epoch 3 (reached_target): replays not used" in note

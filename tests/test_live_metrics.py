@@ -34,8 +34,8 @@ def test_unmeasured_energy_and_power_are_left_out_never_zero():
     assert values["target_val_acc"] == 0.98
 
 
-def test_measured_power_is_the_epochs_joules_over_its_seconds():
-    values = epoch_values(report(epoch_energy_j=300.0, energy_j=1200.0, status="reached_target"), StopRule())
+def test_measured_power_is_the_runs_joules_over_its_seconds():
+    values = epoch_values(report(energy_j=1200.0, status="reached_target"), StopRule())
     assert values["power_w"] == 150.0 and values["energy_j"] == 1200.0 and values["done"] == 1.0
     assert set(values) == set(METRICS)
 

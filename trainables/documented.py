@@ -3,14 +3,14 @@
 
     lr: float = documented(1e-3, "optimizer learning rate", allowed="a finite number > 0")
     activation: str = documented("sigmoid", "hidden activation", allowed=ACTIVATIONS)
-    doc_of(next(f for f in fields(TrainConfig) if f.name == "lr"))   # -> "optimizer learning rate"
+    field_doc(TrainConfig, "lr")        # -> "optimizer learning rate"
 
 `allowed` is a tuple of choices (the same tuple the validation uses) or a short text.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, Field, field
+from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
@@ -23,6 +23,11 @@ def documented(default: Any = MISSING, doc: str = "", *, allowed: tuple | str | 
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The doc of field `name` of dataclass `cls` ("" where it has none)."""
+    return doc_of(next(f for f in fields(cls) if f.name == name))
 
 
 def doc_of(f: Field) -> str:

@@ -3,11 +3,13 @@ device calls replaced, so Zeus runs its real GPU code path on top of it.
 
 Put this folder first on PYTHONPATH. The node it shows (how many GPUs, their models, UUIDs, bus
 ids, power, architectures, MIG mode, a missing counter, NVML errors) is described by environment
-variables: see fake_node.py (FAKE_NVML_DEVICES, or FAKE_NVML_GPUS/_POWER_W/_ARCH, FAKE_NVML_PERIOD_S);
-FAKE_NVML_READ_S makes each energy-counter read take that long, as NVML reads can.
-Each GPU's energy counter (mJ) advances at its own power, in steps every period, like the real
-one, so joules read name the GPU they were read from. NVML's indices are the PCI bus order. The
-folder's sitecustomize.py shows torch the same GPUs through CUDA.
+variables: see fake_node.py (FAKE_NVML_PROFILE=H200, FAKE_NVML_DEVICES, or FAKE_NVML_GPUS/_POWER_W/_ARCH,
+FAKE_NVML_PERIOD_S); FAKE_NVML_READ_S makes each energy-counter read take that long, as NVML reads can.
+Each GPU's energy counter (mJ) advances at its own power (fake_node's model: idle with and without
+a CUDA context, load while epochs train, drift), in steps every period, like the real one, so joules
+read name the GPU they were read from. NVML's indices are the PCI bus order. The folder's
+sitecustomize.py shows torch the same GPUs through CUDA; the processes that hold a CUDA context on a
+GPU are this process, once its fake CUDA opened one there.
 """
 
 import importlib.machinery
@@ -141,19 +143,32 @@ def nvmlDeviceGetC2cModeInfoV(handle):
     raise _error("NOT_SUPPORTED")
 
 
-READ_S = float(os.environ.get("FAKE_NVML_READ_S", "0"))  # how long a counter read takes (4 ms on an H200 VM)
-
-
 def nvmlDeviceGetTotalEnergyConsumption(handle):
-    """Millijoules since start, updated every period like the real counter, read in FAKE_NVML_READ_S.
-    NotSupported on a MIG instance and where the GPU has no counter (older than Volta, or a driver
-    without it)."""
-    if READ_S:
-        time.sleep(READ_S)
+    """Millijoules since start, updated every period like the real counter, read in FAKE_NVML_READ_S
+    (the value is the counter's as the read ends). NotSupported on a MIG instance and where the GPU has
+    no counter (older than Volta, or a driver without it)."""
+    began = time.perf_counter()
+    if fake_node.READ_S:
+        time.sleep(fake_node.READ_S)
     device = _readable(handle)
     if device.parent is not None or not device.counter or device.rank < fake_node.ARCH_RANK["VOLTA"]:
         raise _error("NOT_SUPPORTED")
-    return device.energy_mj()
+    value = device.energy_mj()
+    fake_node.count_read(time.perf_counter() - began)
+    return value
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle):
+    """The processes with a CUDA context on the GPU: this one, once its fake CUDA opened one there."""
+    device = _device(handle)
+    if device.uuid not in fake_node.CONTEXTS:
+        return []
+    return [SimpleNamespace(pid=os.getpid(), usedGpuMemory=512 * 2**20, gpuInstanceId=0xFFFFFFFF,
+                            computeInstanceId=0xFFFFFFFF)]
+
+
+nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses_v3 = \
+    nvmlDeviceGetComputeRunningProcesses
 
 
 def nvmlDeviceGetPowerUsage(handle):

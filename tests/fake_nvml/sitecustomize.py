@@ -10,6 +10,12 @@ generators asked for on a CUDA device are made on the CPU (`Tensor.to`, the fact
 CPU: what the fake makes testable is which GPU a trial picks and which GPU's joules it reads,
 not CUDA itself. On a host with a real GPU the fake hides it the same way.
 
+The first tensor or generator made on a CUDA device, synchronize or set_device opens this process's
+CUDA context there, as the real ones do (querying devices and their properties does not), and the
+fake NVML's GPU then draws its idle power with a context. The project's epoch loops (train_epoch,
+evaluate: trainables.training.loops) mark the fake GPU busy while they run: it draws its load power
+then, as a real GPU does while it runs their kernels (fake_node.py's power model).
+
 FAKE_CUDA=0 leaves torch alone (a node whose torch has no CUDA). torch is patched right after its
 first import, through an import hook, so processes that never import torch (Ray's own) pay
 nothing. Python imports only the first sitecustomize on its path: this one runs the next one too.
@@ -74,9 +80,19 @@ def _properties(device=None):
 
 
 def _on_cpu(value):
-    """`value` with a CUDA device (torch.device, "cuda", "cuda:K") replaced by the CPU."""
+    """`value` with a CUDA device (torch.device, "cuda", "cuda:K") replaced by the CPU (which opens the
+    context there)."""
     kind = getattr(value, "type", value)
-    return "cpu" if isinstance(kind, str) and kind.startswith("cuda") else value
+    if not (isinstance(kind, str) and kind.startswith("cuda")):
+        return value
+    _open_context(value)
+    return "cpu"
+
+
+def _open_context(device) -> None:
+    import fake_node
+
+    fake_node.open_context(_cuda_devices()[_ordinal(device)])
 
 
 def _patch(torch) -> None:
@@ -86,9 +102,9 @@ def _patch(torch) -> None:
     cuda.get_device_properties = _properties
     cuda.get_device_name = lambda device=None: _properties(device).name
     cuda.get_device_capability = lambda device=None: (_properties(device).major, _properties(device).minor)
-    cuda.synchronize = lambda device=None: _ordinal(device) and None
+    cuda.synchronize = lambda device=None: _open_context(device)
     cuda.current_device = lambda: 0
-    cuda.set_device = _ordinal
+    cuda.set_device = _open_context
     cuda.empty_cache = lambda: None
 
     def cpu_kwargs(function):
@@ -125,26 +141,51 @@ def _patch(torch) -> None:
     torch.Generator = Generator
 
 
-class _PatchTorchOnImport(importlib.abc.MetaPathFinder):
+def _mark_busy(loops) -> None:
+    """The project's epoch loops mark the fake GPU busy while they run (fake_node.BUSY)."""
+    import functools
+
+    import fake_node
+
+    def busy(function):
+        @functools.wraps(function)
+        def marked(*args, **kwargs):
+            with fake_node.BUSY.epoch():
+                return function(*args, **kwargs)
+        return marked
+
+    for loop in loops.LOOPS.values():
+        loop.train_epoch = busy(loop.train_epoch)
+    loops.evaluate = busy(loops.evaluate)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches each module of `patches` (name -> function of the module) right after its first import."""
+
+    def __init__(self, patches: dict) -> None:
+        self.patches = patches
+
     def find_spec(self, name, path=None, target=None):
-        if name != "torch":
+        if name not in self.patches:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
+        patch = self.patches.pop(name)
+        if not self.patches:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_and_patch(module):
             exec_module(module)
-            _patch(module)
+            patch(module)
 
         spec.loader.exec_module = exec_and_patch
         return spec
 
 
 if os.environ.get("FAKE_CUDA", "1") != "0" and "torch" not in sys.modules:
-    sys.meta_path.insert(0, _PatchTorchOnImport())
+    sys.meta_path.insert(0, _PatchOnImport({"torch": _patch, "trainables.training.loops": _mark_busy}))
 
 # The next sitecustomize on the path (a distribution's own), as if this one were not here.
 _next = importlib.machinery.PathFinder.find_spec(

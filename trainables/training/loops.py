@@ -11,6 +11,7 @@ partial batch, and return the epoch's training accuracy and mean loss.
   On a CUDA device (with fused Adam) every step of an epoch is one CUDA graph,
   replayed each epoch: an H200 spent most of an epoch launching this small
   network's kernels one by one (8.3x the seed's loop at batch 128; one graph: 31x).
+  The graph is built once per trial (`FastLoop.build`) and replayed by its replays.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class EpochLoop(Protocol):
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats: ...
 
+    def build(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int: ...
+
 
 class FastLoop:
     """Device-resident tensors, one permutation per epoch, slicing, one sync per epoch.
@@ -59,8 +62,8 @@ class FastLoop:
     step's logits are kept, and the epoch's loss and accuracy are computed from
     them once at the end (`summed_loss_and_hits`), with one transfer to the host.
 
-    On CUDA with FusedAdam the epoch's steps are captured once as a CUDA graph
-    (`EpochGraph`) and replayed: the same kernels on the same tensors, so the same
+    With FusedAdam the epoch's steps are prepared once (`EpochGraph`) and, on CUDA, captured
+    once as a CUDA graph and replayed: the same kernels on the same tensors, so the same
     numbers as launching them one by one. The shuffle stays outside the graph.
     """
 
@@ -70,7 +73,17 @@ class FastLoop:
         self.batch_size = int(batch_size)
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.epoch_graph = EpochGraph() if self.x.is_cuda else None  # (a test's stand-in GPU keeps them on the CPU)
+        self.epoch_graph: EpochGraph | None = EpochGraph(cuda=self.x.is_cuda)  # (a test's stand-in GPU: the CPU)
+
+    def build(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Build what every epoch on `model` and `optimizer` reuses: on CUDA, the warm-up epoch and the captured
+        graph. Returns how many epochs that trained (0 or 2): the caller restores the weights and the shuffle."""
+        graph = self.epoch_graph
+        if graph is None or not graph.cuda or not isinstance(optimizer, FusedAdam):
+            return 0
+        for _ in range(2):
+            self.train_epoch(model, optimizer)
+        return 2
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats:
         model.train()
@@ -108,48 +121,59 @@ def _signature(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
 
 
 class EpochGraph:
-    """An epoch's steps as one CUDA graph, replayed each epoch.
+    """An epoch's steps, prepared once for a model and optimizer and reused every epoch; on CUDA, captured
+    as one CUDA graph and replayed.
 
-    A graph replays kernels on the addresses it captured: its inputs are copied into
-    static tensors, and it is captured again for another model or optimizer or where
-    their tensors are other tensors (a restart; `load_state_dict` of a checkpoint
-    replaces Adam's state). Such an epoch runs eagerly, on a side stream, as torch
-    advises before a capture (lazy initialisations happen outside it); the next epoch
-    is captured, then replayed. The step functions are made (`prepare`) outside the
-    capture: FusedAdam's stepper gathers Adam's step counters into one tensor when
-    made, which the graph then counts in place (and checkpoints read). Where a capture
-    fails, every later epoch runs eagerly, with one warning.
+    The step functions bind the tensors they update in place (`_signature`), so they are prepared again
+    (`builds`) only for another model or optimizer, or where their tensors are other tensors (`load_state_dict`
+    of a checkpoint into a fresh optimizer; a restart that resets them in place keeps them). On CUDA a
+    graph replays kernels on the addresses it captured: its inputs are copied into static tensors. A build
+    there runs one epoch eagerly, on a side stream, as torch advises before a capture (lazy initialisations
+    happen outside it); the next epoch is captured (`captures`), then replayed. The step functions are made
+    (`prepare`) outside the capture: FusedAdam's stepper gathers Adam's step counters into one tensor when
+    made, which the graph then counts in place (and checkpoints read). Where a capture fails, every later
+    epoch runs eagerly, with one warning.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.step_fns: tuple = ()  # on the CPU: the prepared step functions, reused
         self.inputs: tuple[torch.Tensor, ...] = ()
         self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.bound: tuple = ()  # the model and optimizer (held, so that their ids stay theirs) ...
-        self.signature: tuple = ()  # ... and `_signature` of them after the last warm-up or capture
+        self.signature: tuple = ()  # ... and `_signature` of them after the last build or capture
+        self.builds = 0  # step functions prepared for new tensors (on CUDA: warm-up epochs)
+        self.captures = 0  # CUDA graphs captured
         self.failed = False
 
     def epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, prepare, steps,
               inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`steps(*prepare(), *inputs)` -> (summed loss, hits): replayed, captured and replayed, or run
-        eagerly."""
+        """`steps(*prepare(), *inputs)` -> (summed loss, hits): with the steps prepared before, replayed,
+        captured and replayed, or run eagerly."""
         if self.failed:
             return steps(*prepare(), *inputs)
-        known = _signature(model, optimizer) == self.signature
-        if self.graph is not None and known:
+        if _signature(model, optimizer) != self.signature:  # new tensors: build on them first
+            self.builds += 1
+            self.graph, self.bound = None, (model, optimizer)
+            if self.cuda:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    outputs = steps(*prepare(), *inputs)
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                self.step_fns = prepare()
+                outputs = steps(*self.step_fns, *inputs)
+            self.signature = _signature(model, optimizer)
+            return outputs
+        if not self.cuda:
+            return steps(*self.step_fns, *inputs)
+        if self.graph is not None:
             for static, given in zip(self.inputs, inputs):
                 static.copy_(given)
             self.graph.replay()
             return self.outputs
-        if not known:  # new tensors: warm up on them first
-            self.graph, self.bound = None, (model, optimizer)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                outputs = steps(*prepare(), *inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            self.signature = _signature(model, optimizer)
-            return outputs
         step_fns = prepare()
         try:
             graph, static = torch.cuda.CUDAGraph(), tuple(t.clone() for t in inputs)
@@ -161,6 +185,7 @@ class EpochGraph:
                           f"({type(exc).__name__}: {exc}); epochs run step by step (slower, same results)")
             return steps(*step_fns, *inputs)
         self.graph, self.inputs, self.outputs = graph, static, outputs
+        self.captures += 1
         graph.replay()
         return outputs
 
@@ -190,6 +215,10 @@ class DataLoaderLoop:
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=self.generator)
         self.device = device
         self.loss_fn = nn.CrossEntropyLoss()
+
+    def build(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Nothing to build: the seed's loop launches every step."""
+        return 0
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> EpochStats:
         model.train()

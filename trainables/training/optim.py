@@ -96,6 +96,42 @@ def batch_stepper(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     return optimizer.batch_stepper() if isinstance(optimizer, FusedAdam) else optimizer.step
 
 
+@torch.no_grad()
+def reset_state(optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer as freshly made, in place: every state tensor zeroed (a fresh Adam's first step
+    starts from step 0 and zero moments, as from none), so the tensors, and what binds them (a stepper,
+    a captured CUDA graph), stay."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+            elif isinstance(value, (int, float)):
+                state[key] = type(value)(0)
+
+
+@torch.no_grad()
+def load_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`optimizer.load_state_dict(saved)`, copying into the state tensors it has where they fit (same
+    parameters, keys and shapes), so what binds them stays; torch's own load where they do not."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved.get("state", {})
+    fits = len(saved.get("param_groups", [])) == len(optimizer.param_groups) and len(state) == len(params) and all(
+        set(state.get(i, {})) == set(optimizer.state.get(p, {})) and all(
+            not isinstance(v, torch.Tensor) or optimizer.state[p][k].shape == v.shape for k, v in state[i].items())
+        for i, p in enumerate(params))
+    if not fits:
+        optimizer.load_state_dict(saved)
+        return
+    for i, p in enumerate(params):
+        for key, value in state[i].items():
+            if isinstance(value, torch.Tensor):
+                optimizer.state[p][key].copy_(value)
+            else:
+                optimizer.state[p][key] = value
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+
+
 def _optimizer_without_dynamo() -> None:
     """Let torch.optim.Optimizer's methods run without importing torch._dynamo, where it is not loaded.
 

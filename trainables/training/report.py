@@ -29,9 +29,12 @@ class EpochReport:
     """One trial's report for one epoch.
 
     `time_s` and `energy_j` are cumulative since the trial began: on the last
-    epoch they are the time and energy to accuracy. `test_acc`/`test_loss` are
-    NaN except where test was evaluated (the stopping epoch; every epoch in
-    fixed-epochs mode). The labels after `test_loss` are filled by the Tune trial.
+    epoch they are the time and energy to accuracy. Every energy column has a time
+    column over the same window, named for it: the headline (time_s, energy_j), the
+    trial's own run (first_run_*), its replays (replay_*); overhead_time_s is outside
+    them. `test_acc`/`test_loss` are NaN except where test was evaluated (the stopping
+    epoch; every epoch in fixed-epochs mode). The labels after `test_loss` are filled
+    by the Tune trial.
     """
 
     epoch: int = documented(0, "the epoch, from 1")
@@ -40,37 +43,60 @@ class EpochReport:
     val_acc: float = documented(NAN, "accuracy on the validation split after the epoch")
     val_loss: float = documented(NAN, "cross-entropy loss on the validation split after the epoch")
     hits_in_a_row: int = documented(0, "epochs in a row at the stop rule's target")
-    epoch_time_s: float = documented(NAN, "this epoch's window: training, validation (and the test on the last)")
-    time_s: float = documented(NAN, "seconds of the epoch windows so far: at the stop, the time to accuracy (a "
-                                    "replayed trial: the mean per run)")
-    epoch_energy_j: float = documented(NAN, "this epoch window's GPU joules")
-    energy_j: float = documented(NAN, "the headline: GPU joules of the epoch windows so far: at the stop, the "
-                                      "energy to accuracy (Zeus's total_energy; a replayed trial: the mean per run); "
-                                      "NaN where not measured")
-    energy_err_j: float = documented(NAN, "uncertainty of energy_j from the energy counter's steps (about 2.5 "
-                                          "standard deviations)")
+    epoch_time_s: float = documented(NAN, "this epoch's share of the first run's window: from the previous epoch's "
+                                          "end (or the window's start) to its end: training, validation (and the "
+                                          "test on the last)")
+    time_s: float = documented(NAN, "the headline's seconds: the first run's so far; at the stop, the time to "
+                                    "accuracy (energy_method replay: the mean per replay)")
+    energy_j: float = documented(NAN, "the headline: GPU joules over time_s's window (Zeus's total_energy); at "
+                                      "the stop, the energy to accuracy. Read at report points and the stop only: "
+                                      "NaN on the epochs between, and where not measured")
+    energy_err_j: float = documented(NAN, "uncertainty of energy_j (about 2.5 standard deviations): the counter "
+                                          "updates' instants, idle power and its drift over the idle seconds in "
+                                          "the window, and at a report point up to one counter step")
     energy_resolution_s: float = documented(NAN, "the GPU energy counter's measured update period")
-    energy_method: str = documented("none", "how energy_j was measured: summed epoch windows, the mean of "
-                                            "back-to-back replays, or not at all", allowed=("direct", "replay", "none"))
+    energy_method: str = documented("none", "where energy_j comes from: the first run's window, the mean of "
+                                            "back-to-back replays (where the first run's error exceeds 5%), or "
+                                            "nowhere", allowed=("direct", "replay", "none"))
     replays: int = documented(0, "runs of the trial's exact work replayed in one window (energy_method replay)")
-    first_run_time_s: float = documented(NAN, "the trial's own time_s, kept where a replay replaced the headline")
-    first_run_energy_j: float = documented(NAN, "the trial's own energy_j: the sum of its epoch windows")
-    gpu_energy_j: float = documented(NAN, "cumulative GPU joules of the trial's own run")
-    cpu_energy_j: float = documented(NAN, "cumulative CPU package + DRAM joules (RAPL) of the whole node")
-    gpu_idle_w: float = documented(NAN, "the GPU's idle power, measured before the process's first trial on it "
-                                        "(after a retry on another GPU: the GPUs' mean weighted by time)")
-    gpu_idle_err_w: float = documented(NAN, "uncertainty of gpu_idle_w (after a retry on another GPU: the GPUs' "
-                                            "mean weighted by time)")
-    dynamic_energy_j: float = documented(NAN, "energy_j - gpu_idle_w x time_s: what training added to idle power")
-    gpu_max_power_w: float = documented(NAN, "the GPU's highest power limit (Zeus's MaxPower, for --eta; after a "
-                                             "retry on another GPU: the GPUs' mean weighted by time)")
-    overhead_time_s: float = documented(NAN, "cumulative time between epochs (reporting, checkpointing), not in "
-                                             "time_s")
-    overhead_energy_j: float = documented(NAN, "cumulative GPU joules between epochs, not in energy_j")
+    replay_time_s: float = documented(NAN, "the replays' window: seconds from the counter update before the first "
+                                           "replay to the one after the last (the replays back to back, the GPU "
+                                           "idling at either end); NaN without replays")
+    replay_energy_j: float = documented(NAN, "GPU joules over replay_time_s's window: exact, as it starts and ends "
+                                             "on counter updates; energy_j is this less the idle ends, per replay")
+    first_run_time_s: float = documented(NAN, "seconds of the trial's own run: its epochs (with the bookkeeping "
+                                              "between epochs that did not report), summed over its attempts")
+    first_run_energy_j: float = documented(NAN, "GPU joules over first_run_time_s's window: the counter from the "
+                                                "update before the first epoch to the one after the last, less the "
+                                                "GPU's idle joules over the waits and overhead_time_s in between")
+    first_run_energy_err_j: float = documented(NAN, "uncertainty of first_run_energy_j, as energy_err_j's")
+    first_run_cpu_energy_j: float = documented(NAN, "CPU package + DRAM joules (RAPL) of the whole node over "
+                                                    "first_run_time_s's window")
+    gpu_idle_w: float = documented(NAN, "the GPU's idle power with the trial process's CUDA context open, probed "
+                                        "before the process's first trial on it: the idle floor that "
+                                        "dynamic_energy_j and the windows' idle waits subtract (after a retry on "
+                                        "another GPU: the GPUs' mean weighted by time)")
+    gpu_idle_err_w: float = documented(NAN, "uncertainty of gpu_idle_w")
+    gpu_idle_no_context_w: float = documented(NAN, "the GPU's idle power before the process opened a CUDA "
+                                                   "context (NaN where NVML listed one open)")
+    gpu_idle_after_w: float = documented(NAN, "the GPU's idle power (context open) over one counter period after "
+                                              "the trial's run and replays: against gpu_idle_w, the drift, counted "
+                                              "in energy_err_j")
+    dynamic_energy_j: float = documented(NAN, "energy_j - gpu_idle_w x time_s: what training added to the idle "
+                                              "floor")
+    gpu_max_power_w: float = documented(NAN, "the GPU's highest power limit (Zeus's MaxPower, for --eta)")
+    overhead_time_s: float = documented(NAN, "seconds between epochs where the trial reported or checkpointed, not "
+                                             "in time_s (the GPU idles then: its joules are gpu_idle_w x this)")
+    measurement_time_s: float = documented(NAN, "seconds the trial spent measuring energy: counter reads, waits "
+                                                "for counter updates, idle probes (the replays apart: "
+                                                "replay_time_s)")
     energy_source: str = documented("none", "what energy_j holds (the analysis may attribute a node's CPU joules: "
                                             "cpu)", allowed=("gpu", "cpu", "none"))
-    energy_note: str = documented("", "one line: why the trial's GPU energy is not measured, or a caveat; empty "
-                                      "otherwise")
+    energy_note: str = documented("", "one line: why the trial's GPU energy is not measured, or a caveat (why "
+                                      "energy_uncertain); empty otherwise")
+    energy_uncertain: bool = documented(False, "the trial's energy is not to be trusted as it stands: an error "
+                                               "above 5% of it, or a window below the GPU's idle power beyond the "
+                                               "errors (energy_note says which)")
     status: str = documented(Status.RUNNING.value, "the stop rule's decision after this epoch",
                              allowed=tuple(s.value for s in Status if s is not Status.ERROR))
     test_acc: float = documented(NAN, "test accuracy: on the epoch the trial stops (every epoch in "
@@ -111,11 +137,42 @@ class EpochReport:
 
     @classmethod
     def from_dict(cls, row: dict) -> EpochReport:
-        """Read back a reported row; keys it lacks take their defaults, extra keys are ignored."""
+        """Read back a reported row; keys it lacks take their defaults, extra keys are ignored (an older
+        experiment's columns under their new names: RENAMED)."""
+        row = {**{new: row[old] for old, new in RENAMED.items() if old in row}, **row}
         return cls(**{name: row[name] for name in FIELDS if name in row and row[name] is not None})
+
+    def energy_caveats(self) -> list[str]:
+        """Why this (final) report's energy is not to be trusted as it stands, one reason each: energy_err_j
+        above MAX_REL_ERR of energy_j; the first run's or the replays' joules below the GPU's idle power x
+        their time beyond both error bars. [] where neither (or where nothing was measured)."""
+        if not math.isfinite(self.energy_j):
+            return []
+        reasons = []
+        if self.energy_j > 0 and self.energy_err_j > MAX_REL_ERR * self.energy_j:
+            reasons.append(f"energy error ±{self.energy_err_j:.3g} J is above {MAX_REL_ERR:.0%} of "
+                           f"{self.energy_j:.4g} J (the counter's steps)")
+        idle_err_w = math.hypot(_finite(self.gpu_idle_err_w), _finite(self.gpu_idle_after_w - self.gpu_idle_w))
+        first_err_j = self.first_run_energy_err_j if math.isfinite(self.first_run_energy_err_j) else (
+            self.energy_err_j if self.energy_method == "direct" else 0.0)
+        windows = [("first run", self.first_run_energy_j, self.first_run_time_s, first_err_j)]
+        if self.energy_method == "replay":
+            windows.append(("replays", self.energy_j, self.time_s, self.energy_err_j))
+        for name, joules, seconds, err_j in windows:
+            floor_j = (self.gpu_idle_w - idle_err_w) * seconds - _finite(err_j)
+            if seconds > 0 and joules < floor_j:
+                reasons.append(f"{name}: {joules / seconds:.0f} W over {seconds:.3g} s, below the GPU's idle "
+                               f"{self.gpu_idle_w:.0f} W beyond the error bars")
+        return reasons
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
 
 
 FIELDS = tuple(f.name for f in fields(EpochReport))
+MAX_REL_ERR = 0.05  # energy_uncertain where energy_err_j exceeds this share of energy_j (and a replay is due)
+RENAMED = {"cpu_energy_j": "first_run_cpu_energy_j"}  # an older experiment's column -> its name now
 
 
 EARLIER_EPOCHS = "earlier_epochs"  # a report's key for the epochs it carries besides its own, oldest first

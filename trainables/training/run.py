@@ -1,33 +1,41 @@
-"""Train to a target accuracy, one epoch at a time, with time and energy per epoch.
+"""Train to a target accuracy, one epoch at a time, with the run's time and energy.
 
     from trainables.training.run import train_to_accuracy
     result = train_to_accuracy(splits, TrainConfig(lr=1e-3, batch_size=128), StopRule())
     result.epochs, result.test_acc, result.time_s, result.energy_j
 
 `TrainingRun` is the seed's loop cut at epoch boundaries so a Ray Tune trial can
-report and checkpoint between epochs: each `run_epoch()` trains one epoch,
-evaluates on validation (and, on the epoch the stop rule ends, on test), all
-inside one energy window. Windows are contiguous and alternate: epoch, then
-"between" (the caller's reporting and checkpointing), then the next epoch.
-Time and energy to accuracy sum the epoch windows (what the seed measured);
-the between windows are summed apart as overhead, so nothing goes unmeasured.
+report and checkpoint between epochs: each `run_epoch()` trains one epoch and
+evaluates on validation (and, on the epoch the stop rule ends, on test).
+
+It is measured as the seed measured it, one window around training to accuracy, read only
+at its boundaries (an NVML read costs as much as an epoch of this model on an H200): the
+window starts on a GPU counter update, waited for right before the first epoch, and ends
+on the first update after the last epoch; where the caller reports (`report_point`), the
+counter is read for the energy so far, and the time until the next epoch (reporting,
+checkpointing) is overhead, outside the window. The window's GPU joules are the counter's
+between its two updates less the GPU's idle power (`EnergyMeter.probe`) over the waits and
+the overhead, when the GPU idles. Time to accuracy is the epochs' seconds (with the
+trial's bookkeeping between epochs that did not report, microseconds).
 `train_to_accuracy` just loops it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from trainables.data.splits import Splits
 from trainables.training.config import TrainConfig
-from trainables.training.energy import NAN, EnergyMeter, EnergyWindow, counter_error_j
+from trainables.training.energy import MIN_TAIL_S, NAN, EnergyMeter, counter_error_j, step_error_j, update_error_j
+from trainables.training.gpu_counter import CounterUpdate
 from trainables.training.gpus import TrialGpus, trial_gpus
 from trainables.training.loops import EpochStats, evaluate, make_loop
 from trainables.training.model import InstrumentNet
-from trainables.training.optim import make_optimizer
+from trainables.training.optim import load_state, make_optimizer, reset_state
 from trainables.training.report import EpochReport
 from trainables.training.stop import Status, StopRule
 
@@ -54,12 +62,29 @@ class TrainResult:
         return self.status is Status.DIVERGED
 
 
+@dataclass
+class _Window:
+    """The open attempt's window: where it started, what it has summed, what was last read."""
+
+    start: CounterUpdate | None  # the GPU counter update it started on (None: no GPU measured)
+    mark_s: float  # perf_counter: the end of the last epoch, or where the next began to count
+    cpu_mark_mj: float  # the CPU counter at mark_s (a segment's start)
+    time_s: float = 0.0  # its epochs' seconds
+    idle_s: float = 0.0  # seconds inside the GPU's span when the GPU idled: the wait before the first epoch, overhead
+    cpu_j: float = 0.0
+    between_since_s: float = NAN  # perf_counter: where the overhead being timed began (at a report point)
+    gpu_j: float = NAN  # GPU joules so far, as last read (NaN between reads)
+    err_j: float = NAN
+    closed: bool = False  # the run ended: the window ended on a counter update
+
+
 class TrainingRun:
     """One trial's model, optimizer, data on device and counters; advanced by `run_epoch`.
 
-    It trains on `gpus.device` and measures with `meter` (default: `EnergyMeter(gpus)`); `gpus`
-    defaults to this process's first CUDA device, if any (`trial_gpus()`), and a `device` given
-    without `gpus` measures no GPU."""
+    It trains on `gpus.device` and measures with `meter` (default: `EnergyMeter(gpus)`, made before the
+    model is on the GPU, so it probes the GPU without a CUDA context too); `gpus` defaults to this
+    process's first CUDA device, if any (`trial_gpus()`), and a `device` given without `gpus` measures no
+    GPU. What every epoch reuses (on CUDA: the epoch's graph) is built here, once (`EpochLoop.build`)."""
 
     def __init__(
         self,
@@ -74,11 +99,13 @@ class TrainingRun:
         if gpus is None:
             gpus = TrialGpus(device) if device is not None else trial_gpus(cpus=config.cpus)
         self.device = device or gpus.device
+        self.meter = meter if meter is not None else EnergyMeter(gpus)
         torch.manual_seed(config.seed)
         self.model = InstrumentNet(
             splits.n_features, config.n_hidden, splits.n_classes, config.activation
         ).to(self.device)
-        self.optimizer = self._new_optimizer()
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr,
+                                        fused=config.loader == "fast")
         self.loop = make_loop(
             config.loader, splits.train_x, splits.train_y, config.batch_size, self.device, config.seed
         )
@@ -87,62 +114,76 @@ class TrainingRun:
         as_y = lambda a: torch.as_tensor(a, dtype=torch.int64, device=self.device)  # noqa: E731
         self.val = (as_x(splits.val_x), as_y(splits.val_y))
         self.test = (as_x(splits.test_x), as_y(splits.test_y))
-        self.meter = meter if meter is not None else EnergyMeter(gpus)
+        self.meter.probe_context()  # the model is on the GPU: the idle power its windows subtract
+        if self.loop.build(self.model, self.optimizer):
+            self.restart()
         self._reset_counters()
         self.gpu_uuids = [self.meter.gpu_uuid] if self.meter.gpu_uuid else []  # every GPU the trial ran on
         self.earlier_note = ""  # why energy was not measured in an attempt before a retry
 
     def _reset_counters(self) -> None:
-        gpu = "gpu" in self.meter.source
         self.epoch = 0
         self.hits_in_a_row = 0
-        self.time_s = 0.0
-        self.gpu_energy_j = 0.0 if gpu else NAN
-        self.cpu_energy_j = 0.0 if "cpu" in self.meter.source else NAN
+        self.time_s = 0.0  # the epochs' seconds, over every attempt
+        self.cpu_energy_j = 0.0 if self.meter.cpu_indices else NAN
         self.overhead_time_s = 0.0
-        self.overhead_energy_j = 0.0 if gpu else NAN
-        self.gap_variance = 0.0  # this attempt's sum over excluded windows of f(1 - f), f = frac(length / period)
         self.earlier: list[dict] = []  # the attempts before a retry (`_attempt`), from the checkpoint
         self.status = Status.RUNNING
-        self._window: str | None = None  # which window is open: None, "epoch" or "between"
+        self.end_update: CounterUpdate | None = None  # the GPU counter update the run's window ended on
+        self._window: _Window | None = None
+        self._between = False  # the caller reports between two epochs: overhead, outside the window
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimizer over the model (the fused kernel for the fast loop)."""
-        return make_optimizer(self.config.optimizer, self.model.parameters(), self.config.lr,
-                              fused=self.config.loader == "fast")
-
-    def restart(self, rule: StopRule, meter) -> None:
-        """Start the same work again from scratch: same seed, weights, shuffling; `rule`, `meter`.
-
-        The data stay where they are on the device, so a replay repeats only the training."""
-        self.rule, self.meter = rule, meter
+    def restart(self) -> None:
+        """Back to the start of the same work, in place: the initial weights, a fresh optimizer's state and
+        the seed's shuffling in the same tensors, so what the loop built on them (a CUDA graph) replays."""
         torch.manual_seed(self.config.seed)
-        self.model.load_state_dict(self._initial_model)
-        self.optimizer = self._new_optimizer()
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(self._initial_model[name])
+        reset_state(self.optimizer)
         self.loop.generator.manual_seed(self.config.seed)
-        self._reset_counters()
+
+    def replay(self, rule: StopRule) -> tuple[int, Status]:
+        """The same work again from its start, back to back and unmeasured (a replay window around it is
+        the caller's): (epochs, status) where `rule` stopped it. The run's own figures stay."""
+        self.restart()
+        epoch, hits, status = 0, 0, Status.RUNNING
+        while status is Status.RUNNING:
+            epoch += 1
+            _, _, _, hits, status = self._train_epoch(epoch, hits, rule)
+        return epoch, status
+
+    @property
+    def idle_w(self) -> float:
+        """The idle power this attempt's windows subtract (NaN without a probed GPU)."""
+        return self.meter.probe.idle_w if self.meter.probe else NAN
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds this attempt's window holds the GPU idling (waits at its ends, overhead)."""
+        return self._window.idle_s if self._window else 0.0
 
     @property
     def energy_j(self) -> float:
-        """The headline energy: GPU joules of the epoch windows so far (NaN without a GPU)."""
-        return self.gpu_energy_j
+        """GPU joules of the run so far, as last read (NaN between reads, and without a GPU)."""
+        return sum(a["gpu_j"] for a in self._attempts())
 
     @property
     def energy_err_j(self) -> float:
-        """Uncertainty of `energy_j` from the counter's steps (`counter_error_j`); NaN without a GPU. After
-        a retry, each attempt's (its own GPU's counter, its own two ends) in quadrature."""
-        errors = [counter_error_j(a["gpu_j"], a["time_s"], a["idle_w"], a["period_s"], a["gap_variance"])
-                  for a in self._attempts()]
-        return errors[0] if len(errors) == 1 else math.sqrt(sum(e * e for e in errors))
+        """Uncertainty of `energy_j`: each attempt's (its own GPU's counter, its own window) in quadrature."""
+        return math.sqrt(sum(_attempt_error_j(a) ** 2 for a in self._attempts()))
 
     def _attempt(self) -> dict:
-        """This attempt's share of the epoch windows (a retry starts a new one, maybe on another GPU) and
-        its GPU's figures (NaN where none was probed)."""
-        probe = self.meter.probe
-        return {"time_s": self.time_s - sum(a["time_s"] for a in self.earlier),
-                "gpu_j": self.gpu_energy_j - sum(a["gpu_j"] for a in self.earlier),
-                "gap_variance": self.gap_variance,
+        """This attempt's share of the run (a retry starts a new one, maybe on another GPU) and its GPU's
+        figures (NaN where none was probed)."""
+        probe, bare, window = self.meter.probe, self.meter.bare_probe, self._window
+        if window is None:  # not begun: nothing measured yet
+            gpu_j = err_j = 0.0 if self.meter.gpu_measured else NAN
+        else:
+            gpu_j, err_j = window.gpu_j, window.err_j
+        return {"time_s": self.time_s - sum(a["time_s"] for a in self.earlier), "gpu_j": gpu_j, "err_j": err_j,
                 "idle_w": probe.idle_w if probe else NAN, "idle_err_w": probe.idle_err_w if probe else NAN,
+                "idle_no_context_w": bare.idle_w if bare and bare.contexts <= 0 else NAN,  # -1: NVML cannot say
                 "max_power_w": probe.max_power_w if probe else NAN,
                 "period_s": probe.update_period_s if probe else NAN}
 
@@ -150,12 +191,12 @@ class TrainingRun:
         return [*self.earlier, self._attempt()]
 
     def _gpu_figure(self, key: str) -> float:
-        """The GPU's `key` (idle_w, idle_err_w, max_power_w); after a retry, its mean over the attempts
-        weighted by their time, so that x time_s sums each GPU's share (dynamic energy, --eta's cost)."""
+        """The GPU's `key` (idle_w, idle_err_w, ...); after a retry, its mean over the attempts weighted by
+        their time, so that x time_s sums each GPU's share (dynamic energy, --eta's cost)."""
         attempts = self._attempts()
         if len(attempts) == 1 or self.time_s <= 0:
-            return attempts[-1][key]
-        return sum(a[key] * a["time_s"] for a in attempts) / self.time_s
+            return attempts[-1].get(key, NAN)
+        return sum(a.get(key, NAN) * a["time_s"] for a in attempts) / self.time_s
 
     @property
     def energy_note(self) -> str:
@@ -171,40 +212,112 @@ class TrainingRun:
     def done(self) -> bool:
         return self.status is not Status.RUNNING
 
-    def run_epoch(self) -> EpochReport:
-        """Train one epoch, validate (and test when this epoch ends the run); measure it all."""
+    def run_epoch(self, report_point=False) -> EpochReport:
+        """Train one epoch, validate (and test when this epoch ends the run); time it, and read the energy
+        counters where the run ends or `report_point` says the caller reports now (a bool, or called with
+        whether this epoch ends the run)."""
         if self.done:
             raise RuntimeError(f"training already ended ({self.status})")
         if self._window is None:
-            self.meter.start()
-        elif self._window == "between":
-            between = self.meter.lap()
-            self.overhead_time_s += between.time_s
-            self.overhead_energy_j += between.gpu_j
-            period_s = self.meter.update_period_s
-            if math.isfinite(period_s):
-                fraction = (between.time_s / period_s) % 1.0
-                self.gap_variance += fraction * (1.0 - fraction)
-        self._window = "epoch"
+            self._open_window()
+        elif self._between:
+            self._end_overhead()
         self.epoch += 1
+        train, val, test, self.hits_in_a_row, self.status = self._train_epoch(self.epoch, self.hits_in_a_row,
+                                                                              self.rule)
+        now = time.perf_counter()
+        window = self._window
+        epoch_time_s = now - window.mark_s
+        window.mark_s = now
+        window.time_s += epoch_time_s
+        self.time_s += epoch_time_s
+        reporting = report_point(self.done) if callable(report_point) else report_point
+        if self.done:
+            self._close_window(now)
+        elif reporting:
+            self._read_so_far(now)
+        else:
+            window.gpu_j = window.err_j = NAN  # not read at this epoch
+        return self._record(train, val, test, epoch_time_s)
+
+    def _train_epoch(self, epoch: int, hits: int, rule: StopRule):
+        """One epoch's training, validation and (where it ends the run, or in fixed-epochs mode) test:
+        (train, val, test or None, hits in a row, status)."""
         train = self.loop.train_epoch(self.model, self.optimizer)
         val = evaluate(self.model, *self.val) if not train.diverged else EpochStats(NAN, NAN, 0)
-        watched = val.acc if self.rule.metric == "val_acc" else val.loss
-        self.hits_in_a_row, self.status = self.rule.after_epoch(self.epoch, self.hits_in_a_row, watched, train.diverged)
+        watched = val.acc if rule.metric == "val_acc" else val.loss
+        hits, status = rule.after_epoch(epoch, hits, watched, train.diverged)
         test = None
-        if not train.diverged and (self.done or self.rule.fixed_epochs):
+        if not train.diverged and (status is not Status.RUNNING or rule.fixed_epochs):
             test = evaluate(self.model, *self.test)
-        window = self.meter.stop() if self.done else self.meter.lap()
-        self._window = None if self.done else "between"
-        return self._record(train, val, test, window)
+        return train, val, test, hits, status
 
-    def _record(
-        self, train: EpochStats, val: EpochStats, test: EpochStats | None, window: EnergyWindow
-    ) -> EpochReport:
-        self.time_s += window.time_s
-        self.gpu_energy_j += window.gpu_j  # NaN (not measured) stays NaN, never 0
-        self.cpu_energy_j += window.cpu_j
-        idle_w = self._gpu_figure("idle_w")
+    # -- the window: opened on a counter update, read at report points, closed on one
+    def _open_window(self) -> None:
+        start = self.meter.gpu_update()
+        cpu_mj = self.meter.read_cpu()
+        now = time.perf_counter()
+        self._window = _Window(start=start, mark_s=now, cpu_mark_mj=cpu_mj,
+                               idle_s=now - start.at_s if start else 0.0)
+
+    def _end_overhead(self) -> None:
+        """The caller's reporting ended: the window's next segment begins (after the CPU counters' read: the
+        GPU idles through the overhead and the reads, which are measurement, not overhead)."""
+        window = self._window
+        self.overhead_time_s += time.perf_counter() - window.between_since_s
+        window.cpu_mark_mj = self.meter.read_cpu()
+        window.mark_s = time.perf_counter()
+        window.idle_s += window.mark_s - window.between_since_s
+        self._between = False
+
+    def _read_so_far(self, now: float) -> None:
+        """A report point: the energy so far (the GPU counter's last update: up to a step behind), and the
+        overhead begins."""
+        window = self._window
+        self._add_cpu(self.meter.read_cpu())
+        mj = self.meter.read_gpu()
+        window.between_since_s, self._between = time.perf_counter(), True
+        window.idle_s += window.between_since_s - now  # the reads: the GPU idles
+        if window.start is None or not math.isfinite(mj):
+            window.gpu_j = window.err_j = NAN
+            return
+        window.gpu_j = (mj - window.start.mj) / 1000.0 - self.idle_w * window.idle_s
+        window.err_j = self._window_error_j(window.start.half_width_s) + step_error_j(
+            window.gpu_j, window.time_s, self.idle_w, self.meter.update_period_s)
+
+    def _close_window(self, now: float) -> None:
+        """The run's last epoch ended: its window ends on the first counter update after it."""
+        window = self._window
+        self._add_cpu(self.meter.read_cpu())
+        end = self.meter.gpu_update(not_before_s=now + MIN_TAIL_S)
+        self.end_update = end
+        if window.start is None or end is None:
+            window.gpu_j = window.err_j = NAN
+        else:
+            window.idle_s += end.at_s - now
+            window.gpu_j = (end.mj - window.start.mj) / 1000.0 - self.idle_w * window.idle_s
+            window.err_j = self._window_error_j(window.start.half_width_s, end.half_width_s)
+        window.closed = True
+
+    def _add_cpu(self, cpu_mj: float) -> None:
+        window = self._window
+        joules = (cpu_mj - window.cpu_mark_mj) / 1000.0
+        window.cpu_j += joules
+        self.cpu_energy_j += joules
+        window.cpu_mark_mj = cpu_mj
+
+    def _window_error_j(self, *half_widths_s: float) -> float:
+        """The updates' instants (the GPU idling around them) and the idle power over the idle seconds."""
+        probe = self.meter.probe
+        idle_err_w = probe.idle_err_w if probe and math.isfinite(probe.idle_err_w) else 0.0
+        return update_error_j(self.idle_w, *half_widths_s) + idle_err_w * self._window.idle_s
+
+    def _record(self, train: EpochStats, val: EpochStats, test: EpochStats | None, epoch_time_s: float
+                ) -> EpochReport:
+        idle_w, energy_j = self._gpu_figure("idle_w"), self.energy_j
+        read = self._window.closed or self._between
+        measured = math.isfinite(energy_j) if read else self.meter.gpu_measured
+        energy_err_j = self.energy_err_j if math.isfinite(energy_j) else NAN
         return EpochReport(
             epoch=self.epoch,
             train_acc=train.acc,
@@ -212,24 +325,24 @@ class TrainingRun:
             val_acc=val.acc,
             val_loss=val.loss,
             hits_in_a_row=self.hits_in_a_row,
-            epoch_time_s=window.time_s,
+            epoch_time_s=epoch_time_s,
             time_s=self.time_s,
-            epoch_energy_j=window.gpu_j,
-            energy_j=self.energy_j,
-            energy_err_j=self.energy_err_j,
+            energy_j=energy_j,
+            energy_err_j=energy_err_j,
             energy_resolution_s=self.meter.update_period_s,
-            energy_method="direct" if math.isfinite(self.energy_j) else "none",
+            energy_method="direct" if measured else "none",
             first_run_time_s=self.time_s,
-            first_run_energy_j=self.energy_j,
-            gpu_energy_j=self.gpu_energy_j,
-            cpu_energy_j=self.cpu_energy_j,
+            first_run_energy_j=energy_j,
+            first_run_energy_err_j=energy_err_j,
+            first_run_cpu_energy_j=self.cpu_energy_j if read else NAN,
             gpu_idle_w=idle_w,
             gpu_idle_err_w=self._gpu_figure("idle_err_w"),
-            dynamic_energy_j=self.energy_j - idle_w * self.time_s,
+            gpu_idle_no_context_w=self._gpu_figure("idle_no_context_w"),
+            dynamic_energy_j=energy_j - idle_w * self.time_s,
             gpu_max_power_w=self._gpu_figure("max_power_w"),
             overhead_time_s=self.overhead_time_s,
-            overhead_energy_j=self.overhead_energy_j,
-            energy_source="gpu" if math.isfinite(self.energy_j) else "none",
+            measurement_time_s=self.meter.spent_s,
+            energy_source="gpu" if measured else "none",
             energy_note=self.energy_note,
             gpu_uuids=",".join(self.gpu_uuids),
             status=self.status.value,
@@ -239,12 +352,13 @@ class TrainingRun:
 
     def close(self) -> None:
         """Discard a window left open (a run abandoned before it ended)."""
-        if self._window is not None:
-            self.meter.close()
-            self._window = None
+        if self._window is not None and not self._window.closed:
+            self._window, self._between = None, False
 
     # -- checkpointing: everything needed to continue exactly where the run was.
     def state_dict(self) -> dict:
+        """The run as it stands: take it at a report point or after the run ended, where the energy so far
+        was read (elsewhere this attempt's GPU joules are NaN: not read)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -252,11 +366,8 @@ class TrainingRun:
             "epoch": self.epoch,
             "hits_in_a_row": self.hits_in_a_row,
             "time_s": self.time_s,
-            "gpu_energy_j": self.gpu_energy_j,
             "cpu_energy_j": self.cpu_energy_j,
             "overhead_time_s": self.overhead_time_s,
-            "overhead_energy_j": self.overhead_energy_j,
-            "gap_variance": sum(a["gap_variance"] for a in self._attempts()),
             "attempts": self._attempts(),
             "status": self.status.value,
             "gpu_uuids": list(self.gpu_uuids),
@@ -264,26 +375,37 @@ class TrainingRun:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from `state`, copying into the run's tensors (what the loop built on them stays)."""
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(state["model"][name])
+        load_state(self.optimizer, state["optimizer"])
         self.loop.generator.set_state(state["shuffle_rng"].cpu())
         self.epoch = int(state["epoch"])
         self.hits_in_a_row = int(state["hits_in_a_row"])
         self.time_s = float(state["time_s"])
-        # Energy measured before the retry continues the sums where the meter still measures.
-        self.gpu_energy_j = float(state["gpu_energy_j"]) if "gpu" in self.meter.source else NAN
-        self.cpu_energy_j = float(state["cpu_energy_j"]) if "cpu" in self.meter.source else NAN
+        self.cpu_energy_j = float(state["cpu_energy_j"]) if self.meter.cpu_indices else NAN
         self.overhead_time_s = float(state["overhead_time_s"])
-        self.overhead_energy_j = float(state["overhead_energy_j"]) if "gpu" in self.meter.source else NAN
         # Each attempt so far, with its GPU's figures; this one starts afresh on its own GPU. A checkpoint
         # from before attempts were kept holds one, taken to be on this GPU (as such checkpoints were summed).
-        self.earlier, self.gap_variance = [], float(state["gap_variance"])
-        self.earlier = [{k: float(v) for k, v in a.items()} for a in state.get("attempts", [self._attempt()])]
-        self.gap_variance = 0.0
+        legacy = {**{k: v for k, v in self._attempt().items() if k != "err_j"}, "time_s": self.time_s,
+                  "gpu_j": float(state.get("gpu_energy_j", NAN)), "gap_variance": float(state.get("gap_variance", 0.0))}
+        self.earlier = [{k: float(v) for k, v in a.items()} for a in state.get("attempts", [legacy])]
+        if not self.meter.gpu_measured:  # energy measured before the retry does not make this one measured
+            self.earlier = [{**a, "gpu_j": NAN} for a in self.earlier]
         self.status = Status(state["status"])
         # A retry on another GPU probed that GPU (its meter's); the row lists every GPU it ran on.
         self.gpu_uuids = list(dict.fromkeys([*state.get("gpu_uuids", []), *self.gpu_uuids]))
         self.earlier_note = state.get("energy_note", "")
+
+
+def _attempt_error_j(attempt: dict) -> float:
+    """An attempt's error: as its window measured it, or, from a checkpoint written before windows
+    started on counter updates, the error of its summed windows."""
+    if "err_j" in attempt:
+        return attempt["err_j"]
+    return counter_error_j(attempt["gpu_j"], attempt["time_s"], attempt["idle_w"], attempt["period_s"],
+                           attempt["gap_variance"])
 
 
 def train_to_accuracy(
@@ -300,7 +422,8 @@ def train_to_accuracy(
     for `patience` epochs in a row, or at `max_epochs`. With `threshold=None`
     (fixed-epochs mode): train `max_epochs` epochs, testing after each one; the
     history then holds per-epoch train/test accuracy and loss. A non-finite loss
-    ends training at once with status "diverged" (never an exception). With
+    ends training at once with status "diverged" (never an exception). Energy is read
+    at the start and the end only (the history's other epochs: NaN). With
     `replay_budget_s` > 0, a run too short for the GPU counter is replayed
     (`trainables.training.replay`) and the last history entry carries the means.
     """

@@ -4,7 +4,7 @@
     instrument-sweep run --address 127.0.0.1:6379
     curl -s 127.0.0.1:8080/metrics | grep ray_instrument_sweep_
 
-After each epoch the trial calls `publish(report, rule)`: one Ray gauge per
+At each report the trial calls `publish(report, rule)`: one Ray gauge per
 metric in `METRICS` (Ray exports them with its `ray_` prefix, about every 10 s),
 tagged with the sweep (experiment) name, trial number, lr, batch size and seed.
 A value that was not measured (NaN: energy and power without a GPU or readable
@@ -31,8 +31,8 @@ METRICS = {
     "hits_in_a_row": "epochs in a row at the stop rule's target",
     "epoch_time_s": "seconds of the last epoch's window (training, validation)",
     "time_s": "cumulative seconds of the epoch windows (time to accuracy at the stop)",
-    "power_w": "mean power of the last epoch: its joules over its seconds (GPU + CPU, where measured)",
-    "energy_j": "cumulative joules of the epoch windows (energy to accuracy at the stop), where measured",
+    "power_w": "mean GPU power of the run so far: energy_j over time_s (at reports, where measured)",
+    "energy_j": "GPU joules of the run so far (energy to accuracy at the stop), at reports, where measured",
     "target_val_acc": "the stop rule's validation-accuracy target (where the rule watches val_acc)",
     "done": "0 while the trial runs, 1 once the stop rule ended it",
 }
@@ -50,8 +50,8 @@ def epoch_values(report: EpochReport, rule: StopRule) -> dict[str, float]:
         "energy_j": report.energy_j,
         "done": float(report.done),
     }
-    if report.epoch_time_s > 0:  # NaN compares False: no power without a measured window
-        values["power_w"] = report.epoch_energy_j / report.epoch_time_s
+    if report.time_s > 0:  # NaN energy: no power where not measured
+        values["power_w"] = report.energy_j / report.time_s
     if rule.metric == "val_acc" and rule.threshold is not None:
         values["target_val_acc"] = rule.threshold
     return {name: float(value) for name, value in values.items() if math.isfinite(value)}

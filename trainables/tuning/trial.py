@@ -3,8 +3,10 @@
     tune.Tuner(tune.with_parameters(sweep_trial, dataset=ds, settings=shared), param_space={"trial": ...})
 
 Reads like the seed's loop: build the run, continue from a checkpoint if Tune
-retried the trial, then per epoch train + validate (+ test at the stop) inside
-one energy window, making an `EpochReport`. The trial reports to Tune after its
+retried the trial, then per epoch train + validate (+ test at the stop), making an
+`EpochReport`; the run's energy window reads the counter where the trial reports
+(`Cadence.due`) and at the stop, then the trial settles its energy (replays where its
+own run was too short for the counter: `settle_energy`). The trial reports to Tune after its
 last epoch and after any epoch that ends `report_every_s` or more after its last
 report, the epochs since then in one report (`report.batched`; Tune's round trip
 cost 3.5 ms a report here, a seventh of an epoch). The last epoch, and any epoch
@@ -14,8 +16,8 @@ RNG, counters, cumulative time and energy, and what produced it: the trial's
 config and the dataset's fingerprint) so a retry continues the sums, redoes at
 most that much training, and never continues on other data. (A checkpoint per
 epoch cost 6 ms an epoch here, and Tune snapshots its experiment state as
-checkpoints come.) Reporting and checkpointing fall in the "between" windows,
-timed as overhead.
+checkpoints come.) Reporting and checkpointing are timed as overhead, outside the run's window;
+the live metrics are published at reports too.
 
 Tests hold trials between epochs through `EPOCH_GATE_ENV` (`wait_at_epoch_gate`): nothing else
 sets it, and without it a trial never waits.
@@ -90,8 +92,8 @@ class Cadence:
     """When a trial reports to Tune and when it checkpoints (see the module docstring), from the
     trial config's `report_every_s` and `checkpoint_every_s` (0 or missing: every epoch).
 
-        checkpoint = cadence.checkpoint_due(last_epoch)  # decide before the epoch's report is made
-        cadence.send(row, save_state if checkpoint else None)  # report what is due, in order
+        if cadence.due(last_epoch): ...                 # decide as the epoch ends: a report point?
+        cadence.send(row, save_state if cadence.checkpoint else None)  # report what is due, in order
 
     A report that carries a checkpoint carries only its own epoch: Tune keeps the metrics of
     each trial's last checkpoints and its last report in the driver and in every snapshot of
@@ -103,30 +105,36 @@ class Cadence:
         self.checkpoint_every_s = float(trial.get("checkpoint_every_s", 0.0))
         self.reported_at = self.checkpointed_at = time.monotonic()
         self.unreported: list[dict] = []  # epochs' rows since the last report, oldest first
+        self.report = self.checkpoint = False  # `due`'s decision for the epoch that just ended
 
-    def checkpoint_due(self, last_epoch: bool) -> bool:
-        return last_epoch or time.monotonic() - self.checkpointed_at >= self.checkpoint_every_s
-
-    def reports_due(self, row: dict, checkpoint: bool) -> list[dict]:
-        """The reports to send now, oldest first: none while `row` waits for a later one; else the
-        waiting epochs and `row` in one (`batched`), or, where `checkpoint`, the waiting epochs in
-        one and `row` alone last, for the checkpoint."""
-        self.unreported.append(row)
+    def due(self, last_epoch: bool) -> bool:
+        """Decide, as an epoch ends, whether its row is reported now (returned) and with a checkpoint
+        (`checkpoint`): the last epoch always is, with one."""
         now = time.monotonic()
-        if not checkpoint and now - self.reported_at < self.report_every_s:
+        self.checkpoint = last_epoch or now - self.checkpointed_at >= self.checkpoint_every_s
+        self.report = self.checkpoint or now - self.reported_at >= self.report_every_s
+        return self.report
+
+    def reports_due(self, row: dict) -> list[dict]:
+        """The reports to send now, oldest first (`due` decided): none while `row` waits for a later
+        one; else the waiting epochs and `row` in one (`batched`), or, with a checkpoint, the waiting
+        epochs in one and `row` alone last, for the checkpoint."""
+        self.unreported.append(row)
+        if not self.report:
             return []
+        now = time.monotonic()
         self.reported_at = now
         waiting, self.unreported = self.unreported, []
-        if not checkpoint:
+        if not self.checkpoint:
             return [batched(waiting)]
         self.checkpointed_at = now
         *earlier, own = waiting
         return [batched(earlier), own] if earlier else [own]
 
     def send(self, row: dict, save_state: Callable[[Path], None] | None = None) -> None:
-        """Report `row` to Tune when due (`reports_due`). `save_state` means a checkpoint is due: it
-        writes the trial's state into the checkpoint's directory, which also keeps `row`."""
-        reports = self.reports_due(row, checkpoint=save_state is not None)
+        """Report `row` to Tune as `due` decided. `save_state` (given where `checkpoint`) writes the
+        trial's state into the checkpoint's directory, which also keeps `row`."""
+        reports = self.reports_due(row)
         if save_state is not None:
             *reports, result = reports
         for plain in reports:
@@ -210,13 +218,14 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     try:
         while not run.done:
             wait_at_epoch_gate(trial["number"], run.epoch)
-            report = run.run_epoch()
-            state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint_due(run.done) else None
-            if run.done:  # too short for the GPU's counter? replay it now, on its own GPU
+            report = run.run_epoch(report_point=cadence.due)  # the energy counter is read where the trial reports
+            state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint else None
+            if run.done:  # the final figures: replayed now, on its own GPU, where the run was too short
                 report = settle_energy(run, report, float(trial.get("replay_budget_s", 0.0)))
             report = report.labelled(**labels, started_at_s=started_at_s, ended_at_s=time.time(),
                                      rss_mib=resident_mib())
-            metrics.publish(report, rule)  # live gauges for Ray's dashboard / Prometheus
+            if cadence.report:
+                metrics.publish(report, rule)  # live gauges for Ray's dashboard / Prometheus
             cadence.send(report.to_dict(),
                          None if state is None else lambda path: torch.save(state, path / STATE_FILE))
     finally:
