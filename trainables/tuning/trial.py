@@ -123,6 +123,13 @@ class Cadence:
         *earlier, own = waiting
         return [batched(earlier), own] if earlier else [own]
 
+    def flush(self) -> None:
+        """Report the epochs waiting for a later report now, in one."""
+        if self.unreported:
+            self.reported_at = time.monotonic()
+            waiting, self.unreported = self.unreported, []
+            tune.report(batched(waiting))
+
     def send(self, row: dict, save_state: Callable[[Path], None] | None = None) -> None:
         """Report `row` to Tune when due (`reports_due`). `save_state` means a checkpoint is due: it
         writes the trial's state into the checkpoint's directory, which also keeps `row`."""
@@ -139,11 +146,12 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def wait_at_epoch_gate(trial_number: int, epochs_done: int) -> None:
+def wait_at_epoch_gate(trial_number: int, epochs_done: int, cadence: Cadence) -> None:
     """Where the environment names a gate file (`EPOCH_GATE_ENV`, set by tests only): wait while the
-    number it holds is no more than `epochs_done`, having appended "TRIAL EPOCHS PID" to "GATE.held";
-    a gate file that is gone lets every trial on. Called between epochs: a held trial's last report
-    (and checkpoint) has been taken in by Tune, whose driver lets a trial's thread go on only then."""
+    number it holds is no more than `epochs_done`, having reported every epoch trained (`cadence`'s
+    waiting ones, at once) and appended "TRIAL EPOCHS PID" to "GATE.held"; a gate file that is gone
+    lets every trial on. Called between epochs: a held trial's reports (and checkpoints) have been
+    taken in by Tune, whose driver lets a trial's thread go on after a report only then."""
     gate = os.environ.get(EPOCH_GATE_ENV)
     held = False
     while gate:
@@ -154,6 +162,7 @@ def wait_at_epoch_gate(trial_number: int, epochs_done: int) -> None:
         if epochs_done < allowed:
             return
         if not held:
+            cadence.flush()
             with open(f"{gate}.held", "a") as listed:  # one small append: whole, even beside other trials'
                 listed.write(f"{trial_number} {epochs_done} {os.getpid()}\n")
             held = True
@@ -209,7 +218,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     cadence = Cadence(trial)
     try:
         while not run.done:
-            wait_at_epoch_gate(trial["number"], run.epoch)
+            wait_at_epoch_gate(trial["number"], run.epoch, cadence)
             report = run.run_epoch()
             state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint_due(run.done) else None
             if run.done:  # too short for the GPU's counter? replay it now, on its own GPU
