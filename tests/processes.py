@@ -131,13 +131,25 @@ class EpochGate:
         text = self.held_path.read_text() if self.held_path.exists() else ""
         return {int(n): (int(e), int(pid)) for n, e, pid in (line.split() for line in text.splitlines())}
 
-    def wait_held(self, trials: int, timeout_s: float = 300) -> dict[int, int]:
-        """Wait until `trials` trials wait at the gate's current epochs; {trial number: pid} of those."""
+    def wait_held(self, trials: int, timeout_s: float = 300, sweep: subprocess.Popen | None = None,
+                  log: Path | None = None) -> dict[int, int]:
+        """Wait until `trials` trials wait at the gate's current epochs; {trial number: pid} of those.
+        `sweep`: the process running them, which must not end first; `log`: its output, whose tail
+        a failure shows."""
+        what = f"{trials} trial(s) to wait after epoch {self.epochs}"
+        tail = lambda: f"; its output ends:\n{log.read_text()[-3000:]}" if log and log.exists() else ""  # noqa: E731
+
         def waiting():
             found = {n: pid for n, (epochs, pid) in self.held().items() if epochs == self.epochs}
-            return found if len(found) >= trials else None
-        return wait_until(waiting, timeout_s, f"{trials} trial(s) to wait after epoch {self.epochs}",
-                          interval_s=0.1)
+            if len(found) >= trials:
+                return found
+            if sweep is not None and sweep.poll() is not None:
+                raise AssertionError(f"the sweep ended (exit {sweep.returncode}) before {what}{tail()}")
+            return None
+        try:
+            return wait_until(waiting, timeout_s, what, interval_s=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}{tail()}") from None
 
 
 def start_ray_node(tag: str, temp_dir: str, head_port: int, *, head: bool, dashboard_port: int = 0,

@@ -135,7 +135,7 @@ class LaunchHosts:
             shutil.copy(self.shared / name, laptop_ssh / name)
         for host in self.nodes:
             wait_until(lambda: self.sh(host, f"exec 3<>/dev/tcp/{self.net.address(host)}/22", check=False)
-                       .returncode == 0, 60, f"sshd on {host}")
+                       .returncode == 0, 180, f"sshd on {host}")
 
     def __exit__(self, *exc) -> None:
         try:
@@ -180,7 +180,7 @@ class LaunchHosts:
         args = ["nsenter", f"--net=/run/netns/{self.net.namespace(host)}", "unshare", "--uts", "--pid", "--mount",
                 "--fork", "--mount-proc", "sh", "-c", "\n".join(script)]
         self._init[host] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self._first_process(host) or self._init[host].poll() is not None, 30, f"host {host}")
+        wait_until(lambda: self._first_process(host) or self._init[host].poll() is not None, 120, f"host {host}")
         if self._init[host].poll() is not None:
             raise RuntimeError(f"host {host} did not start: {(root / 'init.log').read_text()}")
         if host != LAPTOP and self.launched:
@@ -264,9 +264,14 @@ class LaunchHosts:
         return self.laptop(*RAY_CLI, *args, timeout=timeout, log=log, RAY_UP_enable_autoscaler_v2="0")
 
     def laptop_popen(self, *args: str, log: Path) -> subprocess.Popen:
-        """`args` on the laptop in the background (ended with the hosts, as every process in their namespaces)."""
-        return subprocess.Popen(self.command(LAPTOP, list(args), cwd=str(PROJECT)), stdout=log.open("w"),
-                                stderr=subprocess.STDOUT, env=self.base_env(), start_new_session=True)
+        """`args` on the laptop in the background, in the project's checkout."""
+        return self.popen(LAPTOP, list(args), log=log, cwd=str(PROJECT))
+
+    def popen(self, host: str, args: list[str], log: Path, env: dict | None = None, cwd: str = "/") -> subprocess.Popen:
+        """`args` on `host` in the background, output to `log` (ended with the hosts, as every process in their
+        namespaces)."""
+        return subprocess.Popen(self.command(host, args, cwd), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                env={**self.base_env(), **(env or {})}, start_new_session=True)
 
     def launch_config(self, cluster_yaml: Path, storage: str) -> Path:
         """cluster.yaml for these hosts: the on-premise provider with the head's and the workers' addresses,

@@ -48,7 +48,7 @@ class S3Server:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       env={**os.environ, **self.env}, start_new_session=True)
         try:
-            wait_until(lambda: http_status(self.endpoint_url) == 200 or self._proc.poll() is not None, 60,
+            wait_until(lambda: http_status(self.endpoint_url) == 200 or self._proc.poll() is not None, 180,
                        "moto's S3 server")
             if self._proc.poll() is not None:
                 raise RuntimeError(f"moto's server exited with {self._proc.returncode}")
@@ -81,7 +81,7 @@ class S3Server:
                     "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         enforce = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST",
                                          headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(enforce, timeout=30).close()
+        urllib.request.urlopen(enforce, timeout=120).close()
 
     def filesystem(self):
         import pyarrow.fs

@@ -2,7 +2,7 @@
 
     with SlurmCluster("isslm", "10.88.0", ["node1", "node2"], cpus=2, gpus=2) as slurm:  # Unavailable where it cannot
         slurm.env                      # os.environ with SLURM_CONF: for sbatch, squeue, scontrol, ...
-        slurm.tmpfs                    # the nodes' TmpFS (node-local disk on a real cluster)
+        slurm.tmpfs                    # the nodes' TmpFS: each node's own disk (node_tmpfs), at this path
         slurm.job_state("12")          # "RUNNING", "COMPLETED", ... as scontrol reports it
 
 Debian's slurm-wlm (installed with apt-get where missing, as root; where that cannot be, the tests
@@ -10,7 +10,8 @@ skip, or fail with INSTRUMENT_SWEEP_REQUIRE_SLURM=1: `unavailable`). Everything 
 temp dir and ends with the cluster, also when a test fails: munged on its own socket (the
 machine's /run/munge is not touched), slurmctld in the root network namespace with its own UTS
 hostname, and one slurmd per node in that node's network namespace (tests/netns.py) with its own
-UTS hostname, so a job's processes on each node see that node's address only.
+UTS hostname, so a job's processes on each node see that node's address only, and its own TmpFS (a
+directory of its own bound at the TmpFS path, as each node of a site has its own local disk there).
 
 Configured as strictly as common sites run Slurm, not as leniently as a test could: CPUs bound and
 processes tracked by cgroups (`task/cgroup,task/affinity`, `proctrack/cgroup`, cgroup.conf's
@@ -47,7 +48,7 @@ REQUIRE_ENV = "INSTRUMENT_SWEEP_REQUIRE_SLURM"  # "1" (CI): a Slurm that cannot 
 PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ["slurmctld", "slurmd", "munged", "sbatch"]
 CONTROLLER = "ctl"
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 300.0  # a bound for daemons stuck starting, on a loaded machine (they take seconds)
 GPU_TYPE = "fake"  # the nodes' GPUs are typed, as most sites declare them (gres.conf Type=)
 MEM_PER_CPU_MB = 3000  # each node's memory is 3000 MB a CPU, a job's default share (DefMemPerCPU)
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v1: one hierarchy per controller
@@ -160,7 +161,12 @@ class SlurmCluster:
 
     @property
     def tmpfs(self) -> Path:
+        """Slurm's TmpFS, as a job on any node sees it: that node's own directory (`node_tmpfs`)."""
         return self.dir / "tmp"
+
+    def node_tmpfs(self, node: str) -> Path:
+        """What a job on `node` sees at `tmpfs`, as this machine sees it."""
+        return self.dir / "node-tmp" / node
 
     @property
     def env(self) -> dict:
@@ -170,6 +176,8 @@ class SlurmCluster:
         d = self.dir
         for sub in ("state", "spool", "log", "tmp", "dev"):
             (d / sub).mkdir()
+        for node in self.nodes:
+            self.node_tmpfs(node).mkdir(parents=True)
         for i in range(self.gpus):  # NVIDIA's major number; nothing opens them
             os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
         nodes = "\n".join(f"NodeName={n} NodeAddr={self.network.address(n)} NodeHostname={n} CPUs={self.cpus} "
@@ -227,10 +235,13 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
         self._daemons.append(subprocess.Popen(
             ["unshare", "--uts", "sh", "-c", hostname, CONTROLLER, "slurmctld", "-D", "-i"],
             env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
-        own_hosts = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.dir / "hosts")]
+        # Each slurmd (and every job process on its node) in a mount namespace of its own: the nodes' /etc/hosts,
+        # and its own TmpFS.
+        own_mounts = 'mount --bind "$0" /etc/hosts && mount --bind "$1" "$2" && shift 2 && exec "$@"'
         for node in self.nodes:
-            self.network.popen(node, [*own_hosts, "slurmd", "-D"], hostname=node, env=self.env, stdout=log,
-                               stderr=subprocess.STDOUT)
+            self.network.popen(node, ["unshare", "--mount", "sh", "-c", own_mounts, str(self.dir / "hosts"),
+                                      str(self.node_tmpfs(node)), str(self.tmpfs), "slurmd", "-D"],
+                               hostname=node, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self._wait(self._nodes_idle, "the nodes to be idle")
 
     def _nodes_idle(self) -> bool:
@@ -252,13 +263,13 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
     # -- use
     def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         """A Slurm client command against this cluster (output captured as text)."""
-        return subprocess.run(args, capture_output=True, text=True, env=self.env, timeout=60, **kwargs)
+        return subprocess.run(args, capture_output=True, text=True, env=self.env, timeout=180, **kwargs)
 
     def job_state(self, job_id: str) -> str:
         """The job's JobState as scontrol reports it ("" once slurmctld has forgotten it)."""
         return self._job_field(job_id, "JobState")
 
-    def job_nodes(self, job_id: str, timeout_s: float = 120) -> list[str]:
+    def job_nodes(self, job_id: str, timeout_s: float = 600) -> list[str]:
         """The nodes Slurm gave the job, once it has started."""
         deadline = time.monotonic() + timeout_s
         while not (nodes := self._job_field(job_id, "NodeList")) or nodes == "(null)":

@@ -6,9 +6,10 @@ head (no CPU for trials), the GPU workers (what AWS detects on a g5.xlarge: 4 CP
 GPU, tests/fake_nvml), the upscaling speed; max_workers lowered to 3 for 2 cores and the idle
 timeout to 15 s. The head starts with cluster.yaml's own start command. A 9-trial sweep, each
 trial asking for a GPU, brings up workers to the limit and never past it, every trial ends by the
-stop rule, and once it ends the workers go away after the idle timeout. The host is a network, PID
-and mount namespace of its own (tests/ray_up.py): its Ray's ports, /tmp/ray and `ray stop` touch
-nothing else.
+stop rule, and once it ends the workers go away after the idle timeout. The trials wait after their
+first epoch until three of them do (each on a worker of its own), so the demand for GPUs lasts until
+the limit is reached, however fast they train. The host is a network, PID and mount namespace of its
+own (tests/ray_up.py): its Ray's ports, /tmp/ray and `ray stop` touch nothing else.
 """
 
 import re
@@ -21,6 +22,7 @@ import yaml
 
 import analysis
 from netns import Unavailable
+from processes import EpochGate
 from ray_up import PROJECT, LaunchHosts
 from test_cluster_yaml import CLUSTER_YAML
 from trainables.training.stop import ENDED_BY_RULE
@@ -89,8 +91,10 @@ def host():
 
 def test_a_nine_trial_sweep_scales_gpu_workers_to_the_limit_and_they_go_when_idle(host, blob_dataset_dir):
     venv = Path(sys.executable).parent
+    gate = EpochGate(host.shared / "gate", epochs=1)  # where the host sees it: the shared directory
     env = {"PATH": f"{venv}:/usr/bin:/bin", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-           "PYTHONPATH": str(FAKE_GPU), "FAKE_NVML_GPUS": "1", "RAY_DEDUP_LOGS": "0"}
+           "PYTHONPATH": str(FAKE_GPU), "FAKE_NVML_GPUS": "1", "RAY_DEDUP_LOGS": "0",
+           **gate.env}  # the head's environment, so its autoscaler's, so every worker's it starts
     (host.home("head") / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(fake_config()))
     (host.shared / "nine.yaml").write_text(yaml.safe_dump(SPEC))
     start = yaml.safe_load(CLUSTER_YAML.read_text())["head_start_ray_commands"]
@@ -104,10 +108,16 @@ def test_a_nine_trial_sweep_scales_gpu_workers_to_the_limit_and_they_go_when_idl
            str(host.share(blob_dataset_dir, "data")),
            "--address", "auto", "--storage", str(host.shared / "sweeps"), "--name", "nine", "--no-analyze",
            "--set", "resources.gpus_per_trial=1"]
-    sweep = host.sh("head", shlex.join(run) + f" > {log} 2>&1", env=env, timeout=900, check=False, cwd=str(PROJECT))
+    sweep = host.popen("head", run, log=log, env=env, cwd=str(PROJECT))
+    monitor = "tail -40 /tmp/ray/session_latest/logs/monitor.log"
+    try:
+        gate.wait_held(MAX_WORKERS, timeout_s=600, sweep=sweep, log=log)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{host.sh('head', monitor, check=False).stdout}") from None
+    gate.open()
+    sweep.wait(timeout=900)
     out = log.read_text()
-    assert sweep.returncode == 0, out[-5000:] + host.sh("head", "tail -40 /tmp/ray/session_latest/logs/monitor.log",
-                                                         check=False).stdout
+    assert sweep.returncode == 0, out[-5000:] + host.sh("head", monitor, check=False).stdout
 
     # Before any trial: no node could run one (the head has no CPU), so the check waited for a worker.
     assert "storage: no node can run a trial yet (1 CPU, 1 GPU)" in out, out[:3000]

@@ -20,7 +20,7 @@ import yaml
 
 import analysis
 from analysis import storage
-from processes import cli, free_port, spawn_cli, tagged_env, wait_until
+from processes import EpochGate, cli, free_port, spawn_cli, tagged_env, wait_until
 from trainables.errors import InputError
 from s3_server import S3Server
 
@@ -33,10 +33,10 @@ SHORT = {  # two trials, a few seconds each
     "stop": {"threshold": None, "max_epochs": 5},
     "views": {"lr": {"lr": [0.01, 0.001], "batch_size": 64}},
 }
-LONG = {  # three trials of 25 epochs of about 0.3 s: long enough to interrupt twice
+LONG = {  # three trials of 12 short epochs, interrupted twice while held at an epoch gate
     "name": "long",
-    "train": {"n_hidden": 32, "loader": "dataloader"},
-    "stop": {"threshold": None, "max_epochs": 25},
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": None, "max_epochs": 12},
     "views": {"lr": {"lr": [0.05, 0.01, 0.001], "batch_size": 8}},
 }
 
@@ -144,36 +144,38 @@ def test_run_resume_analyze_and_the_notebook_api_with_the_endpoint_in_the_uri(s3
 @pytest.mark.slow
 def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s3, tmp_path, process_tag,
                                                                                  blob_dataset_dir):
-    """AWS_ENDPOINT_URL names the endpoint. Ctrl-C: the run prints the resume command; run as
-    printed, that resume is killed mid-sweep (SIGKILL, its process group); the same command again
-    finishes every trial, each epoch in result.json exactly once; `analyze` reads it."""
+    """AWS_ENDPOINT_URL names the endpoint. Ctrl-C while two trials wait after epoch 4: the run
+    prints the resume command; run as printed, that resume is killed (SIGKILL, its process group)
+    while two trials wait after epoch 8; the same command again finishes every trial, each epoch
+    in result.json exactly once; `analyze` reads it."""
     env = {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint_url}
     root, experiment = f"s3://{BUCKET}/by-env", f"{BUCKET}/by-env/k"
-
-    def some_epochs(count: int):
-        return lambda: sum(map(len, epochs_in(s3, experiment).values())) >= count
+    gate = EpochGate(tmp_path / "gate", epochs=4)
 
     log = tmp_path / "run.log"
     run = spawn_cli("run", spec_file(tmp_path, LONG), "--data", blob_dataset_dir, "--storage", root, "--name", "k",
-                    "--no-analyze", tag=process_tag, log=log, **env)
-    wait_until(some_epochs(8), 240, "epochs on S3", interval_s=1)
+                    "--no-analyze", tag=process_tag, log=log, **env, **gate.env)
+    gate.wait_held(2, sweep=run, log=log)
     os.kill(run.pid, signal.SIGINT)
     assert run.wait(120) == 130, log.read_text()[-3000:]
     hint = re.search(r"continue with `(instrument-sweep resume [^`]+)`", log.read_text())
     assert hint, log.read_text()[-3000:]
     resume = shlex.split(hint.group(1))[1:]  # as printed, the console script's name aside
+    stopped = epochs_in(s3, experiment)
+    assert sorted(map(len, stopped.values()))[-2:] == [4, 4], stopped  # the two held trials' epochs, on S3
 
     log = tmp_path / "resume.log"
-    before = sum(map(len, epochs_in(s3, experiment).values()))
-    killed = spawn_cli(*resume, "--no-analyze", tag=process_tag, log=log, **env)
-    wait_until(some_epochs(before + 8), 240, "the resumed sweep's epochs on S3", interval_s=1)
+    gate.allow(8)
+    killed = spawn_cli(*resume, "--no-analyze", tag=process_tag, log=log, **env, **gate.env)
+    gate.wait_held(2, sweep=killed, log=log)
     os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait(30)
+    killed.wait(60)
+    gate.open()  # for what the killed run left behind; the last resume runs without the gate
 
-    out = cli(*resume, "--no-analyze", tag=process_tag, timeout=400, **env)
+    out = cli(*resume, "--no-analyze", tag=process_tag, timeout=600, **env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     found = epochs_in(s3, experiment)
-    assert len(found) == 3 and all(e == list(range(1, 26)) for e in found.values()), found
+    assert len(found) == 3 and all(e == list(range(1, 13)) for e in found.values()), found
     assert len(analysis.load_trials(s3.uri(experiment))) == 3
     analyzed = subprocess.run([sys.executable, "-m", "tune_jobs", "analyze", f"s3://{experiment}"], capture_output=True,
                               text=True, timeout=300, cwd=tmp_path, env=tagged_env(process_tag, **env))
@@ -184,11 +186,12 @@ def test_interrupted_then_killed_sweep_on_s3_resumes_as_printed_losing_nothing(s
 
 ACCESS_KEY = "AKIAISSWEEP40TEST"
 SECRET = "s3Cr+t/Kx40q9ZmVh2WnT0pB7LdR4yJc8uEfA6gN"  # like AWS's: 40 characters, '+' and '/' among them
-CREDENTIALED = {  # two trials of 16 epochs of about 0.3 s: a checkpoint on S3 comes well before their end
+CREDENTIALED = {  # two trials of 8 short epochs, a checkpoint after each: interrupted while held at epoch 2
     "name": "cred",
-    "train": {"n_hidden": 32, "loader": "dataloader"},
-    "stop": {"threshold": None, "max_epochs": 16},
+    "train": {"n_hidden": 32},
+    "stop": {"threshold": None, "max_epochs": 8},
     "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 8}},
+    "resources": {"checkpoint_every_s": 0},
 }
 
 
@@ -309,6 +312,7 @@ def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"HOME": str(home), "RAY_TMPDIR": ray_temp, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
                 "INSTRUMENT_SWEEP_TEST_TAG": process_tag})
+    gate = EpochGate(tmp_path / "gate", epochs=2)  # the first run's trials wait after epoch 2 (checkpointed)
     root = f"s3://{BUCKET}/cred?endpoint_override={s3.endpoint}&scheme=http&region=us-east-1"
     experiment = f"{BUCKET}/cred/c"
     outputs = []
@@ -323,11 +327,10 @@ def test_credentials_in_the_uri_are_used_and_never_printed_or_stored(s3, tmp_pat
         log = tmp_path / "run.log"
         run = subprocess.Popen([sys.executable, "-m", "tune_jobs", "run", spec_file(tmp_path, CREDENTIALED),
                                 "--data", blob_dataset_dir, "--storage", with_credentials(root), "--name", "c",
-                                "--no-analyze"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=work, env=env,
-                               start_new_session=True)
-        wait_until(lambda: any("/checkpoint_" in p for p in s3.files(experiment)) or run.poll() is not None, 240,
-                   "a trial's checkpoint on S3", interval_s=0.5)
-        assert run.poll() is None, log.read_text()[-3000:]  # its trials wrote to S3 from Ray's workers
+                                "--no-analyze"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=work,
+                               env={**env, **gate.env}, start_new_session=True)
+        gate.wait_held(1, sweep=run, log=log)
+        assert any("/checkpoint_" in p for p in s3.files(experiment)), log.read_text()[-3000:]  # from Ray's workers
         os.kill(run.pid, signal.SIGINT)
         assert run.wait(120) == 130, log.read_text()[-3000:]
         outputs.append(log.read_text())

@@ -16,13 +16,14 @@ import yaml
 
 import analysis
 from netns import Unavailable
-from processes import cli, new_tag
+from processes import EpochGate, cli, new_tag, wait_until
 from slurm_cluster import GPU_TYPE, MEM_PER_CPU_MB, SlurmCluster, unavailable
+from trainables.tuning.trial import EPOCH_GATE_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.cluster]
 
 NODES = ["node1", "node2"]
-JOB_TIMEOUT_S = 240
+JOB_TIMEOUT_S = 600  # a bound for a stuck job on a loaded machine (a job here takes 20-60 s)
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED")
 SWEEP = {  # four trials of 4 fixed epochs each: seconds of training, the rest is Ray starting
     "name": "slurm",
@@ -30,10 +31,10 @@ SWEEP = {  # four trials of 4 fixed epochs each: seconds of training, the rest i
     "stop": {"threshold": None, "max_epochs": 4},
     "views": {"lr": {"lr": [0.05, 0.01, 0.001, 1.0e-4], "batch_size": 64}},
 }
-LONG_SWEEP = {  # two trials long enough to be stopped midway, with a checkpoint after every epoch
+LONG_SWEEP = {  # two trials, stopped midway while held at an epoch gate, with a checkpoint after every epoch
     "name": "slurm-long",
     "train": {"n_hidden": 32},
-    "stop": {"threshold": None, "max_epochs": 60},
+    "stop": {"threshold": None, "max_epochs": 6},
     "views": {"lr": {"lr": [0.05, 0.01], "batch_size": 4}},
     "resources": {"checkpoint_every_s": 0},
 }
@@ -67,7 +68,7 @@ def tag():
 
 def command(slurm, tag, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`instrument-sweep ARGS` against the test Slurm."""
-    return cli(*args, tag=tag, timeout=120, SLURM_CONF=str(slurm.conf), **env)
+    return cli(*args, tag=tag, timeout=300, SLURM_CONF=str(slurm.conf), **env)
 
 
 def spec_file(tmp_path: Path, raw: dict) -> str:
@@ -96,6 +97,21 @@ def job_output(storage: Path, name: str, job_id: str) -> str:
     return (storage / name / "slurm" / f"{job_id}.out").read_text()
 
 
+def gate_line(gate: EpochGate) -> str:
+    """A `--setup` line that gives the job's steps, and so its Ray nodes and trials, the gate (`srun
+    --export=ALL` passes the script's environment on, also under SBATCH_EXPORT=NONE)."""
+    return f"export {EPOCH_GATE_ENV}={gate.path}"
+
+
+def wait_held(slurm, gate: EpochGate, job_id: str, output: Path, trials: int = 2) -> None:
+    """Until `trials` of the job's trials wait at the gate (the job still running)."""
+    def held() -> bool:
+        state = slurm.job_state(job_id)
+        assert state in ACTIVE, f"job {job_id} {state}:\n" + (output.read_text() if output.exists() else "")
+        return sum(epochs == gate.epochs for epochs, _ in gate.held().values()) >= trials
+    wait_until(held, JOB_TIMEOUT_S, f"{trials} trial(s) of job {job_id} to wait after epoch {gate.epochs}")
+
+
 def allocated(slurm, job_id: str) -> dict[str, dict[str, str]]:
     """What Slurm gave a running job on each node, as `scontrol -d` shows it: {node: {"CPU_IDs": "0", "GRES":
     "gpu:fake:1(IDX:1)", ...}}."""
@@ -121,12 +137,20 @@ def test_two_sweeps_at_once_on_both_nodes_get_what_slurm_gave_each_and_nothing_e
     (site / "env.sh").write_text(SITE_ENV.format(site=site))
     flags = ["--data", blob_dataset_dir, "--storage", str(storage), "--nodes", "2", "--cpus-per-task", "1",
              "--time", "00:10:00"]
+    # Each job's trials wait after their first epoch until Slurm's grant to both jobs has been read.
+    gates = {name: EpochGate(tmp_path / f"gate-{name}", epochs=1) for name in ("a", "b")}
     jobs = {"a": submit(slurm, tag, spec, *flags, "--name", "a", "--gpus-per-node", f"{GPU_TYPE}:1", "--mem",
-                        "2500M", SBATCH_EXPORT="ALL", RAY_AUTH_TOKEN="not-this-jobs", RAY_ADDRESS="10.9.9.9:6379"),
+                        "2500M", SBATCH_EXPORT="ALL", RAY_AUTH_TOKEN="not-this-jobs", RAY_ADDRESS="10.9.9.9:6379",
+                        **gates["a"].env),
             "b": submit(slurm, tag, spec, *flags, "--name", "b", f"--sbatch-arg=--gres=gpu:{GPU_TYPE}:1",
-                        "--setup", f"source {site}/env.sh", "--no-requeue", "--no-analyze")}
+                        "--setup", f"source {site}/env.sh", "--setup", gate_line(gates["b"]), "--no-requeue",
+                        "--no-analyze")}
     nodes = {name: set(slurm.job_nodes(job_id)) for name, job_id in jobs.items()}
-    given = {name: allocated(slurm, job_id) for name, job_id in jobs.items()}  # while they run
+    for name, job_id in jobs.items():
+        wait_held(slurm, gates[name], job_id, storage / name / "slurm" / f"{job_id}.out")
+    given = {name: allocated(slurm, job_id) for name, job_id in jobs.items()}  # while both run
+    for gate in gates.values():
+        gate.open()
     states = {name: wait_ended(slurm, job_id) for name, job_id in jobs.items()}
     spans_s = {name: slurm.job_span(job_id) for name, job_id in jobs.items()}
 
@@ -142,9 +166,9 @@ def test_two_sweeps_at_once_on_both_nodes_get_what_slurm_gave_each_and_nothing_e
     assert all(re.search(rf"ray: 2 node\(s\) up after [\d.]+ s: {re.escape(joined)}\n", out) for out in outputs.values())
     memory = {"a": "2500 MB", "b": f"{MEM_PER_CPU_MB} MB"}  # asked for; the site's default share of one CPU
     for name, job_id in jobs.items():  # each job's own Ray temp dir on each node, removed as its Ray step ended
-        assert not (slurm.tmpfs / f"ray-{job_id}").exists()
         assert not (storage / name / "slurm" / f"ray-token-{job_id}").exists()  # and its token
         for node in NODES:
+            assert not (slurm.node_tmpfs(node) / f"ray-{job_id}").exists()
             ray_output = (storage / name / "slurm" / f"{job_id}-ray-{node}.out").read_text()
             cpus = given[name][node]["CPU_IDs"]
             assert f"1 of 1 CPU(s) granted (CPUs {cpus}" in ray_output and f"GPU(s) 0, {memory[name]}\n" in ray_output
@@ -171,7 +195,7 @@ def test_two_sweeps_at_once_on_both_nodes_get_what_slurm_gave_each_and_nothing_e
     for node in NODES:  # and Slurm gave the two jobs different CPUs and GPUs on each node
         assert given["a"][node]["CPU_IDs"] != given["b"][node]["CPU_IDs"]
         assert given["a"][node]["GRES"] != given["b"][node]["GRES"] and GPU_TYPE in given["a"][node]["GRES"]
-    # The two jobs ran at the same time (their trials need not: each sweep trains for about 4 s).
+    # The two jobs ran at the same time, as Slurm recorded them (their trials waited at their gates together).
     assert spans_s["a"][0] < spans_s["b"][1] and spans_s["b"][0] < spans_s["a"][1], spans_s
     for job, span in spans.groupby("job"):
         for t in pd.concat([span.start, span.end]).unique():
@@ -197,28 +221,19 @@ def epochs_logged(experiment: Path) -> dict[str, list[int]]:
     return {trial: [r["epoch"] for r in reports] for trial, reports in reports_logged(experiment).items()}
 
 
-def logged_more_than(slurm, experiment: Path, job_id: str, epochs: int) -> None:
-    """Wait until the job's trials have logged more than `epochs` epochs in all (the job still running)."""
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while sum(map(len, epochs_logged(experiment).values())) <= epochs:
-        assert slurm.job_state(job_id) in ("PENDING", "RUNNING"), (experiment / "slurm" / f"{job_id}.out").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-
-
-def stop_midway(slurm, experiment: Path, job_id: str, more_than: int, how: list[str]) -> float:
-    """Once the trials have logged more than `more_than` epochs in all, `scancel` the job `how` says; when."""
-    logged_more_than(slurm, experiment, job_id, more_than)
-    subprocess.run(["scancel", *how, job_id], env=slurm.env, check=True)
-    return time.time()
-
-
 def assert_continued(experiment: Path, stopped: dict[str, list[int]], stopped_at: float) -> None:
-    """After a stop that saved the state, each trial that ran again went on from its last epoch: at most that
-    one, whose checkpoint was still on its way to the driver when the sweep stopped, was trained again."""
+    """After a stop that saved the state while the trials waited at the gate, each trial went on from its last
+    epoch (checkpointed and taken in by Tune before it waited): none was trained again."""
     for trial, reports in reports_logged(experiment).items():
         resumed = [r["epoch"] for r in reports if r["started_at_s"] > stopped_at]
-        assert not resumed or min(resumed) >= max(stopped.get(trial) or [1]), (trial, stopped.get(trial), resumed)
+        assert resumed and resumed[0] == max(stopped[trial]) + 1, (trial, stopped[trial], resumed)
+
+
+def assert_held_at(experiment: Path, epochs: int) -> dict[str, list[int]]:
+    """Both trials logged every epoch up to the gate's, once, and none after it; what they logged."""
+    logged = epochs_logged(experiment)
+    assert len(logged) == 2 and all(e == list(range(1, epochs + 1)) for e in logged.values()), logged
+    return logged
 
 
 def assert_every_epoch_once(experiment: Path) -> None:
@@ -230,35 +245,40 @@ def assert_every_epoch_once(experiment: Path) -> None:
 
 def test_stopped_then_preempted_mid_sweep_resumes_as_new_jobs_with_every_epoch_once(slurm, tag, tmp_path,
                                                                                       blob_dataset_dir):
-    storage = tmp_path / "shared"
+    """Stopped while its trials wait at the gate after epoch 2, resumed, preempted while they wait after epoch
+    4, resumed again: the gate is given to every job's Ray nodes by a --setup line (kept for the resumes)."""
+    storage, gate = tmp_path / "shared", EpochGate(tmp_path / "gate", epochs=2)
     experiment, resume = storage / "long", ["--resume", "long", "--storage", str(storage)]
     first = submit(slurm, tag, spec_file(tmp_path, LONG_SWEEP), "--data", blob_dataset_dir, "--storage", str(storage),
-                   "--name", "long", "--no-analyze", "--nodes", "2", "--gpus-per-node", "2", "--cpus-per-task", "2")
+                   "--name", "long", "--no-analyze", "--nodes", "2", "--gpus-per-node", "2", "--cpus-per-task", "2",
+                   "--setup", gate_line(gate))
 
     # As the time limit does (#SBATCH --signal=B:INT@60): SIGINT to the sweep, which saves its state and stops.
-    stop_midway(slurm, experiment, first, 4, ["--batch", "--signal=INT"])
+    wait_held(slurm, gate, first, experiment / "slurm" / f"{first}.out")
+    subprocess.run(["scancel", "--batch", "--signal=INT", first], env=slurm.env, check=True)
     assert wait_ended(slurm, first) == "FAILED"  # exit code 130: interrupted
     assert f"continue with `instrument-sweep slurm --resume long --storage {storage}`" in \
         job_output(storage, "long", first)
-    stopped_at, stopped = time.time(), epochs_logged(experiment)
-    assert all(epochs == list(range(1, len(epochs) + 1)) for epochs in stopped.values())
-    assert 0 < sum(map(len, stopped.values())) < 2 * LONG_SWEEP["stop"]["max_epochs"]
+    stopped_at, stopped = time.time(), assert_held_at(experiment, 2)
 
     # As preemption does: SIGTERM to every process of the job, Ray's on every node included. The sweep saves
     # its state as on SIGINT.
+    gate.allow(4)
     second = submit(slurm, tag, *resume)
     assert "#SBATCH --gpus-per-node=2" in (experiment / "slurm" / "resume.sh").read_text()  # the first job's
-    preempted_at = stop_midway(slurm, experiment, second, sum(map(len, stopped.values())) + 4,
-                               ["--signal=TERM", "--full"])
+    wait_held(slurm, gate, second, experiment / "slurm" / f"{second}.out")
+    subprocess.run(["scancel", "--signal=TERM", "--full", second], env=slurm.env, check=True)
+    preempted_at = time.time()
     assert wait_ended(slurm, second) == "FAILED"
     output = job_output(storage, "long", second)
     assert output.index("resuming: ") < output.index("SIGTERM: the sweep stops as on Ctrl-C, saving its state")
     assert_continued(experiment, stopped, stopped_at)
-    preempted = epochs_logged(experiment)
+    preempted = assert_held_at(experiment, 4)
     status = command(slurm, tag, "status", second, "--storage", str(storage))
     assert status.stdout.startswith("FAILED\n")
     assert f"resume:   instrument-sweep slurm --resume long --storage {storage}" in status.stdout
 
+    gate.open()
     third = submit(slurm, tag, *resume)
     assert not list((experiment / "slurm").glob("ray-token-*"))  # the killed job's token, removed at the latest now
     assert wait_ended(slurm, third) == "COMPLETED", job_output(storage, "long", third)
@@ -271,20 +291,21 @@ def test_stopped_then_preempted_mid_sweep_resumes_as_new_jobs_with_every_epoch_o
 def test_a_requeued_sweep_continues_as_the_same_job_with_every_epoch_once(slurm, tag, tmp_path, blob_dataset_dir):
     """`scontrol requeue`, as a node failure or preemption with PreemptMode=REQUEUE does: Slurm ends the job
     (SIGTERM to every process, then SIGKILL), then runs its script again as the same job; the site lets only
-    jobs that ask be requeued (JobRequeue=0), and the job asks by default."""
-    storage = tmp_path / "shared"
+    jobs that ask be requeued (JobRequeue=0), and the job asks by default. Requeued while its trials wait at
+    the gate after epoch 2."""
+    storage, gate = tmp_path / "shared", EpochGate(tmp_path / "gate", epochs=2)
     experiment = storage / "rq"
     job = submit(slurm, tag, spec_file(tmp_path, LONG_SWEEP), "--data", blob_dataset_dir, "--storage", str(storage),
-                 "--name", "rq", "--no-analyze", "--nodes", "2", "--cpus-per-task", "2")
-    logged_more_than(slurm, experiment, job, 4)
+                 "--name", "rq", "--no-analyze", "--nodes", "2", "--cpus-per-task", "2", "--setup", gate_line(gate))
+    wait_held(slurm, gate, job, experiment / "slurm" / f"{job}.out")
     requeued = slurm.run(["scontrol", "requeue", job])
     requeued_at = time.time()
     assert requeued.returncode == 0, requeued.stderr
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while slurm.job_state(job) != "PENDING":  # the first run has ended; the job waits to start again
-        assert time.monotonic() < deadline and slurm.job_state(job) in ACTIVE
-        time.sleep(0.2)
-    stopped = epochs_logged(experiment)
+    wait_until(lambda: slurm.job_state(job) not in ACTIVE or slurm.job_state(job) == "PENDING", JOB_TIMEOUT_S,
+               f"job {job} to wait to start again")  # the first run has ended
+    assert slurm.job_state(job) == "PENDING", job_output(storage, "rq", job)
+    stopped = assert_held_at(experiment, 2)
+    gate.open()
     assert wait_ended(slurm, job) == "COMPLETED", job_output(storage, "rq", job)
     assert slurm._job_field(job, "Restarts") == "1"
     output = job_output(storage, "rq", job)  # both runs' output, the first one's kept

@@ -1,6 +1,8 @@
 """Training core: standardization, loops, train_to_accuracy, divergence, checkpoint state."""
 
 import math
+import os
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +149,42 @@ def test_a_batched_report_gives_back_each_epochs_row():
     assert [EpochReport.from_dict(r) for r in got] == [EpochReport.from_dict(r) for r in rows]
     assert all(r["trial_id"] == "abc" and EARLIER_EPOCHS not in r for r in got)
     assert batched(rows[:1]) == rows[0] and unbatched(rows[0]) == rows[:1]  # one epoch: as it is
+
+
+def test_a_trial_held_at_the_tests_epoch_gate_has_reported_every_epoch_it_trained(tmp_path, monkeypatch):
+    """Tests hold trials at an epoch gate (tests/processes.py EpochGate) and then act on what Tune has: a trial
+    reports the epochs its cadence keeps waiting before it lists itself as held; without a gate, nothing waits."""
+    import threading
+
+    from trainables.training.report import EpochReport, batched
+    from trainables.tuning import trial
+
+    gate, reported = tmp_path / "gate", []
+    held = tmp_path / "gate.held"
+    monkeypatch.setattr(trial.tune, "report", lambda row: reported.append((row, held.exists())))
+    cadence = trial.Cadence({"report_every_s": 3600, "checkpoint_every_s": 3600})
+    rows = [EpochReport(epoch=e).to_dict() for e in (1, 2)]
+    for row in rows:
+        cadence.send(row)
+    assert reported == []  # waiting for a later report
+
+    monkeypatch.delenv(trial.EPOCH_GATE_ENV, raising=False)
+    trial.wait_at_epoch_gate(3, 2, cadence.flush)  # no gate: goes on at once, reporting nothing early
+    assert reported == [] and not held.exists()
+    monkeypatch.setenv(trial.EPOCH_GATE_ENV, str(gate))
+    gate.write_text("2")
+    waiter = threading.Thread(target=trial.wait_at_epoch_gate, args=(3, 2, cadence.flush), daemon=True)
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held.read_text() == f"3 2 {os.getpid()}\n" and waiter.is_alive()
+        assert reported == [(batched(rows), False)]  # both epochs, before it listed itself
+    finally:
+        gate.unlink()  # the gate opened: it goes on
+        waiter.join(timeout=120)
+    assert not waiter.is_alive() and len(reported) == 1
 
 
 def test_train_to_accuracy_reaches_target_and_tests_once(small_splits):

@@ -18,12 +18,14 @@ import pytest
 import yaml
 
 from netns import Unavailable, require_root_netns
-from processes import RAY_CLI, wait_until
+from processes import RAY_CLI, EpochGate
 from ray_hosts import RayHosts
 from s3_server import S3Server
+from trainables.tuning.trial import EPOCH_GATE_ENV
 from tune_jobs.storage_probe import probe
 
 BUCKET = "sweeps-bucket"
+GATE = "gate"  # the workers' epoch gate, under the hosts' directory
 SPEC = {
     "name": "probe",
     "train": {"n_hidden": 32},
@@ -53,7 +55,9 @@ def hosts(tmp_path_factory):
             cluster = stack.enter_context(RayHosts("isu2", "10.92.0", ["w1", "w2"], tmp_path_factory.mktemp("probe")))
             s3 = stack.enter_context(S3Server(host=cluster.net.gateway, iam=True))
             s3.create_bucket(BUCKET)
-            cluster.node_env = {"head": s3.env, "w1": s3.env}  # w2: none
+            # w2: no credentials. The workers' trials see the gate, which has no file (no wait) but in one test.
+            gate = {EPOCH_GATE_ENV: str(cluster.tmp / GATE)}
+            cluster.node_env = {"head": s3.env, "w1": {**s3.env, **gate}, "w2": gate}
             cluster.start()
             (cluster.tmp / "probe.yaml").write_text(yaml.safe_dump(SPEC))
             yield cluster, s3
@@ -77,10 +81,10 @@ def test_a_worker_without_credentials_is_named_in_one_line_before_any_trial_star
     assert s3.files(f"{BUCKET}/sweeps") == []  # nothing written: no experiment, no probe left behind
 
 
-EPOCHS = 80  # 20-60 s a trial here: the drain and the kill come within its first few seconds
-PREEMPTED = {  # two trials, one per worker, each checkpointing every epoch
+EPOCHS, HELD_AT = 6, 2
+PREEMPTED = {  # two trials, one per worker, each checkpointing every epoch; held after epoch 2 for the drain
     "name": "preempted",
-    "train": {"n_hidden": 32, "loader": "dataloader"},
+    "train": {"n_hidden": 32},
     "stop": {"threshold": None, "max_epochs": EPOCHS},
     "views": {"lr": {"lr": [0.01, 0.005], "batch_size": 4}},
     "resources": {"max_failures": 0, "checkpoint_every_s": 0},  # max_failures 0: a counted loss ends it ERROR
@@ -97,6 +101,7 @@ def test_a_worker_drained_for_preemption_then_lost_costs_no_failure_and_no_epoch
     (cluster.tmp / "preempted.yaml").write_text(yaml.safe_dump(PREEMPTED))
     experiment = cluster.tmp / "shared" / "preempted"
     log = cluster.tmp / "preempted.log"
+    gate = EpochGate(cluster.tmp / GATE, epochs=HELD_AT)
     run = cluster.spawn_cli("head", "run", str(cluster.tmp / "preempted.yaml"), "--data", blob_dataset_dir,
                             "--address", cluster.address, "--storage", str(experiment.parent), "--name",
                             experiment.name, "--no-analyze", log=log)
@@ -109,11 +114,8 @@ def test_a_worker_drained_for_preemption_then_lost_costs_no_failure_and_no_epoch
                 found[lines[0]["trial_number"]] = lines
         return found
 
-    def on_w1_with_a_checkpoint():  # the trial on w1, once it has logged an epoch (and so checkpointed one)
-        return next((n for n, r in rows().items() if r[-1]["node"] == "w1"), None) if run.poll() is None else -1
-
-    trial = wait_until(on_w1_with_a_checkpoint, 300, "a trial on w1 with a checkpoint")
-    assert trial != -1, log.read_text()[-3000:]
+    gate.wait_held(2, sweep=run, log=log)  # one trial on each worker, epoch 2 reported and checkpointed
+    (trial,) = [n for n, r in rows().items() if r[-1]["node"] == "w1"]
     w1 = next(n["node_id"] for n in cluster.nodes() if n["node_ip"] == cluster.net.address("w1") and
               n["state"] == "ALIVE")
     drain = cluster.net.run("head", [*RAY_CLI, "drain-node", "--address", cluster.address, "--node-id", w1, "--reason",
@@ -122,10 +124,11 @@ def test_a_worker_drained_for_preemption_then_lost_costs_no_failure_and_no_epoch
                             env={**cluster.env("head"), "RAY_AUTH_MODE": "token"}, timeout=120)
     assert drain.returncode == 0, drain.stdout + drain.stderr
     cluster.kill("w1")  # reclaimed
-    assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
+    gate.open()  # w2's trial finishes, then the retried one runs there
+    assert run.wait(timeout=600) == 0, log.read_text()[-4000:]
     out = log.read_text()
-    assert re.search(rf"\] retry  #{trial} .*from epoch \d+'s checkpoint, its node preempted: not counted against "
-                     "max_failures", out), out[-3000:]
+    assert re.search(rf"\] retry  #{trial} .*from epoch {HELD_AT}'s checkpoint, its node preempted: not counted "
+                     "against max_failures", out), out[-3000:]
     logged = rows()
     every_epoch = list(range(1, EPOCHS + 1))
     assert all([r["epoch"] for r in trial_rows] == every_epoch for trial_rows in logged.values())  # none lost or twice

@@ -38,7 +38,7 @@ from ray import tune
 
 from trainables.cpus import affinity
 from trainables.training.config import TrainConfig, trial_config
-from trainables.training.report import batched
+from trainables.training.report import EpochReport, batched
 from trainables.training.stop import StopRule
 from trainables.tuning import metrics
 
@@ -131,6 +131,13 @@ class Cadence:
         *earlier, own = waiting
         return [batched(earlier), own] if earlier else [own]
 
+    def flush(self) -> None:
+        """Report the epochs waiting for a later report now, in one."""
+        if self.unreported:
+            self.reported_at = time.monotonic()
+            waiting, self.unreported = self.unreported, []
+            tune.report(batched(waiting))
+
     def send(self, row: dict, save_state: Callable[[Path], None] | None = None) -> None:
         """Report `row` to Tune as `due` decided. `save_state` (given where `checkpoint`) writes the
         trial's state into the checkpoint's directory, which also keeps `row`."""
@@ -147,11 +154,20 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def wait_at_epoch_gate(trial_number: int, epochs_done: int) -> None:
+def report_held(cadence: Cadence, rule: StopRule) -> None:
+    """A trial held at the tests' epoch gate reports the epochs its cadence keeps waiting, at once,
+    and sets its live gauges from the last of them."""
+    if cadence.unreported:
+        metrics.publish(EpochReport.from_dict(cadence.unreported[-1]), rule)
+        cadence.flush()
+
+
+def wait_at_epoch_gate(trial_number: int, epochs_done: int, report_now: Callable[[], None]) -> None:
     """Where the environment names a gate file (`EPOCH_GATE_ENV`, set by tests only): wait while the
-    number it holds is no more than `epochs_done`, having appended "TRIAL EPOCHS PID" to "GATE.held";
-    a gate file that is gone lets every trial on. Called between epochs: a held trial's last report
-    (and checkpoint) has been taken in by Tune, whose driver lets a trial's thread go on only then."""
+    number it holds is no more than `epochs_done`, having reported every epoch trained (`report_now`,
+    e.g. `report_held`) and appended "TRIAL EPOCHS PID" to "GATE.held"; a gate file that is gone
+    lets every trial on. Called between epochs: a held trial's reports (and checkpoints) have been
+    taken in by Tune, whose driver lets a trial's thread go on after a report only then."""
     gate = os.environ.get(EPOCH_GATE_ENV)
     held = False
     while gate:
@@ -162,6 +178,7 @@ def wait_at_epoch_gate(trial_number: int, epochs_done: int) -> None:
         if epochs_done < allowed:
             return
         if not held:
+            report_now()
             with open(f"{gate}.held", "a") as listed:  # one small append: whole, even beside other trials'
                 listed.write(f"{trial_number} {epochs_done} {os.getpid()}\n")
             held = True
@@ -217,7 +234,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     cadence = Cadence(trial)
     try:
         while not run.done:
-            wait_at_epoch_gate(trial["number"], run.epoch)
+            wait_at_epoch_gate(trial["number"], run.epoch, lambda: report_held(cadence, rule))
             report = run.run_epoch(report_point=cadence.due)  # the energy counter is read where the trial reports
             state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint else None
             if run.done:  # the final figures: replayed now, on its own GPU, where the run was too short
