@@ -19,6 +19,7 @@ The machine is shared and noisy: the sweep runs --runs times (default 3), and wi
 that commit's code (git archive) runs too, interleaved (baseline, this checkout, this checkout,
 baseline, ...), so the two meet the same load; medians and their ratios (this / baseline) are
 printed, one JSON line per sweep first, and written to --out with the machine's load averages.
+On a GPU node, benchmarks/gpu_node.sh runs it after the GPU check where SWEEP_SPLIT=N is set.
 """
 
 from __future__ import annotations
@@ -94,9 +95,8 @@ def run_once(args: argparse.Namespace, spec: str, storage: str, code_root: Path)
 
 
 def medians(rows: list[dict]) -> dict:
-    """Each number's median over `rows`; other values as the first row has them."""
-    return {key: (round(statistics.median(row[key] for row in rows), 3)
-                  if isinstance(value, (int, float)) and not isinstance(value, bool) else value)
+    """Each measured figure's median over `rows` (the floats); counts and the rest as the first row has them."""
+    return {key: round(statistics.median(row[key] for row in rows), 3) if isinstance(value, float) else value
             for key, value in rows[0].items()}
 
 
@@ -132,8 +132,9 @@ def main() -> None:
                 print(json.dumps(runs[name][-1]), flush=True)
 
     median = {name: medians(rows) for name, rows in runs.items()}
-    out = {"commit": subprocess.run(["git", "-C", str(timeline.ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip(),
+    commit = subprocess.run(["git", "-C", str(timeline.ROOT), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or os.environ.get("INSTRUMENT_SWEEP_COMMIT", "")  # a copy without .git
+    out = {"commit": commit,
            "baseline_rev": args.baseline_rev, "machine": f"{os.cpu_count()} cores, {platform.platform()}",
            "versions": {p: metadata.version(p) for p in ("ray", "torch")}, "python": platform.python_version(),
            "median": median, "runs": runs}

@@ -54,17 +54,33 @@ def start_crawl(tmp_path: Path, tag: str, data_dir: str, storage: Path, name: st
                      "--no-analyze", tag=tag, log=tmp_path / f"{name}.log")
 
 
+def stored_as_finished(experiment: Path) -> set[str]:
+    """The trial ids Tune's stored snapshot of the experiment (what `resume` restores) holds as
+    finished; a snapshot being written counts as none."""
+    try:
+        state = json.loads(max(experiment.glob("experiment_state-*.json")).read_text())
+        trials = [json.loads(entry[0]) for entry in state["trial_data"]]
+    except (ValueError, KeyError, IndexError):
+        return set()
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+
+
 def one_done_and_one_running(experiment: Path):
+    """A trial has ended by the rule, and Tune's stored snapshot says so (`resume` runs a trial that
+    ended after the last snapshot again), while another runs. (Trials start longest expected
+    first: the one that ends first may have hit max_epochs.)"""
     def check():
-        results = sorted(experiment.glob("trial-*/result.json"))
-        statuses = [status_of(r) for r in results]
-        return "reached_target" in statuses and "running" in statuses
+        statuses = {r.parent.name.rsplit("-", 1)[1]: status_of(r) for r in experiment.glob("trial-*/result.json")}
+        done = {trial for trial, status in statuses.items() if status in ("reached_target", "max_epochs")}
+        return bool(done) and "running" in statuses.values() and done <= stored_as_finished(experiment)
     return check
 
 
 def finished_results(experiment: Path) -> dict[str, bytes]:
+    """The result.json of each trial Tune's stored snapshot holds as finished: what `resume` keeps."""
+    stored = stored_as_finished(experiment)
     return {r.parent.name: r.read_bytes() for r in experiment.glob("trial-*/result.json")
-            if status_of(r) in ("reached_target", "max_epochs")}
+            if r.parent.name.rsplit("-", 1)[1] in stored}
 
 
 def assert_epochs_continue(experiment: Path) -> None:
