@@ -28,9 +28,9 @@ and `ended_at_s`, `epoch_time_s`); `split` puts the two together. Every figure i
   target_with_setup_s the same with each trial's time counted from its call (its own setup
   included, as Tune's time_total_s counts it: lpt_schedule_with_setup_s).
 
-A slot's trials are found from their spans: a trial starts on a slot that has finished its last
-trial (intervals on `slots` lanes), so a sweep whose trials overlap more than `slots` at once
-(another cluster) is split on more lanes, and says so (`lanes`).
+A slot's trials are found from their spans (`lanes`): a trial starts on the slot that freed
+last before it, so a sweep whose trials overlap more than `slots` at once (another cluster) is
+split on more lanes, and says so (`lanes` in the split).
 """
 
 from __future__ import annotations
@@ -159,19 +159,22 @@ def lpt_schedule_s(times: list[float], n_slots: int) -> float:
 
 
 def lanes(spans: list[Span], n_slots: int) -> list[list[Span]]:
-    """The trials by slot: each, in order of its first epoch, on the slot free longest (a new one
-    where none is free yet: more trials at once than `n_slots`)."""
-    free: list[tuple[float, int]] = [(-math.inf, i) for i in range(n_slots)]
-    heapq.heapify(free)
+    """The trials by slot: each, in order of its first epoch, on the slot that freed last before it
+    (a trial starts as a slot frees: the slot that freed just before it is its own; an earlier one
+    idled, with nothing waiting), or a new slot where none is free (more trials at once than
+    `n_slots`)."""
+    ends: list[float] = [-math.inf] * n_slots
     by_lane: list[list[Span]] = [[] for _ in range(n_slots)]
     for span in spans:
-        if free and free[0][0] <= span.first_epoch_at_s:
-            _, lane = heapq.heappop(free)
+        free = [lane for lane, end in enumerate(ends) if end <= span.first_epoch_at_s]
+        if free:
+            lane = max(free, key=lambda lane: ends[lane])
         else:
-            lane = len(by_lane)
+            lane = len(ends)
+            ends.append(-math.inf)
             by_lane.append([])
         by_lane[lane].append(span)
-        heapq.heappush(free, (span.ended_at_s, lane))
+        ends[lane] = span.ended_at_s
     return [lane for lane in by_lane if lane]
 
 
