@@ -49,8 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Landmark lines of `instrument-sweep run` (their first appearance), by name.
-LANDMARKS = {"data": "data:", "cluster": "cluster:", "results": "results:", "first_start": "[0/",
-             "summary": "trial  lr", "report": "report:"}
+LANDMARKS = {"data": "data:", "cluster": "cluster:", "results": "results:", "summary": "trial  lr",
+             "report": "report:"}
 CLUSTER_LINE = re.compile(r"cluster: .*?(\d+) node\(s\), ([\d.]+) CPUs, ([\d.]+) GPUs")
 TARGET_FACTOR, TARGET_PLUS_S = 1.25, 2.0  # the target: a sweep within 1.25 x its ideal schedule + 2 s
 

@@ -4,14 +4,16 @@
     grid = resume_sweep("/abs/sweeps/seed-20261125-2000", spec, dataset, cluster=info)
 
 The driver loads the dataset once; `tune.with_parameters` puts it in Ray's
-object store, so every trial on a node shares one copy and worker nodes need no
-files. Every trial is one point of the spec; the union of the views runs once.
+object store, so every trial on a node shares one copy (each maps it read-only as it
+starts: about 1 ms of a core) and worker nodes need no files. Every trial is one point of the spec; the union of the views runs once.
 Tune's param space holds only what identifies each trial (number, lr, batch size,
 seed, views): Tune copies a trial's config into every result it keeps and logs,
 so what all trials share (training and stop settings, cadences) goes once beside
 the dataset (`trial_settings`, also written to the experiment's trial_settings.json, from
 which analysis joins each trial's whole config), where the trackers do not log the config
-as params.
+as params. Trials start longest expected first (`LongestFirst`, tune_jobs.start_order), each
+in the process of a trial that finished where one is free (reuse_actors: 2 processes for the
+`seed` preset's 9 trials on 2 cores).
 """
 
 from __future__ import annotations
