@@ -214,4 +214,5 @@ def split(command: Command, spans: list[Span], n_slots: int) -> dict:
     return {**rounded, "within_target": wall <= figures["target_s"],
             "within_target_with_setup": wall <= figures["target_with_setup_s"], "slots": n_slots, "lanes": len(by_lane),
             "trials": len(spans), "start_order": [s.trial for s in spans],
+            "trial_s": {s.trial: round(s.own_s, 3) for s in sorted(spans, key=lambda s: s.trial)},
             "marks": {key: round(value, 3) for key, value in marks.items()}}

@@ -29,6 +29,7 @@ def test_a_sweep_split_into_before_training_gaps_and_after():
     assert split["target_s"] == pytest.approx(1.25 * 4.5 + 2.0) and split["within_target"] is False
     assert split["sum_trial_with_setup_s"] == pytest.approx(5.0 + 2.5 + 2.8)
     assert split["start_order"] == [1, 2, 3] and split["lanes"] == 2
+    assert split["trial_s"] == {1: 4.0, 2: 2.0, 3: 2.5}
     assert split["marks"] == {"cluster": 2.0, "first_trial_called": 2.0, "first_epoch": 3.0, "last_report": 10.0,
                               "summary": 10.2}
 
