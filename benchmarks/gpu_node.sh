@@ -5,6 +5,7 @@
 #   benchmarks/gpu_node.sh OUT_DIR --skip-tests       # further arguments go to gpu_check.py
 #   DRY_RUN=1 benchmarks/gpu_node.sh /tmp/out         # unpack and check, print the command, run nothing
 #   PACK_ONLY=1 benchmarks/gpu_node.sh OUT_DIR        # only pack OUT_DIR's logs (after gpu_check.py --out)
+#   SWEEP_SPLIT=3 benchmarks/gpu_node.sh OUT_DIR      # then also split the seed sweep's wall time 3 times
 #
 # Unpacks gpu_bundle/gpu-bundle-cp312.tar.xz (or $BUNDLE) into one folder ($UNPACK_DIR, default
 # /tmp/instrument-sweep-bundle; again only when the bundle is newer), puts this checkout and the
@@ -99,6 +100,10 @@ cd "$repo"
 set +e
 "${cmd[@]}" 2>&1 | tee "$out/gpu_node.log"
 rc=${PIPESTATUS[0]}
+if [ -n "${SWEEP_SPLIT:-}" ]; then  # benchmarks/bench_sweep.py: OUT_DIR/sweep-split.json and its log
+    "$python" -m benchmarks.bench_sweep --analyze --runs "$SWEEP_SPLIT" --out "$out/sweep-split.json" \
+        > "$out/sweep-split.log" 2>&1 || echo "bench_sweep failed: see $out/sweep-split.log"
+fi
 set -e
 
 pack_logs

@@ -11,7 +11,8 @@ changes one fails here, by name, instead of somewhere downstream.
   (`driver_logs_kept`), its snapshot cadence against checkpoint deletion
   (`snapshots_ahead_of_deletion`) and its uploads to local storage (`local_uploads_whole`); the
   errors a driver prints about dead nodes (`node_deaths_unprinted`), the place of a retried
-  trial in Tune's queue (`retried_trials_first`) and its loggers' copy of a trial's log from
+  trial in Tune's queue (`retried_trials_first`), the order Tune requests its waiting trials'
+  processes in (`trials_staged_in_order`) and its loggers' copy of a trial's log from
   storage (`restore_trial_log`); Ray's mark of its own transfers, which keeps credentials given in
   a storage URI out of Tune's stored state (`shipped_to_workers`).
   What each patch does where Ray changes under it: tests/test_private_fallbacks.py.
@@ -609,6 +610,49 @@ def test_tune_restarts_a_retried_trial_behind_those_not_started_unless_retried_f
     assert out.returncode == 0 and out.stdout.count("ERRORS 0") == 2, out.stderr[-3000:]
     assert (tmp_path / "first.starts").read_text().split() == ["0", "0", "1", "2", "3"]
     assert (tmp_path / "plain.starts").read_text().split() == ["0", "1", "2", "3", "0"]  # Tune's own order
+
+
+@pytest.mark.slow
+def test_tune_requests_processes_in_the_order_it_made_the_trials_unless_staged_in_order(tmp_path):
+    """Six trials on two slots, tune_jobs.launch.LongestFirst ranking them 6 to 1: Tune requests the
+    trials' processes in the order it made them (after the one its scheduler picks), so the second
+    slot's first trial is trial 1; inside `trials_staged_in_order` the first two are 6 and 5. On
+    one slot the scheduler alone starts them in its order, each in the process the last one ran in.
+    (On two slots each trial waits until two have started: both slots' first trials are running.)"""
+    out = python(f"""
+        import contextlib, os, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+        from tune_jobs.launch import LongestFirst
+
+        def trial(config):
+            starts = os.path.join({str(tmp_path)!r}, config["run"] + ".starts")
+            with open(starts, "a") as f:
+                f.write(f"{{config['trial']['number']}} {{os.getpid()}}\\n")
+            deadline = time.monotonic() + 120
+            while config["slots"] == 2 and len(open(starts).readlines()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            tune.report({{"done": 1}})
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for run, slots in (("staged", 2), ("plain", 2), ("one-slot", 1)):
+            scheduler = LongestFirst([6, 5, 4, 3, 2, 1])
+            space = {{"trial": tune.grid_search([{{"number": n}} for n in range(1, 7)]), "run": run, "slots": slots}}
+            tuner = tune.Tuner(tune.with_resources(trial, {{"cpu": 2 // slots}}), param_space=space,
+                               tune_config=tune.TuneConfig(reuse_actors=True, scheduler=scheduler),
+                               run_config=tune.RunConfig(name=run, storage_path={str(tmp_path)!r}, verbose=0))
+            staged = ray_private.trials_staged_in_order(scheduler.trial_rank)
+            with staged if run == "staged" else contextlib.nullcontext():
+                print("ERRORS", len(tuner.fit().errors))
+    """)
+    assert out.returncode == 0 and out.stdout.count("ERRORS 0") == 3, out.stderr[-3000:]
+    starts = {run: [line.split() for line in (tmp_path / f"{run}.starts").read_text().splitlines()]
+              for run in ("staged", "plain", "one-slot")}
+    assert {number for number, _ in starts["staged"][:2]} == {"6", "5"}
+    assert {number for number, _ in starts["plain"][:2]} == {"6", "1"}  # Tune's own request order
+    assert [number for number, _ in starts["one-slot"]] == ["6", "5", "4", "3", "2", "1"]
+    assert len({pid for _, pid in starts["one-slot"]}) == 1  # one process, reused
 
 
 def test_tunes_loggers_copy_a_trials_log_from_storage_only_where_it_has_a_checkpoint(tmp_path):

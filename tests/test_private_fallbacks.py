@@ -37,6 +37,7 @@ SPEED_UPS = {  # each speed-up patch, entered as tune_jobs uses it
     "result_frames_not_loaded": ray_private.result_frames_not_loaded,
     "node_deaths_unprinted": lambda: ray_private.node_deaths_unprinted(quiet=True),
     "retried_trials_first": ray_private.retried_trials_first,
+    "trials_staged_in_order": lambda: ray_private.trials_staged_in_order(lambda trial: 0),
 }
 FIXES = {
     "ray_on_loopback": ray_private.ray_on_loopback,
@@ -101,7 +102,7 @@ def test_every_patch_fits_while_the_others_are_on():
                       ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
                       ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(1),
                       ray_private.local_uploads_whole(), ray_private.node_deaths_unprinted(),
-                      ray_private.retried_trials_first()):
+                      ray_private.retried_trials_first(), ray_private.trials_staged_in_order(lambda trial: 0)):
             on.enter_context(patch)
         assert {name: ray_private.mismatch(name) for name in PATCHES} == fitting()
     assert not ray_private._SWAPPED
@@ -280,6 +281,25 @@ def test_retried_trials_first_leaves_tunes_requeue_where_the_controller_changed(
     assert requeued == ["a", "b"]
     (warning,) = ray_warnings(capsys)
     assert "retried_trials_first (AttributeError inside it" in warning
+
+
+def test_trials_staged_in_order_leaves_tunes_order_where_the_controller_changed(monkeypatch, capsys):
+    from ray.tune.execution.tune_controller import TuneController
+
+    staged = []
+
+    def add_actors(self):  # Tune's own, as far as the patch can tell
+        staged.append(self)
+        return getattr(self, "_pending_trials_list", None)
+
+    monkeypatch.setattr(TuneController, "_maybe_add_actors", add_actors)
+    with ray_private.trials_staged_in_order(lambda trial: 0):
+        controller = object.__new__(TuneController)  # no waiting list where the patch sorts it
+        for _ in range(2):
+            TuneController._maybe_add_actors(controller)
+    assert staged == [controller, controller]  # Tune's own staging, every time
+    (warning,) = ray_warnings(capsys)
+    assert "trials_staged_in_order (AttributeError inside it" in warning
 
 
 def test_node_deaths_unprinted_passes_on_what_a_changed_subscriber_polls(monkeypatch, capsys):

@@ -24,6 +24,18 @@ def test_every_trial_of_the_union_runs_once(tiny_experiment):
     assert read_spec(tiny_experiment).name == TINY_SWEEP["name"]
 
 
+def test_trials_keep_the_spec_numbers_ids_and_directories_whatever_order_they_start_in(tiny_experiment):
+    """Trials start longest expected first (4, 2, 3, 5, 1 here: tune_jobs.start_order); each keeps
+    its number, Tune's id (made in the spec's order) and directory name."""
+    trials = analysis.load_trials(tiny_experiment)
+    expected = read_spec(tiny_experiment).trials()
+    dirs = sorted(path.name for path in Path(tiny_experiment).glob("trial-*"))
+    assert [d.split("-lr")[0] for d in dirs] == [f"trial-{t.number:03d}" for t in expected]
+    for d, t in zip(dirs, expected):
+        assert f"-lr{t.lr:g}-bs{t.batch_size}-s{t.seed}-" in d and d.endswith(f"_{t.number - 1:05d}")
+    assert dict(zip(trials.trial_number, trials.trial_id)) == {int(d[6:9]): d.rsplit("-", 1)[1] for d in dirs}
+
+
 def test_trials_stop_by_the_rule(tiny_experiment):
     trials = analysis.load_trials(tiny_experiment).set_index("lr", drop=False)
     epochs = analysis.load_epochs(tiny_experiment)

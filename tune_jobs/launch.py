@@ -4,14 +4,16 @@
     grid = resume_sweep("/abs/sweeps/seed-20261125-2000", spec, dataset, cluster=info)
 
 The driver loads the dataset once; `tune.with_parameters` puts it in Ray's
-object store, so every trial on a node shares one copy and worker nodes need no
-files. Every trial is one point of the spec; the union of the views runs once.
+object store, so every trial on a node shares one copy (each maps it read-only as it
+starts: about 1 ms of a core) and worker nodes need no files. Every trial is one point of the spec; the union of the views runs once.
 Tune's param space holds only what identifies each trial (number, lr, batch size,
 seed, views): Tune copies a trial's config into every result it keeps and logs,
 so what all trials share (training and stop settings, cadences) goes once beside
 the dataset (`trial_settings`, also written to the experiment's trial_settings.json, from
 which analysis joins each trial's whole config), where the trackers do not log the config
-as params.
+as params. Trials start longest expected first (`LongestFirst`, tune_jobs.start_order), each
+in the process of a trial that finished where one is free (reuse_actors: 2 processes for the
+`seed` preset's 9 trials on 2 cores).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
+from ray.tune.schedulers import FIFOScheduler
 
 from analysis import storage
 from analysis.storage import DATASET_FILE, SETTINGS_FILE, SPEC_FILE
@@ -42,6 +46,7 @@ from tune_jobs.cluster import ClusterInfo
 from tune_jobs.host_watch import HostWatch
 from tune_jobs.progress import progress_callback
 from tune_jobs.spec import SweepSpec
+from tune_jobs.start_order import start_order
 from tune_jobs.storage_guard import StorageGuard
 from tune_jobs.trackers import tracker_callbacks
 
@@ -165,13 +170,40 @@ class EpochCsvLogger(PerEpochRows, CSVLoggerCallback):
     log_file = "progress.csv"
 
 
+class LongestFirst(FIFOScheduler):
+    """Tune's FIFO scheduler, except that the trial it picks to start next, of those waiting, is a
+    retried one if any, else the one earliest in `order` (trial numbers, tune_jobs.start_order):
+    Tune stages that trial first and hands it the process of a trial that finished. With
+    `ray_private.trials_staged_in_order(scheduler.trial_rank)` Tune also requests the waiting
+    trials' processes in that order, so the first trials on the slots follow it too."""
+
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.rank = {number: place for place, number in enumerate(order)}
+
+    def trial_rank(self, trial: Trial) -> tuple[int, int]:
+        """Lower starts sooner: retried trials first, then by place in the order (others after)."""
+        number = (trial.config.get("trial") or {}).get("number")
+        return (0 if trial.num_failures else 1, self.rank.get(number, len(self.rank)))
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        waiting = [trial for trial in tune_controller.get_trials() if trial.status == Trial.PENDING]
+        if waiting:
+            return min(waiting, key=self.trial_rank)  # the first of equals: Tune's own order
+        return super().choose_trial_to_run(tune_controller)  # paused trials, as Tune's FIFO
+
+    def debug_string(self) -> str:
+        return "Using longest-expected-first scheduling."
+
+
 def trainable(spec: SweepSpec, dataset, cluster: ClusterInfo):
     return tune.with_resources(tune.with_parameters(sweep_trial, dataset=dataset, settings=trial_settings(spec)),
                                spec.ray_resources(cluster.gpus, cluster.max_node_cpus))
 
 
 @contextmanager
-def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) -> Iterator[None]:
+def tune_settings(auto_loggers: bool, cluster: ClusterInfo, scheduler: LongestFirst | None = None,
+                  fixes: bool = True) -> Iterator[None]:
     """Tune's environment switches and our patches of it for the span of one `fit()`, restored afterwards.
 
     Our progress lines replace Tune's tables (RAY_AIR_NEW_OUTPUT=0) and its
@@ -183,8 +215,9 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
     which imports every tracker Ray integrates, is skipped, an actor that is starting is not
     killed to reuse a cached one, the driver keeps no running statistics of the trials' metrics
     and no DataFrame per trial at the end (the analysis reads the trials' files), the trial
-    actors of a Ray started here get no runtime env (they inherit its variables), and a retried
-    trial starts ahead of trials not started yet. Fixes, where `fixes` (checked before:
+    actors of a Ray started here get no runtime env (they inherit its variables), a retried
+    trial starts ahead of trials not started yet, and, given a `scheduler`, Tune requests the
+    waiting trials' processes in its order (`LongestFirst`). Fixes, where `fixes` (checked before:
     `ray_private.check_fixes`): a retried trial's log rows are not overwritten by storage's older
     copy, the stored snapshot's checkpoints outlive the next snapshot, and uploads to local
     storage land whole (see `ray_private`).
@@ -198,11 +231,13 @@ def tune_settings(auto_loggers: bool, cluster: ClusterInfo, fixes: bool = True) 
         with (ray_private.callbacks_not_tallied(), ray_private.starting_actors_kept(),
               ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
               ray_private.trial_actors_inheriting(cluster.worker_env), ray_private.retried_trials_first(),
-              ExitStack() as fixed):
+              ExitStack() as more):
+            if scheduler is not None:
+                more.enter_context(ray_private.trials_staged_in_order(scheduler.trial_rank))
             if fixes:
                 for fix in (ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(SNAPSHOT_MARGIN),
                             ray_private.local_uploads_whole()):
-                    fixed.enter_context(fix)
+                    more.enter_context(fix)
             yield
     finally:
         for key, value in saved.items():
@@ -269,10 +304,12 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
                  *tracker_callbacks(spec.log, name, experiment),
                  *([progress_callback(len(spec.trials()))] if progress else []),
                  *host_watch(cluster, progress)]
+    scheduler = LongestFirst(start_order(spec, dataset.n_train))
     tuner = tune.Tuner(
         trainable(spec, dataset, cluster),
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True, trial_dirname_creator=trial_dirname,
+                                    scheduler=scheduler),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
@@ -286,7 +323,7 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
             verbose=0,
         ),
     )
-    with tune_settings(auto_loggers=False, cluster=cluster, fixes=fixes):
+    with tune_settings(auto_loggers=False, cluster=cluster, scheduler=scheduler, fixes=fixes):
         return fit(tuner, callbacks)
 
 
@@ -311,5 +348,8 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
                       if not any(isinstance(c, kind) for c in callbacks)]
         if not any(isinstance(c, HostWatch) for c in callbacks):
             callbacks += host_watch(cluster)
-    with tune_settings(auto_loggers=callbacks is None, cluster=cluster, fixes=fixes):
+    # The restored experiment brings its own scheduler (an experiment from before LongestFirst:
+    # Tune's FIFO); Tune requests the processes of the trials left in the spec's start order.
+    scheduler = LongestFirst(start_order(spec, dataset.n_train))
+    with tune_settings(auto_loggers=callbacks is None, cluster=cluster, scheduler=scheduler, fixes=fixes):
         return fit(tuner, callbacks or [])
