@@ -109,7 +109,7 @@ def split_credentials(location: str, field: str = "--storage") -> tuple[str, Cre
         return location, None
     scheme, _, rest = location.partition("://")
     path, query = _split(rest)
-    userinfo, at, after = path.rpartition("@")
+    userinfo, at, after = path.partition("@")  # keys and secrets hold no "@"; a key's path may
     if "/" in userinfo.partition(":")[0]:  # an '@' in the path, not after user info (a secret may hold '/', a key not)
         userinfo, at, after = "", "", path
     host, slash, key = after.partition("/")

@@ -221,8 +221,11 @@ def test_credentials_in_an_s3_uri_are_taken_out_and_its_filesystems_built_with_t
     by_query = f"s3://cred-bucket/sweeps?endpoint_override=127.0.0.1:1&access_key={ACCESS_KEY}&secret_key=" \
                f"{quote(SECRET, safe='')}&scheme=http&session_token=tok%2Fen&region=us-east-1"
     assert storage.split_credentials(by_query) == (clean, storage.Credentials(ACCESS_KEY, SECRET, "tok/en"))
-    for plain in (clean, "s3://b/x", "/local/path", "hdfs://user@namenode:8020/x"):  # a user name is no secret
-        assert storage.split_credentials(plain) == (plain, None)
+    for plain in (clean, "s3://b/x", "/local/path", "hdfs://user@namenode:8020/x", "s3://b/runs@2/x"):
+        assert storage.split_credentials(plain) == (plain, None)  # a user name is no secret, nor a key's '@'
+    at_in_key = f"s3://cred-bucket/sweeps@v2/x?{query}"  # the bucket is what follows the credentials' '@'
+    assert storage.split_credentials(with_credentials(at_in_key))[0] == at_in_key
+    assert storage.split_credentials(at_in_key.replace("s3://", f"s3://{ACCESS_KEY}:{SECRET}@"))[0] == at_in_key
 
     assert storage.take_credentials(with_credentials(clean)) == clean
     fs, path = storage.filesystem(storage.join(clean, "x", "sweep.yaml"))

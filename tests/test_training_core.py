@@ -242,6 +242,22 @@ def test_checkpoint_state_resumes_counters_and_matches_uninterrupted_run(small_s
     assert records[-1].test_acc == pytest.approx(straight.history[-1].test_acc)
 
 
+def test_a_state_taken_before_replays_is_the_runs_not_the_replays(small_splits):
+    """A trial takes its final checkpoint's state as its run ends and saves it after the replays, which
+    reuse the run's tensors (`restart`, `replay`): the state saved must be the run's weights."""
+    config, rule = TrainConfig(lr=1e-3, batch_size=64), StopRule(threshold=None, max_epochs=2)
+    run = TrainingRun(small_splits, config, rule)
+    while not run.done:
+        run.run_epoch()
+    state = run.state_dict()
+    trained = {name: tensor.clone() for name, tensor in run.model.state_dict().items()}
+    run.restart()  # as a replay starts: the initial weights, in the same tensors
+    assert any(not torch.equal(tensor, trained[name]) for name, tensor in run.model.state_dict().items())
+    assert all(torch.equal(state["model"][name], trained[name]) for name in trained)
+    assert state["optimizer"]["state"]  # Adam's moments as trained, not a fresh optimizer's
+    run.close()
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

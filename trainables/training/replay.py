@@ -52,7 +52,7 @@ def replays_needed(run_j: float, window_err_j: float) -> int:
 def settle_energy(run, report: EpochReport, budget_s: float) -> EpochReport:
     """`report` (the run's last) with the trial's final energy figures (see the module docstring).
 
-    `run` is the finished TrainingRun; replaying restarts it (take its state_dict first)."""
+    `run` is the finished TrainingRun; replaying restarts it in place (a `state_dict` taken before stays the run's: it is a copy)."""
     meter, start = run.meter, run.end_update
     if start is None:  # no GPU measured
         return _with_caveats(report)

@@ -22,6 +22,7 @@ trial's bookkeeping between epochs that did not report, microseconds).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -357,11 +358,12 @@ class TrainingRun:
 
     # -- checkpointing: everything needed to continue exactly where the run was.
     def state_dict(self) -> dict:
-        """The run as it stands: take it at a report point or after the run ended, where the energy so far
-        was read (elsewhere this attempt's GPU joules are NaN: not read)."""
+        """The run as it stands, copied (a replay reuses the run's tensors: `restart`): take it at a report
+        point or after the run ended, where the energy so far was read (elsewhere this attempt's GPU joules
+        are NaN: not read)."""
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "shuffle_rng": self.loop.generator.get_state(),
             "epoch": self.epoch,
             "hits_in_a_row": self.hits_in_a_row,
