@@ -619,6 +619,19 @@ def test_typed_gpus_and_the_drivers_core_are_what_slurm_is_asked_for(tmp_path, m
         assert line in text.splitlines()
     assert "module load cuda/12.4 || " in text and "--timeout-s=300" in text
     assert main([*args]) == 0 and "#SBATCH --cpus-per-task=2" in capsys.readouterr().out  # on CPUs: a trial, the driver
+    # GPUs asked for through --gres count as --gpus-per-node's do: a trial's CPU for each, and the driver's
+    assert main([*args, "--sbatch-arg=--gres=gpu:a100:4"]) == 0
+    assert "#SBATCH --cpus-per-task=5" in capsys.readouterr().out
+    assert main([*args, "--sbatch-arg=--gres=shard:2,gpu:3"]) == 0
+    assert "#SBATCH --cpus-per-task=4" in capsys.readouterr().out
+    gres = Allocation(cpus_per_task=4, sbatch_args=("--gres=gpu:3",))
+    assert "x (4 CPU(s), 3 GPU(s) through --gres)" in gres.describe()
+    # Sized by hand for the GPUs alone, as `--cpus-per-task` was before the driver's core: said, not refused
+    assert main([*args, "--gpus-per-node", "4", "--cpus-per-task", "4"]) == 0
+    assert "note: 4 CPU(s) per node leave the first node 3 for trials (one is the sweep's driver's), 1 each: 3 of " \
+           "its 4 GPU(s) will run trials; --cpus-per-task 5 gives each GPU its trial" in capsys.readouterr().err
+    assert main([*args, "--gpus-per-node", "4", "--cpus-per-task", "5"]) == 0
+    assert "note:" not in capsys.readouterr().err
     assert main([*args, "--gpus-per-node", "a100"]) == 2
     assert capsys.readouterr().err.startswith("error: --gpus-per-node: must be a count N or TYPE:N (a100:4), got 'a100'")
 

@@ -49,7 +49,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help=f"how long the job waits for Ray's nodes to start and join (default: {JOIN_TIMEOUT_S:g})")
     job.add_argument("--setup", action="append", metavar="LINE",
                      help="a shell line the job script runs before anything else, its environment passed on to "
-                          "every node, e.g. --setup 'module load cuda/12.4' or 'conda activate sweeps'; repeatable")
+                          "every node, e.g. --setup 'module load cuda/12.4'; repeatable (conda: "
+                          "'eval \"$(conda shell.bash hook)\" && conda activate sweeps')")
     job.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="ARG",
                      help="a further sbatch option, e.g. --sbatch-arg=--qos=high; repeatable")
     slurm.add_argument("--storage", default=storage.DEFAULT_STORAGE,
@@ -87,10 +88,11 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             job = submit.submit_resume(args.resume, args.storage, given, flags=flags,
                                        dry_run=args.dry_run)
         else:
-            if given["cpus_per_task"] is None:  # one trial per GPU (or one on CPUs) at a time, and the driver's
-                given["cpus_per_task"] = max(1, given.get("gpus_per_node") or 0) * math.ceil(
-                    spec.resources.cpus_per_trial) + 1
             allocation = Allocation().overridden(**given)
+            if given["cpus_per_task"] is None:  # one trial per GPU (or one on CPUs) at a time, and the driver's
+                gpus = allocation.gpus_per_node or allocation.gres_gpus
+                allocation = allocation.overridden(
+                    cpus_per_task=max(1, gpus) * math.ceil(spec.resources.cpus_per_trial) + 1)
             job = submit.submit_new(spec, allocation, args.storage, args.name, flags=flags,
                                     dry_run=args.dry_run)
     if args.dry_run:

@@ -85,6 +85,18 @@ class Allocation:
                 raise InputError("--sbatch-arg", f"must be one sbatch option such as --qos=high, got {arg!r}")
 
     @property
+    def gres_gpus(self) -> int:
+        """GPUs per node asked for through `--sbatch-arg=--gres=gpu[:TYPE][:N]` (N is 1 where left out)."""
+        count = 0
+        for arg in self.sbatch_args:
+            name, _, value = arg.partition("=")
+            for item in value.split(",") if name == "--gres" else ():
+                kind, *rest = item.split(":")
+                if kind == "gpu":
+                    count += int(rest[-1]) if rest and rest[-1].isdigit() else 1
+        return count
+
+    @property
     def gpus(self) -> str:
         """The GPUs per node as sbatch takes them: N, or TYPE:N."""
         return f"{self.gpu_type}:{self.gpus_per_node}" if self.gpu_type else str(self.gpus_per_node)
@@ -100,7 +112,8 @@ class Allocation:
         return options
 
     def describe(self) -> str:
-        gpus = f"{self.gpus} GPU(s)" if self.gpus_per_node else "no GPU"
+        gpus = f"{self.gpus} GPU(s)" if self.gpus_per_node else \
+            f"{self.gres_gpus} GPU(s) through --gres" if self.gres_gpus else "no GPU"
         memory = f", {self.mem} memory" if self.mem else ""
         where = f"partition {self.partition}" if self.partition else "the default partition"
         limit = f"time limit {self.time}" if self.time else "the partition's time limit"

@@ -14,6 +14,7 @@ again.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import sys
@@ -60,7 +61,7 @@ def submit_new(spec: SweepSpec, allocation: Allocation, storage_arg: str, name: 
     spec, _, root, name, experiment = check_new_sweep(spec, root, name)
     check_no_active_job(name)
     files = JobFiles(experiment)
-    script = render(allocation, files, resume=False, flags=flags)
+    script = render(allocation, files, resume=False, flags=flags, cpus_per_trial=spec.resources.cpus_per_trial)
     if dry_run:
         return SubmittedJob("", script, files, allocation, resume=False)
     made = not Path(experiment).exists()
@@ -86,14 +87,14 @@ def submit_resume(name_or_path: str, storage_arg: str, given: dict, flags: tuple
         raise InputError("--resume", f"{prepared.experiment} has not started: its job ended before the sweep "
                                      f"did (its output is in {prepared.dir}); submit it again with "
                                      f"`instrument-sweep slurm {prepared.spec} --name {name}`")
-    root, experiment, _, _ = check_resumable(root, name_or_path)
+    root, experiment, spec, _ = check_resumable(root, name_or_path)
     files = JobFiles(experiment)
     name = Path(experiment).name
     check_plain_name(name, "--resume", "the experiment's name")
     check_no_active_job(name, "--resume")
     recorded = Allocation.from_json(files.allocation.read_text()) if files.allocation.is_file() else Allocation()
     allocation = recorded.overridden(**given)
-    script = render(allocation, files, resume=True, flags=flags)
+    script = render(allocation, files, resume=True, flags=flags, cpus_per_trial=spec.resources.cpus_per_trial)
     if dry_run:
         return SubmittedJob("", script, files, allocation, resume=True)
     for token in files.dir.glob("ray-token-*"):  # an earlier job's, killed before its head step removed it
@@ -101,8 +102,16 @@ def submit_resume(name_or_path: str, storage_arg: str, given: dict, flags: tuple
     return write_and_submit(script, files, allocation, resume=True)
 
 
-def render(allocation: Allocation, files: JobFiles, resume: bool, flags: tuple[str, ...] = ()) -> str:
-    """The job script (`job_script`), checked by `sbatch --test-only` (nothing is submitted)."""
+def render(allocation: Allocation, files: JobFiles, resume: bool, flags: tuple[str, ...] = (),
+           cpus_per_trial: float = 1.0) -> str:
+    """The job script (`job_script`), checked by `sbatch --test-only` (nothing is submitted); a note where
+    the first node's CPUs, the driver's aside, run fewer trials than it has GPUs."""
+    gpus = allocation.gpus_per_node or allocation.gres_gpus
+    trials = int((allocation.cpus_per_task - 1) // cpus_per_trial)
+    if trials < gpus:
+        print(f"note: {allocation.cpus_per_task} CPU(s) per node leave the first node {allocation.cpus_per_task - 1} "
+              f"for trials (one is the sweep's driver's), {cpus_per_trial:g} each: {trials} of its {gpus} GPU(s) "
+              f"will run trials; --cpus-per-task {gpus * math.ceil(cpus_per_trial) + 1} gives each GPU its trial")
     bin_dir = Path(sys.executable).parent
     missing = [name for name in ("ray", "instrument-sweep") if not (bin_dir / name).is_file()]
     if missing:
