@@ -242,6 +242,21 @@ def test_checkpoint_state_resumes_counters_and_matches_uninterrupted_run(small_s
     assert records[-1].test_acc == pytest.approx(straight.history[-1].test_acc)
 
 
+def test_a_run_held_between_epochs_counts_the_hold_as_overhead_not_as_the_next_epoch(small_splits):
+    """The tests' epoch gate holds a trial between two epochs that are not report points (`pause`): the
+    epochs' time, time to accuracy, stays the training's."""
+    config, rule = TrainConfig(lr=1e-3, batch_size=64), StopRule(threshold=None, max_epochs=3)
+    run = TrainingRun(small_splits, config, rule)
+    run.run_epoch()
+    run.pause()
+    time.sleep(1.0)  # the hold
+    started = time.perf_counter()
+    second = run.run_epoch()
+    assert second.epoch_time_s <= time.perf_counter() - started  # within the epoch's own call
+    assert run.overhead_time_s >= 1.0
+    run.close()
+
+
 def test_a_state_taken_before_replays_is_the_runs_not_the_replays(small_splits):
     """A trial takes its final checkpoint's state as its run ends and saves it after the replays, which
     reuse the run's tensors (`restart`, `replay`): the state saved must be the run's weights."""

@@ -253,6 +253,12 @@ class TrainingRun:
             test = evaluate(self.model, *self.test)
         return train, val, test, hits, status
 
+    def pause(self) -> None:
+        """The caller holds the run between epochs (the tests' epoch gate): until the next epoch, overhead,
+        as after a report point (the GPU idles, outside the epochs' time)."""
+        if self._window is not None and not self._between and not self.done:
+            self._window.between_since_s, self._between = time.perf_counter(), True
+
     # -- the window: opened on a counter update, read at report points, closed on one
     def _open_window(self) -> None:
         start = self.meter.gpu_update()

@@ -51,6 +51,7 @@ GATE_POLL_S = 0.05
 
 if TYPE_CHECKING:
     from trainables.data.dataset import Dataset
+    from trainables.training.run import TrainingRun
 
 
 class CheckpointMismatch(RuntimeError):
@@ -154,9 +155,10 @@ class Cadence:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def report_held(cadence: Cadence, rule: StopRule) -> None:
-    """A trial held at the tests' epoch gate reports the epochs its cadence keeps waiting, at once,
-    and sets its live gauges from the last of them."""
+def report_held(run: "TrainingRun", cadence: Cadence, rule: StopRule) -> None:
+    """A trial held at the tests' epoch gate: the hold is the run's overhead, not its next epoch's time;
+    it reports the epochs its cadence keeps waiting, at once, and sets its live gauges from the last."""
+    run.pause()
     if cadence.unreported:
         metrics.publish(EpochReport.from_dict(cadence.unreported[-1]), rule)
         cadence.flush()
@@ -236,7 +238,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     cadence = Cadence(trial)
     try:
         while not run.done:
-            wait_at_epoch_gate(trial["number"], run.epoch, lambda: report_held(cadence, rule))
+            wait_at_epoch_gate(trial["number"], run.epoch, lambda: report_held(run, cadence, rule))
             report = run.run_epoch(report_point=cadence.due)  # the energy counter is read where the trial reports
             state = {**run.state_dict(), "provenance": provenance} if cadence.checkpoint else None
             if run.done:  # the final figures: replayed now, on its own GPU, where the run was too short
