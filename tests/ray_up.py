@@ -102,6 +102,10 @@ class LaunchHosts:
 
     # -- set up and tear down
     def __enter__(self) -> "LaunchHosts":
+        for what, path in (("the checkout", PROJECT), ("the tests' Python", Path(sys.prefix))):
+            if Path("/tmp") in path.parents:  # each host's /tmp is its own: the hosts would not see it
+                raise Unavailable(f"{what} is under /tmp ({path}), which every host here has a copy of its own of; "
+                                  "clone the project elsewhere")
         if self.launched:
             install_packages()
         self.net.__enter__()

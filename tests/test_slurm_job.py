@@ -2,7 +2,9 @@
 answers are read, and how `status` reads a job's output. tests/test_slurm.py runs all of it on a real Slurm."""
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,8 +70,41 @@ def test_job_script_is_bash_and_starts_ray_before_the_sweep(tmp_path):
         < first("in_job wait") < first("exec instrument-sweep resume seed-1") \
         < first("exec instrument-sweep run spec.yaml --name seed-1") == len(lines) - 1
     assert "export INSTRUMENT_SWEEP_RESUME='instrument-sweep slurm --resume seed-1 --storage /shared/sweeps'" in lines
+    # the sweep is given the Ray steps' srun pids, to end them as it exits (`in_job.end_steps_at_exit`)
+    assert first("steps=$!") < first('export INSTRUMENT_SWEEP_RAY_STEPS="$steps"') < first("exec instrument-sweep")
     # What Ray gets on each node is read there at job time (in_job ray-start), not written here
     assert "--num-cpus" not in text and "--num-gpus" not in text and "--wait" not in text
+
+
+def test_the_sweep_ends_its_jobs_ray_steps_as_it_exits_and_waits_for_them(tmp_path, monkeypatch):
+    """As a job's script ends, Slurm kills its steps at once (SIGKILL): the sweep, which the script execs,
+    ends them first (SIGUSR1 to each step's srun, its child, which passes it on) and waits while they clean up. A process that is
+    not its child is left alone; the variable is taken out of the environment, so nothing the sweep starts
+    acts on it too."""
+    import atexit
+
+    marker = tmp_path / "cleaned"
+    step = subprocess.Popen([sys.executable, "-c", "import signal, sys, time, pathlib\n"
+                             "def end(*_):\n    time.sleep(0.5)\n"  # a step's clean-up takes a moment
+                             f"    pathlib.Path({str(marker)!r}).write_text('removed')\n    sys.exit(0)\n"
+                             "signal.signal(signal.SIGUSR1, end)\nprint('ready', flush=True)\ntime.sleep(600)\n"],
+                            stdout=subprocess.PIPE, text=True)
+    stranger = subprocess.run(["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    other = int(stranger.stdout)
+    try:
+        assert step.stdout.readline() == "ready\n"
+        registered = []
+        monkeypatch.setattr(atexit, "register", lambda fn, *args: registered.append((fn, args)))
+        monkeypatch.setenv(in_job.RAY_STEPS_ENV, f"{step.pid} {other}")
+        in_job.end_steps_at_exit()
+        assert in_job.RAY_STEPS_ENV not in os.environ and registered == [(in_job.end_steps, ([step.pid, other],))]
+        in_job.end_steps([step.pid, other], within_s=120)
+        assert marker.read_text() == "removed"  # it waited for the step's clean-up
+        assert not Path(f"/proc/{step.pid}").exists()  # and reaped it
+        assert Path(f"/proc/{other}").exists()
+    finally:
+        step.kill()
+        os.kill(other, signal.SIGKILL)
 
 
 def test_one_node_cpu_job_starts_only_a_head_with_no_gpus():
@@ -310,26 +345,25 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("to", ["the step's task", "every process of the step"])
-def test_a_ray_node_step_passes_on_the_signal_that_ends_it_then_removes_rays_temp_dir(tmp_path, to):
-    """Slurm signals the task (srun passing on a signal) or every process of the step (the job ended): either
-    way `ray start` ends, and its temp dir on the node's disk goes with it (and on the head, the job's token);
-    the step's exit code is its."""
-    import signal
-
+@pytest.mark.parametrize("to, signum", [("the step's task", signal.SIGTERM), ("every process of the step", signal.SIGTERM),
+                                        ("every process of the step", signal.SIGUSR1)])
+def test_a_ray_node_step_passes_on_the_signal_that_ends_it_then_removes_rays_temp_dir(tmp_path, to, signum):
+    """Slurm signals the task (srun passing on a signal) or every process of the step (the job ended; SIGUSR1:
+    the job's sweep ending it through srun): either way `ray start` ends, and its temp dir on the node's disk
+    goes with it (and on the head, the job's token); the step's exit code is its."""
     temp_dir, token = tmp_path / "ray-14", tmp_path / "ray-token-14"
     token.write_text("secret")
     step = ray_node_step(RAY_NODE, temp_dir, token)
     try:
         assert step.stdout.readline() == "up\n" and (temp_dir / "session_1" / "logs" / "raylet.out").is_file()
         if to == "the step's task":
-            step.send_signal(signal.SIGTERM)
+            step.send_signal(signum)
         else:
-            os.killpg(step.pid, signal.SIGTERM)
+            os.killpg(step.pid, signum)
         out, _ = step.communicate(timeout=30)
     finally:
         step.kill()
-    assert step.returncode == 128 + signal.SIGTERM and out == f"ray: removed {temp_dir}\n"
+    assert step.returncode == 128 + signum and out == f"ray: removed {temp_dir}\n"
     assert not temp_dir.exists() and not token.exists()
 
 

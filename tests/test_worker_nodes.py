@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from netns import Unavailable, require_root_netns
-from processes import RAY_CLI, EpochGate
+from processes import RAY_CLI, EpochGate, wait_until
 from ray_hosts import RayHosts
 from s3_server import S3Server
 from trainables.tuning.trial import EPOCH_GATE_ENV
@@ -115,7 +115,10 @@ def test_a_worker_drained_for_preemption_then_lost_costs_no_failure_and_no_epoch
         return found
 
     gate.wait_held(2, sweep=run, log=log)  # one trial on each worker, epoch 2 reported and checkpointed
-    (trial,) = [n for n, r in rows().items() if r[-1]["node"] == "w1"]
+
+    def logged_on_w1() -> list[int]:  # the driver logs a report after the trial has gone on to the gate
+        return [n for n, r in rows().items() if r[-1]["node"] == "w1" and r[-1]["epoch"] == HELD_AT]
+    (trial,) = wait_until(logged_on_w1, 120, f"w1's trial's epoch {HELD_AT} in its result.json")
     w1 = next(n["node_id"] for n in cluster.nodes() if n["node_ip"] == cluster.net.address("w1") and
               n["state"] == "ALIVE")
     drain = cluster.net.run("head", [*RAY_CLI, "drain-node", "--address", cluster.address, "--node-id", w1, "--reason",

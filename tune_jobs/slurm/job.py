@@ -27,6 +27,7 @@ from pathlib import Path
 
 from analysis.storage import JOB_DIR, SPEC_FILE
 from trainables.errors import InputError
+from tune_jobs.slurm.in_job import RAY_STEPS_ENV
 
 SIGNAL_BEFORE_END_S = 60  # the time limit: the sweep is told to stop (as Ctrl-C) this long before it
 JOIN_TIMEOUT_S = 120.0  # default: Ray's nodes must have joined the head within this
@@ -272,6 +273,8 @@ def job_script(allocation: Allocation, files: JobFiles, resume: bool, ray_temp_r
         f"# where Ray's nodes end with it (Slurm signals every process), it gives up on Ray within "
         f"{GCS_GONE_S} s, not Ray's 60.",
         f"export RAY_gcs_rpc_server_reconnect_timeout_s={GCS_GONE_S}",
+        "# As it exits, it ends Ray's steps, which remove their temp dirs (Slurm would kill them at once).",
+        f'export {RAY_STEPS_ENV}="$steps"',
     ]
     address = '--address "$head"'
     if resume:
