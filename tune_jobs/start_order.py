@@ -20,6 +20,8 @@ from the spec alone (before anything runs):
   an epoch): Adam at lr 1e-3 reached 0.98 after 11 epochs, at 1e-2 and 3e-2 after 4, at 1e-4
   after 79, and at 1e-5, 0.1 and 1 not within 100; SGD at lr 0.1 after 27, at 1 and 10 after 6,
   and at 0.01 and 100 not within 100.
+STEP_COST_ROWS is a CPU's: on a GPU a step's own overhead (kernel launches, the optimizer) weighs
+more against its rows, so small batches are expected shorter than they run there.
 A wrong guess costs only time (a long trial started late), never a result. Ties keep the
 spec's order; a retried trial starts before any other (tune_jobs.ray_private.retried_trials_first).
 """
