@@ -13,7 +13,7 @@ from analysis import storage
 from trainables.errors import InputError
 from tune_jobs import experiment_lock
 from tune_jobs.cli import main
-from tune_jobs.slurm import client, follow, in_job
+from tune_jobs.slurm import client, follow, in_job, steps
 from tune_jobs.slurm.job import Allocation, JobFiles, check_ray_temp_root, job_script, parse_gpus, sweep_command
 from tune_jobs.slurm.submit import refusal
 
@@ -70,7 +70,7 @@ def test_job_script_is_bash_and_starts_ray_before_the_sweep(tmp_path):
         < first("in_job wait") < first("exec instrument-sweep resume seed-1") \
         < first("exec instrument-sweep run spec.yaml --name seed-1") == len(lines) - 1
     assert "export INSTRUMENT_SWEEP_RESUME='instrument-sweep slurm --resume seed-1 --storage /shared/sweeps'" in lines
-    # the sweep is given the Ray steps' srun pids, to end them as it exits (`in_job.end_steps_at_exit`)
+    # the sweep is given the Ray steps' srun pids, to end them as it exits (`steps.end_steps_at_exit`)
     assert first("steps=$!") < first('export INSTRUMENT_SWEEP_RAY_STEPS="$steps"') < first("exec instrument-sweep")
     # What Ray gets on each node is read there at job time (in_job ray-start), not written here
     assert "--num-cpus" not in text and "--num-gpus" not in text and "--wait" not in text
@@ -95,10 +95,10 @@ def test_the_sweep_ends_its_jobs_ray_steps_as_it_exits_and_waits_for_them(tmp_pa
         assert step.stdout.readline() == "ready\n"
         registered = []
         monkeypatch.setattr(atexit, "register", lambda fn, *args: registered.append((fn, args)))
-        monkeypatch.setenv(in_job.RAY_STEPS_ENV, f"{step.pid} {other}")
-        in_job.end_steps_at_exit()
-        assert in_job.RAY_STEPS_ENV not in os.environ and registered == [(in_job.end_steps, ([step.pid, other],))]
-        in_job.end_steps([step.pid, other], within_s=120)
+        monkeypatch.setenv(steps.RAY_STEPS_ENV, f"{step.pid} {other}")
+        steps.end_steps_at_exit()
+        assert steps.RAY_STEPS_ENV not in os.environ and registered == [(steps.end_steps, ([step.pid, other],))]
+        steps.end_steps([step.pid, other], within_s=120)
         assert marker.read_text() == "removed"  # it waited for the step's clean-up
         assert not Path(f"/proc/{step.pid}").exists()  # and reaped it
         assert Path(f"/proc/{other}").exists()

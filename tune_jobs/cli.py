@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> NoReturn:
     """The `instrument-sweep` script: `main()`, then a quick exit (in a Slurm job's sweep, ending the
-    job's Ray steps: tune_jobs.slurm.in_job.end_steps_at_exit)."""
-    from tune_jobs.slurm.in_job import end_steps_at_exit
+    job's Ray steps: tune_jobs.slurm.steps)."""
+    from tune_jobs.slurm.steps import end_steps_at_exit
 
     end_steps_at_exit()
     exit_now(main())

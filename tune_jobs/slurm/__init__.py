@@ -10,5 +10,6 @@
     submit.py   checks, `sbatch --test-only`, the experiment's job files, `sbatch`
     follow.py   `status` and `logs` of a Slurm job id
     in_job.py   what the job script runs on its nodes: the token, free ports, waiting for Ray's nodes
+    steps.py    the sweep ends the job's Ray steps as it exits, so they clean up
     client.py   Slurm's own commands (sbatch, scontrol, squeue, sacct, sinfo)
 """

@@ -18,8 +18,8 @@ port itself (the head's GCS on port 0: the kernel's choice, so two jobs on one n
 one), and the head writes its address into its temp dir, where `head-address` reads it (Ray's client
 server, unused, takes no port 0: it gets one from the job's id, `client_port`). When the
 step ends, it removes Ray's temp dir (the node's own disk) and, on the head, the job's token
-(RAY_AUTH_TOKEN_PATH). The sweep ends the steps as it exits (`end_steps_at_exit`: the job script
-gives it their srun pids in RAY_STEPS_ENV; SIGUSR1 through srun), since Slurm kills a job's steps at
+(RAY_AUTH_TOKEN_PATH). The sweep ends the steps as it exits (tune_jobs.slurm.steps: the job script
+gives it their srun pids; SIGUSR1 through srun), since Slurm kills a job's steps at
 once (SIGKILL, no SIGTERM first) when its script ends; it does send SIGTERM first to every process
 of a job that is cancelled, preempted or requeued.
 """
@@ -27,7 +27,6 @@ of a job that is cancelled, preempted or requeued.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
 import shutil
@@ -47,8 +46,6 @@ from tune_jobs.cli import Parser
 from tune_jobs.slurm import client
 
 POLL_S = 0.5
-RAY_STEPS_ENV = "INSTRUMENT_SWEEP_RAY_STEPS"  # the `ray start` steps' srun pids, for the job's sweep to end
-END_STEPS_WITHIN_S = 60.0  # how long the sweep waits for its Ray steps to end as it exits
 # How a job step is told to end: Slurm's signals, and SIGUSR1 from the job's sweep through srun (which passes
 # SIGUSR1 on to the step's processes, but SIGTERM as SIGKILL)
 STEP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -254,34 +251,6 @@ def step_ended(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state == "Z"  # ended; the job script reaps it later
-
-
-def end_steps_at_exit() -> None:
-    """In a job's sweep (RAY_STEPS_ENV set; taken out of the environment, so nothing it starts sees it):
-    `end_steps` as this process exits, after Ray's own exit handlers."""
-    pids = [int(pid) for pid in os.environ.pop(RAY_STEPS_ENV, "").split() if pid.isdigit()]
-    if pids:
-        atexit.register(end_steps, pids)
-
-
-def end_steps(pids: Sequence[int], within_s: float = END_STEPS_WITHIN_S) -> None:
-    """End the `ray start` steps whose srun has one of `pids` (this process's children; others are left
-    alone): SIGUSR1 to each srun, which passes it on to its step's processes (`run_then_remove` then ends
-    Ray and removes its temp dir), and wait up to `within_s` for them to end."""
-    ending = []
-    for pid in pids:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:  # already ended: reaped now
-                continue
-        except ChildProcessError:  # not this process's child
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGUSR1)
-        ending.append(pid)
-    deadline = time.monotonic() + within_s
-    while ending and time.monotonic() < deadline:
-        time.sleep(0.1)
-        ending = [pid for pid in ending if not os.waitpid(pid, os.WNOHANG)[0]]
 
 
 def wait_for_nodes(address: str, nodes: int, timeout_s: float, steps: Sequence[int] = ()) -> list[dict]:

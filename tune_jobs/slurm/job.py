@@ -27,7 +27,7 @@ from pathlib import Path
 
 from analysis.storage import JOB_DIR, SPEC_FILE
 from trainables.errors import InputError
-from tune_jobs.slurm.in_job import RAY_STEPS_ENV
+from tune_jobs.slurm.steps import RAY_STEPS_ENV
 
 SIGNAL_BEFORE_END_S = 60  # the time limit: the sweep is told to stop (as Ctrl-C) this long before it
 JOIN_TIMEOUT_S = 120.0  # default: Ray's nodes must have joined the head within this
