@@ -12,6 +12,7 @@ keeps one core busy with a plain busy loop from the session's start to its end.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,14 @@ def pytest_addoption(parser):
                           f"under load (also: {BUSY_CORE_ENV}=1)")
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_sessionstart(session):
+    # A run ended with SIGTERM (a CI timeout, `kill`) tears down as on Ctrl-C: each test's `finally` and its
+    # fixtures stop the Ray nodes, daemons and sweeps it started, rather than leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
     if session.config.getoption("busy_core"):
         session.config.stash[_busy_loop] = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
 
