@@ -293,6 +293,24 @@ def write_text(location: str, text: str) -> None:
         out.write(text.encode())
 
 
+def remove_all_but(location: str, keep: tuple[str, ...]) -> list[str]:
+    """Delete every entry of the folder at `location` (files and folders, whole) whose name is not in
+    `keep`; the names deleted, sorted."""
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    removed = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
+        if info.base_name in keep:
+            continue
+        if info.type == pyarrow.fs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+        removed.append(info.base_name)
+    return sorted(removed)
+
+
 def read_text(location: str) -> str:
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as src:

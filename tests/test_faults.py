@@ -5,6 +5,7 @@ Each fault strikes at a point the test observes: trials held at an `EpochGate` a
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +141,36 @@ def test_killed_driver_then_resume_finishes_only_what_was_missing(tmp_path, proc
     assert set(trials.status) <= {"reached_target", "max_epochs"}
     assert_epochs_continue(experiment)
     assert not list(experiment.glob("trial-*/events.out.tfevents*"))  # no TensorBoard logger, as `run`
+
+
+def test_a_sweep_killed_before_tunes_first_state_starts_over_on_resume(tmp_path, process_tag, blob_dataset_dir):
+    """A driver killed (a Slurm job requeued) after the sweep wrote its spec and Tune its tuner.pkl, but
+    before Tune stored the experiment's state: `resume` (what the requeued job runs) starts the trials
+    from the beginning, rather than failing in Tune's restore."""
+    storage, gate = tmp_path / "sweeps", EpochGate(tmp_path / "gate", HELD_AT)
+    experiment = storage / "c"
+    driver = start_crawl(tmp_path, process_tag, blob_dataset_dir, storage, gate)
+    wait_until(lambda: (experiment / "tuner.pkl").exists(), 120, "Tune's first file, tuner.pkl")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(60)
+    gate.open()
+    # Where Tune got as far as its first snapshot before the kill, what it stored then is taken away:
+    # the storage as a kill a moment earlier leaves it.
+    for late in [*experiment.glob("experiment_state-*.json"), *experiment.glob("basic-variant-state-*.json")]:
+        late.unlink()
+    for trial_dir in experiment.glob("trial-*"):
+        shutil.rmtree(trial_dir)
+    assert "tuner.pkl" in os.listdir(experiment)
+
+    out = cli("resume", "c", "--storage", str(storage), "--no-analyze", tag=process_tag)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Tune stored no state of this sweep before it stopped" in out.stdout
+    assert "its trials start from the beginning" in out.stdout
+    trials = analysis.load_trials(str(experiment))
+    assert sorted(trials.trial_number) == [1, 2, 3]  # every trial exactly once
+    assert set(trials.status) == {"reached_target", "max_epochs"}
+    assert_epochs_continue(experiment)
+    assert yaml.safe_load((experiment / "sweep.yaml").read_text())["name"] == "crawl"
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, process_tag, blob_dataset_dir):

@@ -19,6 +19,7 @@ in the process of a trial that finished where one is free (reuse_actors: 2 proce
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
@@ -327,13 +329,33 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
         return fit(tuner, callbacks)
 
 
+def tune_state_saved(experiment: str) -> bool:
+    """Whether Tune stored the experiment's state (`ray_private.EXPERIMENT_STATE`), which `resume` continues.
+    A sweep stopped in its first second or so (between writing its spec and Tune's first snapshot) has none."""
+    fs, path = storage.filesystem(experiment)
+    return any(fnmatch.fnmatch(info.base_name, ray_private.EXPERIMENT_STATE)
+               for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)))
+
+
+# What instrument-sweep writes beside Tune's files: all that a sweep without Tune's state keeps as it starts over.
+OWN_FILES = (SPEC_FILE, DATASET_FILE, SETTINGS_FILE, storage.LOCK_FILE, storage.JOB_DIR)
+
+
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo,
                  fixes: bool = True) -> tune.ResultGrid:
     """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue.
+    Where Tune stored no state before the sweep stopped (`tune_state_saved`: a Slurm job requeued in its
+    first seconds), the sweep starts over from its spec, without what Tune had written.
 
     Check `check_same_dataset` first: a trial refuses a checkpoint written for other data. Tune's
     stored state holds no credentials: its filesystem is handed over again (`ray_private.storage_for_ray`).
     """
+    if not tune_state_saved(experiment):
+        removed = storage.remove_all_but(experiment, OWN_FILES)
+        print(f"resuming: Tune stored no state of this sweep before it stopped ({', '.join(removed) or 'nothing'} "
+              "removed): its trials start from the beginning", flush=True)
+        return start_sweep(spec, dataset, storage.parent(experiment), storage.basename(experiment), cluster,
+                           fixes=fixes)
     fs, path = ray_private.storage_for_ray(experiment)
     tuner = tune.Tuner.restore(path, trainable=trainable(spec, dataset, cluster), resume_errored=True,
                                storage_filesystem=fs)
