@@ -352,7 +352,7 @@ def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo
     """
     if not tune_state_saved(experiment):
         removed = storage.remove_all_but(experiment, OWN_FILES)
-        print(f"resuming: Tune stored no state of this sweep before it stopped ({', '.join(removed) or 'nothing'} "
+        print(f"note: Tune stored no state of this sweep before it stopped ({', '.join(removed) or 'nothing'} "
               "removed): its trials start from the beginning", flush=True)
         return start_sweep(spec, dataset, storage.parent(experiment), storage.basename(experiment), cluster,
                            fixes=fixes)
