@@ -13,7 +13,8 @@ changes one fails here, by name, instead of somewhere downstream.
   errors a driver prints about dead nodes (`node_deaths_unprinted`), the place of a retried
   trial in Tune's queue (`retried_trials_first`), the order Tune requests its waiting trials'
   processes in (`trials_staged_in_order`) and its loggers' copy of a trial's log from
-  storage (`restore_trial_log`); Ray's mark of its own transfers, which keeps credentials given in
+  storage (`restore_trial_log`), its controller's save of the state from any thread
+  (`state_saver`); Ray's mark of its own transfers, which keeps credentials given in
   a storage URI out of Tune's stored state (`shipped_to_workers`).
   What each patch does where Ray changes under it: tests/test_private_fallbacks.py.
 - tune_jobs/quick_exit.py: `atexit._run_exitfuncs`.
@@ -467,6 +468,52 @@ def test_tune_deletes_its_stored_snapshots_checkpoint_before_the_next_snapshot_u
         assert synced_at == [2, 4, 6, 8, 10, 12] and not stale, synced_at
     else:  # what the patch is for
         assert synced_at == [4, 8, 12] and stale == [8, 12], synced_at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved", [True, False])
+def test_tune_saves_its_state_mid_run_only_from_its_main_thread_unless_state_saver(tmp_path, saved):
+    """A trial makes 5 checkpoints and waits; another thread of the driver (as launch.terminate_as_interrupt's,
+    while the main thread is inside a call to Ray) saves the experiment's state through `state_saver`: the
+    stored state then holds the trial's last result. Without it nothing stores that before the trial ends."""
+    gate = tmp_path / "go"
+    out = python(f"""
+        import glob, json, os, threading, tempfile, time
+        import ray
+        from ray import tune
+        from tune_jobs import ray_private
+
+        def trial(config):
+            for i in range(1, 6):
+                with tempfile.TemporaryDirectory() as path:
+                    tune.report({{"i": i}}, checkpoint=tune.Checkpoint.from_directory(path))
+            tune.report({{"i": 6}})  # returns once the driver has taken checkpoint 5 in
+            open({str(gate)!r} + ".held", "w").close()
+            while not os.path.exists({str(gate)!r}):
+                time.sleep(0.05)
+
+        def stored():  # the last result of the trial in the stored state
+            for name in glob.glob({str(tmp_path / "s" / "experiment_state-*.json")!r}):
+                trials = json.load(open(name))["trial_data"]
+                return json.loads(trials[0][1]).get("last_result", {{}}).get("i") if trials else None
+
+        def other_thread(save):
+            while not os.path.exists({str(gate)!r} + ".held"):
+                time.sleep(0.05)
+            print("SAVED", save() if {saved} else None, flush=True)
+            print("STORED", stored(), flush=True)
+            open({str(gate)!r}, "w").close()
+
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        tuner = tune.Tuner(trial, run_config=tune.RunConfig(name="s", storage_path={str(tmp_path)!r}, verbose=0))
+        with ray_private.state_saver() as save:
+            threading.Thread(target=other_thread, args=(save,)).start()
+            tuner.fit()
+    """, TUNE_GLOBAL_CHECKPOINT_S="1000")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"SAVED {True if saved else None}\n" in out.stdout, out.stdout[-2000:]
+    stored = out.stdout.split("STORED ", 1)[1].split("\n", 1)[0]
+    assert (stored == "6") is saved, out.stdout[-2000:]
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ SPEED_UPS = {  # each speed-up patch, entered as tune_jobs uses it
     "node_deaths_unprinted": lambda: ray_private.node_deaths_unprinted(quiet=True),
     "retried_trials_first": ray_private.retried_trials_first,
     "trials_staged_in_order": lambda: ray_private.trials_staged_in_order(lambda trial: 0),
+    "state_saver": ray_private.state_saver,
 }
 FIXES = {
     "ray_on_loopback": ray_private.ray_on_loopback,
@@ -102,7 +103,8 @@ def test_every_patch_fits_while_the_others_are_on():
                       ray_private.metrics_analysed(frozenset()), ray_private.result_frames_not_loaded(),
                       ray_private.driver_logs_kept(), ray_private.snapshots_ahead_of_deletion(1),
                       ray_private.local_uploads_whole(), ray_private.node_deaths_unprinted(),
-                      ray_private.retried_trials_first(), ray_private.trials_staged_in_order(lambda trial: 0)):
+                      ray_private.retried_trials_first(), ray_private.trials_staged_in_order(lambda trial: 0),
+                      ray_private.state_saver()):
             on.enter_context(patch)
         assert {name: ray_private.mismatch(name) for name in PATCHES} == fitting()
     assert not ray_private._SWAPPED

@@ -4,29 +4,44 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import analysis
-from conftest import run_tiny_sweep
 from processes import cli
 from trainables.training.energy import EnergyMeter
+from trainables.tuning.trial import EPOCH_PACE_ENV
 
 # lr 0.05 stops at the target after 2 epochs, 3e-5 after 15 (seed 0) or 29 (seed 1), 1e-6 never (40
-# epochs). Epochs of 120 steps: the winner leads by hundreds of milliseconds, not by a few that a busy
-# machine's scheduler can take from one trial and not the other.
+# epochs). Each epoch lasts at least EPOCH_S (trainables.tuning.trial.EPOCH_PACE_ENV): the winner leads by
+# more than a second on any machine, not by the few milliseconds its epochs take on a fast one, which a
+# busy machine's scheduler can take from one trial and not the other.
 RACE_SWEEP = {
     "name": "race",
     "train": {"n_hidden": 32},
     "stop": {"threshold": 0.9, "patience": 2, "max_epochs": 40},
     "views": {"lr": {"lr": [0.05, 3.0e-5, 1.0e-6], "batch_size": 8}},
 }
+EPOCH_S = 0.1
 
 
+def run_paced(raw: dict, tmp_path: Path, name: str, data_dir: str, tag: str) -> str:
+    """`instrument-sweep run` of `raw`, each epoch EPOCH_S at least; the experiment's directory."""
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = cli("run", str(spec), "--data", data_dir, "--storage", str(tmp_path), "--name", name, "--no-analyze",
+              tag=tag, **{EPOCH_PACE_ENV: str(EPOCH_S)})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return str(tmp_path / name)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
-def test_race_by_time_keeps_the_winner_and_stops_a_trial_that_cannot_win(ray_local, tmp_path, seed):
+def test_race_by_time_keeps_the_winner_and_stops_a_trial_that_cannot_win(tmp_path, seed, process_tag,
+                                                                           blob_dataset_dir):
     raw = {**RACE_SWEEP, "train": {**RACE_SWEEP["train"], "seed": seed}}
-    plain_dir = run_tiny_sweep(raw, tmp_path, "plain")
+    plain_dir = run_paced(raw, tmp_path, "plain", blob_dataset_dir, process_tag)
     plain = analysis.load_trials(plain_dir)
-    raced_dir = run_tiny_sweep({**raw, "race": "time"}, tmp_path, "raced")
+    raced_dir = run_paced({**raw, "race": "time"}, tmp_path, "raced", blob_dataset_dir, process_tag)
     raced = analysis.load_trials(raced_dir)
 
     assert set(plain.status) <= {"reached_target", "max_epochs"}

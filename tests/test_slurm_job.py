@@ -688,3 +688,48 @@ def test_sigterm_stops_a_sweep_as_sigint_does():
         assert signal.getsignal(signal.SIGTERM) is ray_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+STUCK_DRIVER = """
+import signal, sys, threading, time
+from tune_jobs.launch import terminate_as_interrupt
+
+def save():
+    print("saving in", threading.current_thread().name, flush=True)
+    return True
+
+try:
+    with terminate_as_interrupt(save):
+        if sys.argv[1] == "stuck":  # as inside a call to Ray that waits for its ending GCS: signals go elsewhere
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        print("ready", flush=True)
+        time.sleep(20)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("main_thread", ["free", "stuck"])
+def test_sigterm_saves_the_state_from_another_thread_where_the_main_thread_does_not_take_it_up(main_thread):
+    """Slurm ends a job by signalling all its processes at once, Ray's too; a driver whose main thread is
+    then inside a call to Ray that waits for the GCS (a retry of a trial whose node went) runs no Python
+    handler until it gives up on the GCS and exits. The line comes at once either way; where the main
+    thread does not take the signal up within STUCK_S, the state is saved from another thread."""
+    from tune_jobs.launch import STUCK_S, TERMINATED
+
+    child = subprocess.Popen([sys.executable, "-c", STUCK_DRIVER, main_thread], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGTERM)
+        lines = [child.stdout.readline() for _ in range(4 if main_thread == "stuck" else 2)]
+    finally:
+        child.kill()
+        child.wait()
+    if main_thread == "free":  # Python's handler: SIGINT, which Tune's fit() takes as a stop that saves the state
+        assert sorted(lines) == sorted([TERMINATED + "\n", "interrupted\n"])
+    else:
+        assert lines[0] == TERMINATED + "\n"
+        assert lines[1:] == [f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): "
+                             "saving the sweep's state from another thread\n", "saving in sigterm-watch\n",
+                             "the sweep's state is saved\n"]

@@ -25,7 +25,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -255,32 +255,85 @@ def host_watch(cluster: ClusterInfo, progress: bool = True) -> list[HostWatch]:
     return [HostWatch()] if progress and not cluster.started_here else []
 
 
+# After SIGTERM, how long the main thread has to take the signal up before the state is saved from another thread
+STUCK_S = 1.0
+TERMINATED = "SIGTERM: the sweep stops as on Ctrl-C, saving its state"
+
+
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt(save: Callable[[], bool] | None = None) -> Iterator[None]:
     """For the span of the block, SIGTERM (Slurm's preemption and `scancel`, `kill`) interrupts as SIGINT
     does: within Tune's `fit()`, Tune saves the experiment's state one last time and returns. (Ray's own
     handler, which `ray.init` installs in the driver, exits at once.) Only the main thread handles signals:
-    elsewhere the block runs as it is."""
+    elsewhere the block runs as it is.
+
+    Python runs a signal's handler once the main thread runs Python again. Slurm signals every process of a
+    job at once, Ray's too, and a main thread inside a call to Ray that waits for the (ending) GCS comes
+    back only as the driver gives up on the GCS and exits. Given `save` (ray_private.state_saver), a thread
+    of its own (woken by the signal: `signal.set_wakeup_fd`) says the line at once and, where the main
+    thread has not taken the signal up within STUCK_S, saves the state itself."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    taken = threading.Event()
 
     def interrupt(*_) -> None:
-        print("SIGTERM: the sweep stops as on Ctrl-C, saving its state", flush=True)
+        taken.set()
+        if save is None:
+            print(TERMINATED, flush=True)
         signal.raise_signal(signal.SIGINT)
 
     before = signal.signal(signal.SIGTERM, interrupt)
+    watch = _TerminateWatch(taken, save) if save is not None else None
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+        if watch is not None:
+            watch.close()
+
+
+class _TerminateWatch:
+    """A thread that wakes as SIGTERM comes, whatever the main thread does: says `TERMINATED`, and calls
+    `save` where `taken` is not set within STUCK_S (the main thread has not taken the signal up)."""
+
+    def __init__(self, taken: threading.Event, save: Callable[[], bool]) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)  # as set_wakeup_fd requires: a full pipe drops a byte, never blocks
+        self.before = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        self.thread = threading.Thread(target=self._watch, args=(taken, save), name="sigterm-watch", daemon=True)
+        self.thread.start()
+
+    def _watch(self, taken: threading.Event, save: Callable[[], bool]) -> None:
+        while data := os.read(self.read_fd, 64):  # a byte per signal Python handles; none once closed
+            if signal.SIGTERM not in data:
+                continue
+            print(TERMINATED, flush=True)
+            if not taken.wait(STUCK_S):
+                print(f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): "
+                      "saving the sweep's state from another thread", flush=True)
+                try:
+                    saved = save()
+                except OSError as exc:  # the storage's: said, as Tune's own save says it
+                    print(f"saving the sweep's state failed: {exc}", flush=True)
+                else:
+                    print("the sweep's state is saved" if saved else "the sweep's state could not be saved "
+                          "from another thread", flush=True)
+            return
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.before)
+        os.close(self.write_fd)  # the thread's read returns: it ends
+        self.thread.join(timeout=STUCK_S + 60)
+        if not self.thread.is_alive():
+            os.close(self.read_fd)
 
 
 def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
     """`tuner.fit()`, which SIGTERM stops as SIGINT does (`terminate_as_interrupt`); each HostWatch among
     `callbacks` stops probing as it ends, however it ends."""
     try:
-        with terminate_as_interrupt():
+        with ray_private.state_saver() as save, terminate_as_interrupt(save):
             return tuner.fit()
     finally:
         for callback in callbacks:

@@ -118,6 +118,14 @@ For clusters of several hosts:
   error the GCS publishes; a lost node's are about 30 lines (the GCS's "marked dead" notice,
   the raylet's log and C++ stack trace). Inside, those two kinds are not printed
   (tune_jobs.host_watch says what happened); every other error is.
+- `state_saver()` (speed-up kind: where the state is saved as SIGTERM comes): Tune saves the
+  experiment's state as it stops from its main thread only, once that thread takes up the signal.
+  Slurm ends a job by signalling all its processes at once, Ray's too: where the driver's main
+  thread is then inside a call to Ray that waits for the GCS (Tune starting a retry of a trial
+  whose node went), it waits until the driver gives up on the GCS and exits, saving nothing.
+  Inside, a function that saves the running experiment's state as Tune does as it stops
+  (`TuneController.checkpoint(force=True, wait=True)`), from any thread (launch.terminate_as_interrupt).
+  Where it no longer fits, the state is saved where the main thread takes up the signal, as Tune does.
 - `retried_trials_first()` (speed-up kind: the order waiting trials start in): Tune requeues a
   failed trial behind every trial not started yet, in its trial list and in its actor
   requests. Inside, the retried trial keeps its place and its actor goes first.
@@ -308,6 +316,10 @@ PATCHES: dict[str, Patch] = {
         Target(f"{_TUNE_CONTROLLER}.__init__", names=("_trials", "_trial_to_actor", "_actor_manager")),
         Target("ray.air.execution._internal.actor_manager:RayActorManager._try_start_actors",
                names=("_resource_request_to_pending_actors",)))),
+    "state_saver": Patch("speed-up", "a sweep whose driver is inside a call to Ray as SIGTERM comes ends without "
+                                     "saving its state", (
+        Target(f"{_TUNE_CONTROLLER}.checkpoint", ("self", "force", "wait")),
+        Target(f"{_TUNE_CONTROLLER}.__init__"))),
     "trials_staged_in_order": Patch("speed-up", "the first trial on each slot is the next in the spec's order, not "
                                                 "the next longest expected", (
         Target(f"{_TUNE_CONTROLLER}._maybe_add_actors", ("self",), ("_pending_trials_list",)),
@@ -931,6 +943,35 @@ def node_deaths_unprinted(quiet: bool = True) -> Iterator[None]:
 
     with _swapped(worker, "listen_error_messages", listen_without_node_deaths):
         yield
+
+
+@contextlib.contextmanager
+def state_saver() -> Iterator[Callable[[], bool]]:
+    """Inside, `save()`: the state of the experiment Tune runs now (its latest TuneController) saved
+    and synced to storage as Tune saves it as it stops, from any thread; whether it was. False where
+    no experiment runs yet, or this Ray does not fit (one warning)."""
+    if not _fits("state_saver"):
+        yield lambda: False
+        return
+    from ray.tune.execution.tune_controller import TuneController
+
+    init, made = TuneController.__init__, []
+    guard = _Guard("state_saver", passes=(OSError,))
+
+    def init_and_keep(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        made[:] = [self]
+
+    def save() -> bool:
+        if not made or not guard.ok:
+            return False
+        with guard:
+            made[0].checkpoint(force=True, wait=True)
+            return True
+        return False
+
+    with _swapped(TuneController, "__init__", init_and_keep):
+        yield save
 
 
 @contextlib.contextmanager

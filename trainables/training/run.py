@@ -87,6 +87,10 @@ class TrainingRun:
     process's first CUDA device, if any (`trial_gpus()`), and a `device` given without `gpus` measures no
     GPU. What every epoch reuses (on CUDA: the epoch's graph) is built here, once (`EpochLoop.build`)."""
 
+    # Tests only (trainables.tuning.trial.EPOCH_PACE_ENV): each epoch's window lasts at least this long, a
+    # sleep after its training and validation, so outcomes decided by time hold on machines of any speed.
+    min_epoch_s = 0.0
+
     def __init__(
         self,
         splits: Splits,
@@ -226,8 +230,11 @@ class TrainingRun:
         self.epoch += 1
         train, val, test, self.hits_in_a_row, self.status = self._train_epoch(self.epoch, self.hits_in_a_row,
                                                                               self.rule)
-        now = time.perf_counter()
         window = self._window
+        now = time.perf_counter()
+        if now - window.mark_s < self.min_epoch_s:
+            time.sleep(self.min_epoch_s - (now - window.mark_s))
+            now = time.perf_counter()
         epoch_time_s = now - window.mark_s
         window.mark_s = now
         window.time_s += epoch_time_s

@@ -19,8 +19,9 @@ epoch cost 6 ms an epoch here, and Tune snapshots its experiment state as
 checkpoints come.) Reporting and checkpointing are timed as overhead, outside the run's window;
 the live metrics are published at reports too.
 
-Tests hold trials between epochs through `EPOCH_GATE_ENV` (`wait_at_epoch_gate`): nothing else
-sets it, and without it a trial never waits.
+Tests hold trials between epochs through `EPOCH_GATE_ENV` (`wait_at_epoch_gate`), and pace their
+epochs through `EPOCH_PACE_ENV` (`TrainingRun.min_epoch_s`): nothing else sets them, and without them
+a trial never waits.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 # Tests only (tests/processes.py `EpochGate`): a file holding N; trials train N epochs, then wait.
 EPOCH_GATE_ENV = "INSTRUMENT_SWEEP_TEST_EPOCH_GATE"
+EPOCH_PACE_ENV = "INSTRUMENT_SWEEP_TEST_EPOCH_S"  # tests: each epoch lasts at least this many seconds
 GATE_POLL_S = 0.05
 
 if TYPE_CHECKING:
@@ -211,6 +213,7 @@ def sweep_trial(config: dict, dataset: "Dataset", settings: dict | None = None) 
     gpu_ids = ray_gpu_ids()
     gpus = trial_gpus(gpu_ids, train_config.cpus)
     run = TrainingRun(splits, train_config, rule, gpus=gpus)
+    run.min_epoch_s = float(os.environ.get(EPOCH_PACE_ENV) or 0)
     labels = {
         "trial_number": trial["number"],
         "lr": train_config.lr,
