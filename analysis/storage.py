@@ -35,6 +35,7 @@ DATASET_FILE = "dataset.json"  # the fingerprint of the data it trains on (shape
 SETTINGS_FILE = "trial_settings.json"  # what its trials share (each params.json holds what identifies one)
 LOCK_FILE = ".instrument-sweep.lock"  # held by the one run/resume working on it (tune_jobs.experiment_lock)
 JOB_DIR = "slurm"  # a Slurm job's script, spec and output (tune_jobs.slurm), written before its sweep starts
+OWN_FILES = (SPEC_FILE, DATASET_FILE, SETTINGS_FILE, LOCK_FILE, JOB_DIR)  # what a sweep writes before Tune does
 # What a URI's query may hold that is a secret: S3FileSystem's own credentials (taken from an s3:// URI),
 # Azure's client secret and a SAS token's signature (refused, as any other scheme's).
 S3_CREDENTIAL_PARAMS = ("access_key", "secret_key", "session_token")
@@ -293,22 +294,26 @@ def write_text(location: str, text: str) -> None:
         out.write(text.encode())
 
 
-def remove_all_but(location: str, keep: tuple[str, ...]) -> list[str]:
-    """Delete every entry of the folder at `location` (files and folders, whole) whose name is not in
-    `keep`; the names deleted, sorted."""
+def entries(location: str) -> dict[str, int | None]:
+    """The names in the folder at `location`, each with its size in bytes (None: a folder); {} where there is
+    no such folder."""
     import pyarrow.fs
 
     fs, path = filesystem(location)
-    removed = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
-        if info.base_name in keep:
-            continue
+    return {info.base_name: None if info.type == pyarrow.fs.FileType.Directory else info.size
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))}
+
+
+def remove(location: str, names: list[str]) -> None:
+    """Delete the entries `names` (files, or folders whole) of the folder at `location`."""
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    for info in fs.get_file_info([f"{path}/{name}" for name in names]):
         if info.type == pyarrow.fs.FileType.Directory:
             fs.delete_dir(info.path)
-        else:
+        elif info.type != pyarrow.fs.FileType.NotFound:
             fs.delete_file(info.path)
-        removed.append(info.base_name)
-    return sorted(removed)
 
 
 def read_text(location: str) -> str:

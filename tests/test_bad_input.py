@@ -140,6 +140,8 @@ CASES = [
     ("analyze-spec-not-yaml", ["analyze", "TMP/sweeps/badspec"], "badspec/sweep.yaml: is not valid YAML (line 3: expected"),
     ("resume-spec-not-yaml", ["resume", "badspec", "--storage", "TMP/sweeps"], "sweep.yaml: is not valid YAML"),
     ("analyze-no-trials-yet", ["analyze", "TMP/sweeps/speconly"], "speconly has no trial results yet"),
+    ("resume-results-without-state", ["resume", "unsaved", "--storage", "TMP/sweeps"],
+     "unsaved holds no state of Tune's to resume from, yet holds trial-001-lr0.1-bs32-s0-x: left as it is"),
     # cluster addresses
     ("address-unreachable", [*SMOKE, "--data", "DATA", "--storage", "STORE", "--address", "127.0.0.1:PORT"],
      "--address: cannot reach 127.0.0.1"),
@@ -168,6 +170,12 @@ def places(tmp_path_factory, blob_dataset_dir):
                             ("speconly", yaml.safe_dump(load_spec("smoke").to_dict()))):
         (tmp / "sweeps" / name).mkdir(parents=True)
         (tmp / "sweeps" / name / "sweep.yaml").write_text(spec_text)
+    # Tune's first files and a trial's checkpoint and results, but no state of Tune's (its upload failed)
+    unsaved = tmp / "sweeps" / "unsaved"
+    (unsaved / "trial-001-lr0.1-bs32-s0-x" / "checkpoint_000000").mkdir(parents=True)
+    (unsaved / "trial-001-lr0.1-bs32-s0-x" / "result.json").write_text('{"epoch": 1}\n')
+    (unsaved / "tuner.pkl").write_bytes(b"")
+    (unsaved / "sweep.yaml").write_text(yaml.safe_dump({**load_spec("smoke").to_dict(), "data": blob_dataset_dir}))
     broken = {key: broken_dataset(tmp, key, damage) for key, damage in DAMAGE.items()}
     return {"TMP": str(tmp), "DATA": blob_dataset_dir, "PORT": str(free_port()), "broken": broken}
 

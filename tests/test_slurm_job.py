@@ -732,4 +732,4 @@ def test_sigterm_saves_the_state_from_another_thread_where_the_main_thread_does_
         assert lines[0] == TERMINATED + "\n"
         assert lines[1:] == [f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): "
                              "saving the sweep's state from another thread\n", "saving in sigterm-watch\n",
-                             "the sweep's state is saved\n"]
+                             "saved the sweep's state (where Tune's upload of it failed, Tune's error is above)\n"]

@@ -224,9 +224,10 @@ def check_resumable(storage_arg: str, name_or_path: str, address: str | None = N
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune_jobs.launch import resume_sweep
+    from tune_jobs.launch import resume_sweep, unsaved_start
 
     root, experiment, spec, dataset = check_resumable(args.storage, args.experiment, args.address)
+    unsaved_start(experiment)  # InputError before Ray starts where it can neither continue nor start over
     with experiment_lock.hold(experiment, "resume") as lock:  # exit 2 while another command works on it
         if lock.previous:  # the last command here was killed: its local Ray's agents may hold their ports
             ended = stop_leftover_local_ray(lock.previous.get("local_ray", ""), lock.previous.get("host", ""))

@@ -92,8 +92,10 @@ def use_token_if_available() -> None:
 
 
 def quiet_ray_logs() -> None:
-    """Ray's INFO lines: we print what matters ourselves."""
+    """Ray's INFO lines, and its notice at every start that token auth is on (where a token exists and
+    RAY_AUTH_MODE is unset, as after the first local run): we print what matters ourselves."""
     logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger(ray_private.TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
 
 
 def connect(address: str | None, log_to_driver: bool = False, dashboard: bool = False,

@@ -26,11 +26,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
@@ -255,17 +254,18 @@ def host_watch(cluster: ClusterInfo, progress: bool = True) -> list[HostWatch]:
     return [HostWatch()] if progress and not cluster.started_here else []
 
 
-# After SIGTERM, how long the main thread has to take the signal up before the state is saved from another thread
-STUCK_S = 1.0
+# After SIGTERM, how long the main thread has to take the signal up before the state is saved from another
+# thread: longer than Tune's waits for its trials (1 s), well within the job's wait for an ended GCS (GCS_GONE_S)
+STUCK_S = 3.0
 TERMINATED = "SIGTERM: the sweep stops as on Ctrl-C, saving its state"
 
 
 @contextmanager
 def terminate_as_interrupt(save: Callable[[], bool] | None = None) -> Iterator[None]:
     """For the span of the block, SIGTERM (Slurm's preemption and `scancel`, `kill`) interrupts as SIGINT
-    does: within Tune's `fit()`, Tune saves the experiment's state one last time and returns. (Ray's own
-    handler, which `ray.init` installs in the driver, exits at once.) Only the main thread handles signals:
-    elsewhere the block runs as it is.
+    does, once: within Tune's `fit()`, Tune saves the experiment's state one last time and returns (a second
+    SIGTERM does not cut that save short). (Ray's own handler, which `ray.init` installs in the driver, exits
+    at once.) Only the main thread handles signals: elsewhere the block runs as it is.
 
     Python runs a signal's handler once the main thread runs Python again. Slurm signals every process of a
     job at once, Ray's too, and a main thread inside a call to Ray that waits for the (ending) GCS comes
@@ -278,14 +278,18 @@ def terminate_as_interrupt(save: Callable[[], bool] | None = None) -> Iterator[N
     taken = threading.Event()
 
     def interrupt(*_) -> None:
+        if taken.is_set():
+            return
         taken.set()
         if save is None:
             print(TERMINATED, flush=True)
         signal.raise_signal(signal.SIGINT)
 
     before = signal.signal(signal.SIGTERM, interrupt)
-    watch = _TerminateWatch(taken, save) if save is not None else None
+    watch = None
     try:
+        if save is not None:
+            watch = _TerminateWatch(taken, save)
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
@@ -295,38 +299,60 @@ def terminate_as_interrupt(save: Callable[[], bool] | None = None) -> Iterator[N
 
 class _TerminateWatch:
     """A thread that wakes as SIGTERM comes, whatever the main thread does: says `TERMINATED`, and calls
-    `save` where `taken` is not set within STUCK_S (the main thread has not taken the signal up)."""
+    `save` where `taken` is not set within STUCK_S (the main thread has not taken the signal up). The bytes
+    of the signals it reads go on to the wakeup fd set before it (asyncio's, say), where one was."""
 
     def __init__(self, taken: threading.Event, save: Callable[[], bool]) -> None:
         self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.write_fd, False)  # as set_wakeup_fd requires: a full pipe drops a byte, never blocks
-        self.before = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        self.thread = threading.Thread(target=self._watch, args=(taken, save), name="sigterm-watch", daemon=True)
-        self.thread.start()
+        try:
+            os.set_blocking(self.write_fd, False)  # as set_wakeup_fd requires: a full pipe drops a byte
+            self.before = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        except BaseException:
+            os.close(self.read_fd)
+            os.close(self.write_fd)
+            raise
+        try:
+            self.thread = threading.Thread(target=self._watch, args=(taken, save), name="sigterm-watch",
+                                           daemon=True)
+            self.thread.start()
+        except BaseException:
+            signal.set_wakeup_fd(self.before)
+            os.close(self.read_fd)
+            os.close(self.write_fd)
+            raise
 
     def _watch(self, taken: threading.Event, save: Callable[[], bool]) -> None:
-        while data := os.read(self.read_fd, 64):  # a byte per signal Python handles; none once closed
-            if signal.SIGTERM not in data:
-                continue
-            print(TERMINATED, flush=True)
-            if not taken.wait(STUCK_S):
-                print(f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): "
-                      "saving the sweep's state from another thread", flush=True)
-                try:
-                    saved = save()
-                except OSError as exc:  # the storage's: said, as Tune's own save says it
-                    print(f"saving the sweep's state failed: {exc}", flush=True)
-                else:
-                    print("the sweep's state is saved" if saved else "the sweep's state could not be saved "
-                          "from another thread", flush=True)
+        seen = False
+        try:
+            while data := os.read(self.read_fd, 64):  # a byte per signal Python handles; none once closed
+                if self.before >= 0:
+                    with suppress(OSError):
+                        os.write(self.before, data)
+                if signal.SIGTERM in data and not seen:
+                    seen = True
+                    self._terminated(taken, save)
+        finally:
+            os.close(self.read_fd)
+
+    @staticmethod
+    def _terminated(taken: threading.Event, save: Callable[[], bool]) -> None:
+        print(TERMINATED, flush=True)
+        if taken.wait(STUCK_S):
             return
+        print(f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): saving the "
+              "sweep's state from another thread", flush=True)
+        try:
+            saved = save()
+        except OSError as exc:  # the storage's
+            print(f"saving the sweep's state failed: {exc}", flush=True)
+        else:
+            print("saved the sweep's state (where Tune's upload of it failed, Tune's error is above)" if saved else
+                  "the sweep's state could not be saved from another thread", flush=True)
 
     def close(self) -> None:
         signal.set_wakeup_fd(self.before)
-        os.close(self.write_fd)  # the thread's read returns: it ends
+        os.close(self.write_fd)  # the thread's read returns: it ends, closing its end
         self.thread.join(timeout=STUCK_S + 60)
-        if not self.thread.is_alive():
-            os.close(self.read_fd)
 
 
 def fit(tuner: tune.Tuner, callbacks: list) -> tune.ResultGrid:
@@ -382,30 +408,45 @@ def start_sweep(spec: SweepSpec, dataset, storage_root: str, name: str, cluster:
         return fit(tuner, callbacks)
 
 
-def tune_state_saved(experiment: str) -> bool:
-    """Whether Tune stored the experiment's state (`ray_private.EXPERIMENT_STATE`), which `resume` continues.
-    A sweep stopped in its first second or so (between writing its spec and Tune's first snapshot) has none."""
-    fs, path = storage.filesystem(experiment)
-    return any(fnmatch.fnmatch(info.base_name, ray_private.EXPERIMENT_STATE)
-               for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)))
+def unsaved_start(experiment: str) -> list[str] | None:
+    """Where Tune stored no state of the experiment (`ray_private.EXPERIMENT_STATE`: a sweep stopped in its first
+    second or so, between writing its spec and Tune's first snapshot, as a Slurm job requeued as it began), the
+    names of what Tune had written by then (`ray_private.TUNE_FIRST_FILES`, trial folders with no checkpoint and
+    no result), which a start over removes; None where Tune stored its state (`resume` continues it).
+    InputError, nothing removed, where the experiment holds anything else: a trial's checkpoint or results (a
+    state whose upload failed), files of others."""
+    found = storage.entries(experiment)
+    if any(fnmatch.fnmatch(name, ray_private.EXPERIMENT_STATE) for name in found):
+        return None
 
+    def tunes_first(name: str) -> bool:
+        if found[name] is None and name.startswith("trial-"):
+            inside = storage.entries(storage.join(experiment, name))
+            return not inside.get("result.json") and not any(n.startswith("checkpoint_") for n in inside)
+        return any(fnmatch.fnmatch(name, pattern) for pattern in ray_private.TUNE_FIRST_FILES)
 
-# What instrument-sweep writes beside Tune's files: all that a sweep without Tune's state keeps as it starts over.
-OWN_FILES = (SPEC_FILE, DATASET_FILE, SETTINGS_FILE, storage.LOCK_FILE, storage.JOB_DIR)
+    written = sorted(name for name in found if name not in storage.OWN_FILES)
+    others = [name for name in written if not tunes_first(name)]
+    if others:
+        raise InputError("experiment", f"{experiment} holds no state of Tune's to resume from, yet holds "
+                                       f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: left as it is; "
+                                       f"run its spec ({storage.join(experiment, SPEC_FILE)}) under another --name")
+    return written
 
 
 def resume_sweep(experiment: str, spec: SweepSpec, dataset, cluster: ClusterInfo,
                  fixes: bool = True) -> tune.ResultGrid:
     """Continue an interrupted sweep: finished trials stay, unfinished and errored ones continue.
-    Where Tune stored no state before the sweep stopped (`tune_state_saved`: a Slurm job requeued in its
-    first seconds), the sweep starts over from its spec, without what Tune had written.
+    Where Tune stored no state before the sweep stopped (`unsaved_start`: a Slurm job requeued in its first
+    seconds), the sweep starts over from its spec, without what Tune had written.
 
     Check `check_same_dataset` first: a trial refuses a checkpoint written for other data. Tune's
     stored state holds no credentials: its filesystem is handed over again (`ray_private.storage_for_ray`).
     """
-    if not tune_state_saved(experiment):
-        removed = storage.remove_all_but(experiment, OWN_FILES)
-        print(f"note: Tune stored no state of this sweep before it stopped ({', '.join(removed) or 'nothing'} "
+    unsaved = unsaved_start(experiment)
+    if unsaved is not None:
+        storage.remove(experiment, unsaved)
+        print(f"note: Tune stored no state of this sweep before it stopped ({', '.join(unsaved) or 'nothing'} "
               "removed): its trials start from the beginning", flush=True)
         return start_sweep(spec, dataset, storage.parent(experiment), storage.basename(experiment), cluster,
                            fixes=fixes)

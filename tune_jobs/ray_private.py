@@ -124,8 +124,9 @@ For clusters of several hosts:
   thread is then inside a call to Ray that waits for the GCS (Tune starting a retry of a trial
   whose node went), it waits until the driver gives up on the GCS and exits, saving nothing.
   Inside, a function that saves the running experiment's state as Tune does as it stops
-  (`TuneController.checkpoint(force=True, wait=True)`), from any thread (launch.terminate_as_interrupt).
-  Where it no longer fits, the state is saved where the main thread takes up the signal, as Tune does.
+  (`TuneController.checkpoint(force=True, wait=True)`), from any thread (launch.terminate_as_interrupt),
+  Tune's own saves taking turns with it. A speed-up in kind: where it no longer fits, the state is
+  saved where the main thread takes up the signal, as Tune alone does, and a sweep runs as before.
 - `retried_trials_first()` (speed-up kind: the order waiting trials start in): Tune requeues a
   failed trial behind every trial not started yet, in its trial list and in its actor
   requests. Inside, the retried trial keeps its place and its actor goes first.
@@ -155,6 +156,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -698,6 +700,8 @@ def snapshots_ahead_of_deletion(margin: int) -> Iterator[None]:
 
 LINE_LOGS = ("result.json", "progress.csv")  # Tune's per-trial logs, appended line by line
 EXPERIMENT_STATE = "experiment_state-*.json"  # TuneController.CKPT_FILE_TMPL, rewritten in place
+# What Tune writes in an experiment's folder before its first state (EXPERIMENT_STATE), besides trial folders
+TUNE_FIRST_FILES = ("tuner.pkl", ".validate_storage_marker", "basic-variant-state-*.json", "search_gen_state-*.json")
 
 
 # How Tune's experiment state ends (`TuneController.save_to_dir` dumps trial_data, runner_data,
@@ -947,20 +951,25 @@ def node_deaths_unprinted(quiet: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def state_saver() -> Iterator[Callable[[], bool]]:
-    """Inside, `save()`: the state of the experiment Tune runs now (its latest TuneController) saved
-    and synced to storage as Tune saves it as it stops, from any thread; whether it was. False where
-    no experiment runs yet, or this Ray does not fit (one warning)."""
+    """Inside, `save()`: the state of the experiment Tune runs now (its latest TuneController) saved and
+    uploaded to storage as Tune saves it as it stops, from any thread, in turn with Tune's own saves; True
+    where Tune's save ran (Tune logs a failed upload itself). False where no experiment runs yet, or this
+    Ray does not fit (one warning)."""
     if not _fits("state_saver"):
         yield lambda: False
         return
     from ray.tune.execution.tune_controller import TuneController
 
-    init, made = TuneController.__init__, []
-    guard = _Guard("state_saver", passes=(OSError,))
+    init, checkpoint, made = TuneController.__init__, TuneController.checkpoint, []
+    guard, turns = _Guard("state_saver", passes=(OSError,)), threading.Lock()
 
     def init_and_keep(self, *args, **kwargs) -> None:
         init(self, *args, **kwargs)
         made[:] = [self]
+
+    def checkpoint_in_turn(self, force: bool = False, wait: bool = False) -> None:
+        with turns:  # Tune's saves and `save()` one at a time: both write the same state file
+            checkpoint(self, force=force, wait=wait)
 
     def save() -> bool:
         if not made or not guard.ok:
@@ -970,7 +979,8 @@ def state_saver() -> Iterator[Callable[[], bool]]:
             return True
         return False
 
-    with _swapped(TuneController, "__init__", init_and_keep):
+    with _swapped(TuneController, "__init__", init_and_keep), \
+            _swapped(TuneController, "checkpoint", checkpoint_in_turn):
         yield save
 
 
