@@ -51,6 +51,15 @@ def cli(*args: str, tag: str, timeout: float = 300, **env: str) -> subprocess.Co
                           timeout=timeout, env=tagged_env(tag, **env))
 
 
+def spec_file(directory: Path, raw: dict) -> str:
+    """`raw` written as a spec file NAME.yaml in `directory` (its `name`); its path."""
+    import yaml
+
+    path = Path(directory) / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def spawn_cli(*args: str, tag: str, log: Path, **env: str) -> subprocess.Popen:
     """`instrument-sweep ARGS` in the background, in its own session, output to `log`."""
     return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], stdout=log.open("w"),

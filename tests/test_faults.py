@@ -18,7 +18,7 @@ import analysis
 from analysis.storage import LOCK_FILE
 from tune_jobs.cluster import LOCAL_RAY_ENV
 from tune_jobs.launch import KEPT_CHECKPOINTS
-from processes import EpochGate, cli, spawn_cli, tagged_env, tagged_pids, wait_until
+from processes import EpochGate, cli, spawn_cli, spec_file, tagged_env, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,7 @@ def status_of(result_json: Path) -> str:
 
 def start_crawl(tmp_path: Path, tag: str, data_dir: str, storage: Path, gate: EpochGate,
                 name: str = "c") -> subprocess.Popen:
-    spec = tmp_path / "crawl.yaml"
-    spec.write_text(yaml.safe_dump(CRAWL))
-    return spawn_cli("run", str(spec), "--data", data_dir, "--storage", str(storage), "--name", name,
+    return spawn_cli("run", spec_file(tmp_path, CRAWL), "--data", data_dir, "--storage", str(storage), "--name", name,
                      "--no-analyze", tag=tag, log=tmp_path / f"{name}.log", **gate.env)
 
 

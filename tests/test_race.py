@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 import analysis
-from processes import cli
+from processes import cli, spec_file
 from trainables.training.energy import EnergyMeter
 from trainables.tuning.trial import EPOCH_PACE_ENV
 
@@ -26,10 +25,8 @@ EPOCH_S = 0.1
 
 def run_paced(raw: dict, tmp_path: Path, name: str, data_dir: str, tag: str) -> str:
     """`instrument-sweep run` of `raw`, each epoch EPOCH_S at least; the experiment's directory."""
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(yaml.safe_dump(raw))
-    out = cli("run", str(spec), "--data", data_dir, "--storage", str(tmp_path), "--name", name, "--no-analyze",
-              tag=tag, **{EPOCH_PACE_ENV: str(EPOCH_S)})
+    out = cli("run", spec_file(tmp_path, raw), "--data", data_dir, "--storage", str(tmp_path), "--name", name,
+              "--no-analyze", tag=tag, **{EPOCH_PACE_ENV: str(EPOCH_S)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return str(tmp_path / name)
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
 
 import analysis
 from analysis import storage
-from processes import EpochGate, cli, free_port, spawn_cli, tagged_env, wait_until
+from processes import EpochGate, cli, free_port, spawn_cli, spec_file, tagged_env, wait_until
 from trainables.errors import InputError
 from s3_server import S3Server
 
@@ -53,11 +52,6 @@ def no_credentials_given(monkeypatch):
     """Each test's process starts without credentials given in a URI (analysis.storage keeps them)."""
     monkeypatch.setattr(storage, "_GIVEN", {})
 
-
-def spec_file(tmp_path, raw: dict):
-    path = tmp_path / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
 
 
 def epochs_in(s3, experiment_path: str) -> dict[str, list[int]]:

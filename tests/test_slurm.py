@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 import analysis
 from netns import Unavailable
-from processes import EpochGate, cli, new_tag, wait_until
+from processes import EpochGate, cli, new_tag, spec_file, wait_until
 from slurm_cluster import GPU_TYPE, MEM_PER_CPU_MB, SlurmCluster, unavailable
 from trainables.tuning.trial import EPOCH_GATE_ENV
 
@@ -79,11 +78,6 @@ def command(slurm, tag, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`instrument-sweep ARGS` against the test Slurm."""
     return cli(*args, tag=tag, timeout=300, SLURM_CONF=str(slurm.conf), **env)
 
-
-def spec_file(tmp_path: Path, raw: dict) -> str:
-    path = tmp_path / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
 
 
 def submit(slurm, tag, *args: str, **env: str) -> str:
