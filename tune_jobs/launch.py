@@ -303,25 +303,21 @@ class _TerminateWatch:
     of the signals it reads go on to the wakeup fd set before it (asyncio's, say), where one was."""
 
     def __init__(self, taken: threading.Event, save: Callable[[], bool]) -> None:
+        self.taken, self.save, self.before = taken, save, None
         self.read_fd, self.write_fd = os.pipe()
         try:
             os.set_blocking(self.write_fd, False)  # as set_wakeup_fd requires: a full pipe drops a byte
             self.before = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        except BaseException:
-            os.close(self.read_fd)
-            os.close(self.write_fd)
-            raise
-        try:
-            self.thread = threading.Thread(target=self._watch, args=(taken, save), name="sigterm-watch",
-                                           daemon=True)
+            self.thread = threading.Thread(target=self._watch, name="sigterm-watch", daemon=True)
             self.thread.start()
         except BaseException:
-            signal.set_wakeup_fd(self.before)
+            if self.before is not None:
+                signal.set_wakeup_fd(self.before)
             os.close(self.read_fd)
             os.close(self.write_fd)
             raise
 
-    def _watch(self, taken: threading.Event, save: Callable[[], bool]) -> None:
+    def _watch(self) -> None:
         seen = False
         try:
             while data := os.read(self.read_fd, 64):  # a byte per signal Python handles; none once closed
@@ -330,19 +326,18 @@ class _TerminateWatch:
                         os.write(self.before, data)
                 if signal.SIGTERM in data and not seen:
                     seen = True
-                    self._terminated(taken, save)
+                    self._terminated()
         finally:
             os.close(self.read_fd)
 
-    @staticmethod
-    def _terminated(taken: threading.Event, save: Callable[[], bool]) -> None:
+    def _terminated(self) -> None:
         print(TERMINATED, flush=True)
-        if taken.wait(STUCK_S):
+        if self.taken.wait(STUCK_S):
             return
         print(f"the driver's main thread is inside a call to Ray (not back after {STUCK_S:g} s): saving the "
               "sweep's state from another thread", flush=True)
         try:
-            saved = save()
+            saved = self.save()
         except OSError as exc:  # the storage's
             print(f"saving the sweep's state failed: {exc}", flush=True)
         else:
